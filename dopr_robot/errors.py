@@ -1,0 +1,11 @@
+"""The one error type a user can cause and fix.
+
+Every layer (envs, demos, policies, training, evaluation) raises :class:`UserError` for problems in
+what the user gave it: a bad path, an unknown name, a corrupt file, data that does not fit. The CLI
+prints its message (no traceback) and exits with status 2. This module imports nothing, so any
+layer may import it without pulling in the rest of the toolkit.
+"""
+
+
+class UserError(Exception):
+    """A problem in the user's input; the message names the problem and the fix."""
