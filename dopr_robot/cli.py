@@ -20,30 +20,32 @@ def _optimizers_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="show which parameters get AP and which the base optimizer only, for this model "
-        "(mlp | attention)",
+        help="show which parameters of a small demo model (mlp | attention) get AP and which the "
+        "base optimizer only",
     )
     parser.add_argument("--base", default="adamw", help="base optimizer for the coverage table")
 
 
 def _optimizers_run(args: argparse.Namespace) -> int:
-    from dopr_robot.optim.cli_support import describe_registry, coverage_for_demo_model
+    from dopr_robot.optim import describe_registry
+    from dopr_robot.optimizer_demo import coverage_table
 
+    coverage = coverage_table(args.model, base=args.base) if args.model is not None else None
     print(describe_registry())
-    if args.model is not None:
+    if coverage is not None:
         print()
-        print(coverage_for_demo_model(args.model, base=args.base))
+        print(coverage)
     return 0
 
 
 def _demo_args(parser: argparse.ArgumentParser) -> None:
-    from dopr_robot.optim.demo import add_demo_arguments
+    from dopr_robot.optimizer_demo import add_demo_arguments
 
     add_demo_arguments(parser)
 
 
 def _demo_run(args: argparse.Namespace) -> int:
-    from dopr_robot.optim.demo import run_demo
+    from dopr_robot.optimizer_demo import run_demo
 
     return run_demo(args)
 

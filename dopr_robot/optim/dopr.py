@@ -1,0 +1,352 @@
+"""DoPr: activation preconditioning (AP) in front of a base gradient preconditioner (GP)."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import SGD, Adam, AdamW, Optimizer
+
+from dopr_robot.optim.activation import InputSums, damped_cholesky, second_moment, solve_right
+from dopr_robot.optim.muon import MuonWithAdamW
+from dopr_robot.optim.signum import Signum
+
+
+def _params_of(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+# The base gradient preconditioners. Each is an unmodified optimizer built over all of the model's
+# trainable parameters; DoPr hands it the AP gradient of linear layers in place of the raw one.
+BASE_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": lambda model, **kw: SGD(_params_of(model), **kw),
+    "adam": lambda model, **kw: Adam(_params_of(model), **kw),
+    "adamw": lambda model, **kw: AdamW(_params_of(model), **kw),
+    "signum": lambda model, **kw: Signum(_params_of(model), **kw),
+    "muon": lambda model, **kw: MuonWithAdamW(model, **kw),
+}
+
+
+class _Layer:
+    """A covered ``nn.Linear``: its parameters, its input sums and its forward-hook handle."""
+
+    def __init__(self, name: str, module: nn.Linear, homogeneous: bool):
+        self.name = name
+        self.module = module
+        self.weight = module.weight
+        self.bias = module.bias if homogeneous else None
+        self.sums = InputSums.zeros(module.in_features, module.weight.device)
+        self.handle: torch.utils.hooks.RemovableHandle | None = None
+
+
+class DoPr(Optimizer):
+    r"""Double preconditioning: AP (activation covariance, input side) then a base GP.
+
+    For every ``nn.Linear`` of ``model`` (weight :math:`W`, bias :math:`b`, input :math:`z`), with
+    :math:`\tilde z = [z; 1]`, :math:`\tilde W = [W\ b]` and :math:`\tilde G = \partial L/\partial\tilde W`:
+
+    .. math::
+        \tilde\Sigma &= \tfrac1n \textstyle\sum_i \tilde z_i \tilde z_i^\top
+            \quad\text{(inputs of the training-mode forwards since the last step)} \\
+        \lambda &= \gamma\, \operatorname{tr}(\tilde\Sigma) / (d_{in} + 1) \\
+        \tilde M &= \tilde G\, (\tilde\Sigma + \lambda I)^{-1}
+            \quad\text{(Cholesky solve; on failure } \lambda \leftarrow 10\lambda \text{ and retry)} \\
+        \tilde W &\leftarrow \tilde W - \eta\, \mathrm{GP}(\tilde M)
+            \quad\text{(plus the base's decoupled weight decay)}
+
+    where GP is the base optimizer, unmodified, fed :math:`\tilde M` (split into weight and bias
+    parts) in place of the raw gradient: AdamW's moments are moments of :math:`\tilde M`, Muon
+    orthogonalizes its momentum of :math:`\tilde M`, Signum takes the sign of its momentum of
+    :math:`\tilde M`, and SGD gives AP alone. Parameters that are not weights of linear layers get
+    the base GP on their raw gradient (AdamW for them when the base is Muon). ``coverage()`` lists
+    which parameter gets what.
+
+    Statistics come from forward hooks that record only forwards in training mode with gradients
+    enabled (``model.eval()``, ``torch.no_grad()`` and ``torch.inference_mode()`` forwards are
+    ignored), summed over all such forwards since the last ``step()``, so gradient accumulation
+    sees the whole accumulated batch. When ``torch.distributed`` is initialized the sums are
+    all-reduced before the solve: DDP over R ranks gives the update of one process on the whole
+    batch.
+
+    Amortization: with ``refresh_every = k > 1`` the statistics are recorded and the inverse
+    :math:`(\tilde\Sigma + \lambda I)^{-1}` recomputed every k-th step only; the steps in between
+    apply the cached inverse as one matmul. With ``cov_ema = β > 0`` the factored matrix is the
+    running average :math:`\Sigma \leftarrow \beta\Sigma + (1-\beta)\tilde\Sigma` over the recorded
+    steps. The defaults (``k = 1``, ``β = 0``) are the exact per-step method.
+
+    Args:
+        model: the module to optimize; its ``nn.Linear`` layers are hooked at construction.
+        base: the gradient preconditioner: ``"sgd" | "adam" | "adamw" | "signum" | "muon"``.
+        lr: learning rate, passed to the base (schedulers may change ``param_groups[0]["lr"]``).
+        damping: relative damping :math:`\gamma > 0` (a fraction of the mean eigenvalue).
+        weight_decay: passed to the base (decoupled for adamw, signum and muon; L2 for sgd, adam).
+        cov_ema: :math:`\beta \in [0, 1)`, running average of the statistics (0: current batch).
+        refresh_every: recompute the factorization every k steps (1: every step).
+        max_damping_retries: how often λ may be raised tenfold before AP is skipped for the layer.
+        **base_kwargs: the base optimizer's other arguments (e.g. ``betas``, ``momentum``).
+
+    Numerics are counted per layer in ``self.state[weight]``: ``damping_retries`` (λ had to be
+    raised) and ``skipped`` (no usable statistics: the raw gradient went to the base instead).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        base: str = "adamw",
+        lr: float = 1e-3,
+        damping: float = 0.01,
+        weight_decay: float = 0.0,
+        cov_ema: float = 0.0,
+        refresh_every: int = 1,
+        max_damping_retries: int = 8,
+        **base_kwargs,
+    ):
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"DoPr takes the model (an nn.Module) to hook its linear layers, got {type(model).__name__}")
+        if base not in BASE_OPTIMIZERS:
+            raise ValueError(f"Unknown base optimizer {base!r}; valid: {', '.join(BASE_OPTIMIZERS)}")
+        if not lr >= 0.0:
+            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+        if not damping >= 0.0:
+            raise ValueError(f"Invalid damping: {damping} (must be >= 0; try 1e-3 to 1e-1)")
+        if not weight_decay >= 0.0:
+            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+        if not 0.0 <= cov_ema < 1.0:
+            raise ValueError(f"Invalid cov_ema: {cov_ema} (must be in [0, 1); 0 uses the current batch)")
+        if not (isinstance(refresh_every, int) and refresh_every >= 1):
+            raise ValueError(f"Invalid refresh_every: {refresh_every!r} (must be an integer >= 1)")
+        if not (isinstance(max_damping_retries, int) and max_damping_retries >= 0):
+            raise ValueError(f"Invalid max_damping_retries: {max_damping_retries!r} (must be an integer >= 0)")
+
+        defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cov_ema=cov_ema,
+                        refresh_every=refresh_every, max_damping_retries=max_damping_retries)
+        super().__init__(_params_of(model), defaults)
+        self.base_name = base
+        self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
+        self._layers = self._hook_linear_layers(model)
+        self._coverage = self._describe_coverage(model)
+
+    # -- construction -------------------------------------------------------------------------
+
+    def _hook_linear_layers(self, model: nn.Module) -> list[_Layer]:
+        holders: dict[int, int] = {}  # how many modules hold each parameter (weight tying)
+        for module in model.modules():
+            for param in module.parameters(recurse=False):
+                holders[id(param)] = holders.get(id(param), 0) + 1
+        layers = []
+        for name, module in model.named_modules():
+            if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
+                continue
+            if holders[id(module.weight)] > 1:
+                continue  # a tied weight sees several input distributions: base GP only
+            homogeneous = module.bias is not None and module.bias.requires_grad
+            layer = _Layer(name, module, homogeneous)
+            layer.handle = module.register_forward_hook(self._make_hook(layer))
+            layers.append(layer)
+        return layers
+
+    def _make_hook(self, layer: _Layer) -> Callable:
+        def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+            if module.training and torch.is_grad_enabled() and self._records_now(layer):
+                layer.sums.add_(inputs[0])
+
+        return record_inputs
+
+    def _describe_coverage(self, model: nn.Module) -> list[dict[str, str]]:
+        ap = {id(layer.weight): layer for layer in self._layers}
+        ap.update({id(layer.bias): layer for layer in self._layers if layer.bias is not None})
+        muon_matrices = set()
+        if isinstance(self.base, MuonWithAdamW) and self.base.muon is not None:
+            muon_matrices = {id(p) for p in self.base.muon.param_groups[0]["params"]}
+        rows = []
+        for name, param in model.named_parameters():
+            if not param.requires_grad:
+                continue
+            base = "muon" if id(param) in muon_matrices else ("adamw" if self.base_name == "muon" else self.base_name)
+            rows.append({
+                "parameter": name,
+                "shape": "x".join(str(s) for s in param.shape) or "scalar",
+                "preconditioning": f"AP + {base}" if id(param) in ap else f"{base} (raw gradient)",
+            })
+        return rows
+
+    # -- introspection ------------------------------------------------------------------------
+
+    def coverage(self) -> list[dict[str, str]]:
+        """One row per trainable parameter: name, shape, and which preconditioning it gets."""
+        return [dict(row) for row in self._coverage]
+
+    def format_coverage(self) -> str:
+        """``coverage()`` as an aligned text table with a one-line summary."""
+        rows = self._coverage
+        widths = [max(len(h), *(len(r[h]) for r in rows)) if rows else len(h)
+                  for h in ("parameter", "shape", "preconditioning")]
+        header = {h: h for h in ("parameter", "shape", "preconditioning")}
+        lines = ["  ".join(r[h].ljust(w) for h, w in zip(header, widths)).rstrip() for r in [header, *rows]]
+        covered = sum(r["preconditioning"].startswith("AP") for r in rows)
+        lines.append(f"{covered} of {len(rows)} parameter tensors get AP ({len(self._layers)} linear layers hooked)")
+        return "\n".join(lines)
+
+    def numerics(self) -> dict[str, int]:
+        """Totals over layers: steps where λ had to be raised, and layer-steps that skipped AP."""
+        states = [self.state[layer.weight] for layer in self._layers]
+        return {
+            "damping_retries": sum(s.get("damping_retries", 0) for s in states),
+            "skipped": sum(s.get("skipped", 0) for s in states),
+        }
+
+    def remove_hooks(self) -> None:
+        """Detach the forward hooks (the optimizer then keeps only its cached factors)."""
+        for layer in self._layers:
+            if layer.handle is not None:
+                layer.handle.remove()
+                layer.handle = None
+
+    # -- the update ---------------------------------------------------------------------------
+
+    def _records_now(self, layer: _Layer) -> bool:
+        """Statistics are recorded on the steps whose factorization is refreshed."""
+        steps_done = self.state[layer.weight].get("step", 0)
+        return steps_done % self.param_groups[0]["refresh_every"] == 0
+
+    def _all_reduce_sums(self, layers: list[_Layer]) -> None:
+        """Sum the input statistics over ranks, in one collective for all layers."""
+        if not (dist.is_available() and dist.is_initialized()) or not layers:
+            return
+        tensors = [t for layer in layers for t in layer.sums.flat()]
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        offset = 0
+        for t in tensors:
+            t.copy_(flat[offset:offset + t.numel()].view_as(t))
+            offset += t.numel()
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Precondition the gradients of the linear layers (AP), then take the base step (GP)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        group = self.param_groups[0]
+        refreshing = [layer for layer in self._layers if self._records_now(layer)]
+        self._all_reduce_sums(refreshing)
+
+        swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
+        for layer in self._layers:
+            state = self.state[layer.weight]
+            if not state:
+                state["step"] = 0  # steps taken, counts refreshes
+                state["damping_retries"] = 0  # times λ had to be raised for a factorization
+                state["skipped"] = 0  # steps whose raw gradient went to the base (no usable factor)
+            refresh = layer in refreshing
+            if layer.weight.grad is not None:
+                preconditioned = activation_precondition(
+                    layer.weight.grad,
+                    layer.bias.grad if layer.bias is not None else None,
+                    state,
+                    sums=layer.sums if refresh else None,
+                    homogeneous=layer.bias is not None,
+                    damping=group["damping"],
+                    cov_ema=group["cov_ema"],
+                    cache_inverse=group["refresh_every"] > 1,
+                    max_damping_retries=group["max_damping_retries"],
+                )
+                if preconditioned is not None:
+                    weight_update, bias_update = preconditioned
+                    swapped.append((layer.weight, layer.weight.grad))
+                    layer.weight.grad = weight_update
+                    if layer.bias is not None and layer.bias.grad is not None:
+                        swapped.append((layer.bias, layer.bias.grad))
+                        layer.bias.grad = bias_update
+            state["step"] += 1
+            if refresh:
+                layer.sums.zero_()
+
+        # Schedulers and users change this optimizer's group; the base follows it.
+        for base_group in self.base.param_groups:
+            base_group["lr"] = group["lr"]
+            base_group["weight_decay"] = group["weight_decay"]
+        try:
+            self.base.step()
+        finally:
+            for param, raw_grad in swapped:
+                param.grad = raw_grad
+        return loss
+
+    # -- saving and resuming ------------------------------------------------------------------
+
+    def state_dict(self) -> dict:
+        """DoPr's per-layer state (step, EMA statistics, cached inverse, counters) and the base's."""
+        state = super().state_dict()
+        state["base"] = self.base.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        if "base" not in state_dict:
+            raise ValueError("Not a DoPr state dict: the 'base' entry (base optimizer state) is missing")
+        base_state = state_dict.pop("base")
+        super().load_state_dict(state_dict)
+        self.base.load_state_dict(base_state)
+
+
+def activation_precondition(
+    weight_grad: Tensor,
+    bias_grad: Tensor | None,
+    state: dict,
+    *,
+    sums: InputSums | None,
+    homogeneous: bool,
+    damping: float,
+    cov_ema: float,
+    cache_inverse: bool,
+    max_damping_retries: int,
+) -> tuple[Tensor, Tensor | None] | None:
+    r"""The AP step for one layer: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`.
+
+    ``sums`` holds this step's input statistics when the factorization is refreshed now, else
+    ``None`` (the cached inverse in ``state["inverse"]`` is applied). Updates ``state`` in place
+    (``sigma`` when ``cov_ema > 0``, ``inverse`` when ``cache_inverse``, the counters). Returns the
+    (weight, bias) parts of :math:`\tilde M`, or ``None`` when no usable factor exists (then the
+    caller hands the raw gradient to the base, and ``state["skipped"]`` counts it).
+    """
+    d_in = weight_grad.shape[1]
+    grad = weight_grad.float()
+    if homogeneous:
+        bias_column = bias_grad.float() if bias_grad is not None else grad.new_zeros(grad.shape[0])
+        grad = torch.cat([grad, bias_column[:, None]], dim=1)
+
+    factor = None
+    if sums is not None and float(sums.count) > 0:
+        sigma = second_moment(sums, homogeneous)
+        if cov_ema > 0.0:
+            previous = state.get("sigma")
+            sigma = sigma if previous is None else previous.float().lerp(sigma, 1.0 - cov_ema)
+            state["sigma"] = sigma
+        factor = damped_cholesky(sigma, damping, max_damping_retries)
+        state["damping_retries"] += factor.retries
+        if factor.cholesky is not None and cache_inverse:
+            state["inverse"] = torch.cholesky_inverse(factor.cholesky)
+
+    if cache_inverse:
+        inverse = state.get("inverse")
+        if inverse is None:
+            state["skipped"] += 1
+            return None
+        update = grad @ inverse.float()
+    else:
+        if factor is None or factor.cholesky is None:
+            state["skipped"] += 1
+            return None
+        update = solve_right(grad, factor.cholesky)
+
+    if not bool(torch.isfinite(update).all()):
+        state["skipped"] += 1
+        return None
+    update = update.to(weight_grad.dtype)
+    if homogeneous:
+        return update[:, :d_in], update[:, d_in]
+    return update, None

@@ -1,0 +1,65 @@
+"""The optimizer registry: every name a config or the CLI may use, and how it is built."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable
+
+from torch import nn
+from torch.optim import Optimizer
+
+from dopr_robot.optim.dopr import BASE_OPTIMIZERS, DoPr
+
+# name -> (builder(model, **kwargs), one-line description). Baselines are the unmodified base
+# optimizers; "dopr-X" puts activation preconditioning in front of X.
+OPTIMIZERS: dict[str, tuple[Callable[..., Optimizer], str]] = {
+    "sgd": (BASE_OPTIMIZERS["sgd"], "torch.optim.SGD"),
+    "adam": (BASE_OPTIMIZERS["adam"], "torch.optim.Adam"),
+    "adamw": (BASE_OPTIMIZERS["adamw"], "torch.optim.AdamW"),
+    "signum": (BASE_OPTIMIZERS["signum"], "sign of momentum (Signum), decoupled weight decay"),
+    "muon": (BASE_OPTIMIZERS["muon"], "torch.optim.Muon on linear weights, AdamW on the rest"),
+    "dopr-sgd": (lambda model, **kw: DoPr(model, base="sgd", **kw), "AP alone (unstable ablation)"),
+    "dopr-adam": (lambda model, **kw: DoPr(model, base="adam", **kw), "AP, then Adam"),
+    "dopr-adamw": (lambda model, **kw: DoPr(model, base="adamw", **kw), "AP, then AdamW"),
+    "dopr-signum": (lambda model, **kw: DoPr(model, base="signum", **kw), "AP, then Signum"),
+    "dopr-muon": (lambda model, **kw: DoPr(model, base="muon", **kw), "AP, then Muon (AdamW off linear weights)"),
+}
+
+# Arguments only DoPr takes; a baseline given one of them is a configuration mistake.
+DOPR_ONLY_ARGUMENTS = tuple(
+    name for name in inspect.signature(DoPr.__init__).parameters
+    if name not in ("self", "model", "base", "lr", "weight_decay", "base_kwargs")
+)
+
+
+def is_dopr(name: str) -> bool:
+    """Whether the registry name puts AP in front of its base."""
+    return name.startswith("dopr-")
+
+
+def make_optimizer(name: str, model: nn.Module, **kwargs) -> Optimizer:
+    """Build the optimizer registered as ``name`` over ``model``'s trainable parameters.
+
+    ``kwargs`` go to the optimizer (``lr``, ``weight_decay``, base arguments such as ``betas``,
+    and for ``dopr-*`` names ``damping``, ``cov_ema``, ``refresh_every``).
+    """
+    if name not in OPTIMIZERS:
+        raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
+    if not is_dopr(name):
+        misplaced = sorted(set(kwargs) & set(DOPR_ONLY_ARGUMENTS))
+        if misplaced:
+            raise ValueError(
+                f"Optimizer {name!r} does not take {', '.join(misplaced)}: "
+                f"{'it is a DoPr option' if len(misplaced) == 1 else 'they are DoPr options'} (use 'dopr-{name}')"
+            )
+    builder, _ = OPTIMIZERS[name]
+    try:
+        return builder(model, **kwargs)
+    except TypeError as err:  # an argument the base optimizer does not know
+        raise ValueError(f"Optimizer {name!r}: {err}") from err
+
+
+def describe_registry() -> str:
+    """The registry as a text table (for ``dopr-robot optimizers``)."""
+    width = max(len(name) for name in OPTIMIZERS)
+    return "\n".join(f"{name.ljust(width)}  {description}" for name, (_, description) in OPTIMIZERS.items())
