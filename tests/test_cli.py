@@ -1,0 +1,50 @@
+"""The command line as a user meets it: exit codes and messages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from dopr_robot import __version__
+from dopr_robot.cli import main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dopr_robot", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"dopr-robot {__version__}"
+
+
+def test_optimizers_lists_the_registry_and_coverage(capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimizers", "--model", "attention", "--base", "muon"]) == 0
+    out = capsys.readouterr().out
+    assert "dopr-muon" in out and "1.qkv.weight" in out and "AP + muon" in out
+    assert "12 of 17 parameter tensors get AP" in out
+
+
+def test_unknown_model_is_one_line_and_exit_2() -> None:
+    result = run_cli("optimizers", "--model", "resnet")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "dopr-robot optimizers: error: unknown model 'resnet'; valid: mlp, attention"
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+def test_optimizer_demo_runs_small(capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimizer-demo", "--optimizers", "adamw,dopr-adamw", "--max-steps", "50"]) == 0
+    out = capsys.readouterr().out
+    assert "dopr-adamw" in out and "condition number 1000" in out
+
+
+def test_optimizer_demo_unknown_optimizer(capsys: pytest.CaptureFixture) -> None:
+    assert main(["optimizer-demo", "--optimizers", "adamw,lion"]) == 2
+    assert "unknown optimizer(s) lion" in capsys.readouterr().err
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys: pytest.CaptureFixture) -> None:
+    assert main([]) == 2
+    assert "optimizers" in capsys.readouterr().out

@@ -1,0 +1,60 @@
+"""DoPr under DDP with 2 CPU processes (gloo) equals one process on the whole batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from dopr_robot.optim import make_optimizer
+
+WORKER = Path(__file__).with_name("distributed_dopr_worker.py")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run_two_ranks(optimizer_name: str, steps: int, out_file: Path) -> None:
+    port = free_port()
+    processes = []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                   MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+        processes.append(subprocess.Popen([sys.executable, str(WORKER), optimizer_name, str(steps), str(out_file)],
+                                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    for process in processes:
+        output, _ = process.communicate(timeout=120)
+        assert process.returncode == 0, output
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
+@pytest.mark.parametrize("optimizer_name", ["dopr-adamw", "dopr-muon"])
+def test_two_gloo_ranks_match_one_process_on_the_whole_batch(optimizer_name: str, tmp_path: Path) -> None:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import distributed_dopr_worker as worker
+    finally:
+        sys.path.pop(0)
+    steps = 4
+    run_two_ranks(optimizer_name, steps, tmp_path / "params")
+
+    model = worker.make_model()
+    optimizer = make_optimizer(optimizer_name, model, lr=1e-2, damping=0.01)
+    for inputs, targets in worker.batches(steps):
+        optimizer.zero_grad()
+        (model(inputs) - targets).pow(2).mean().backward()
+        optimizer.step()
+
+    for rank in range(2):
+        distributed = torch.load(tmp_path / f"params.rank{rank}", weights_only=True)
+        for name, value in model.state_dict().items():
+            torch.testing.assert_close(distributed[name], value, rtol=1e-4, atol=1e-5, msg=f"rank {rank} {name}")

@@ -1,0 +1,320 @@
+"""DoPr against an independent float64 computation of the method, and its guarantees."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dopr_robot.optim import DoPr, Signum, make_optimizer
+from dopr_robot.optimizer_demo import DEMO_MODELS
+
+
+def reference_ap_gradient(inputs: np.ndarray, grad_w: np.ndarray, grad_b: np.ndarray, damping: float) -> np.ndarray:
+    """G̃ (Σ̃ + λI)⁻¹ in float64 from the definitions, with numpy only."""
+    z = np.concatenate([inputs, np.ones((inputs.shape[0], 1))], axis=1).astype(np.float64)
+    sigma = z.T @ z / z.shape[0]
+    lam = damping * np.trace(sigma) / sigma.shape[0]
+    g = np.concatenate([grad_w, grad_b[:, None]], axis=1).astype(np.float64)
+    # X (Σ + λI) = G  <=>  (Σ + λI) Xᵀ = Gᵀ  (symmetric)
+    return np.linalg.solve(sigma + lam * np.eye(sigma.shape[0]), g.T).T
+
+
+def one_backward(layer: nn.Linear, inputs: torch.Tensor, targets: torch.Tensor) -> None:
+    loss = (layer(inputs) - targets).pow(2).mean()
+    loss.backward()
+
+
+@pytest.mark.parametrize("damping", [1e-3, 0.1, 1.0])
+def test_sgd_step_is_exactly_minus_lr_times_ap_gradient(damping: float) -> None:
+    torch.manual_seed(0)
+    d_in, d_out, n, lr = 7, 3, 50, 0.1
+    layer = nn.Linear(d_in, d_out)
+    inputs = torch.randn(n, d_in) * torch.tensor([3.0, 0.1, 1, 1, 5, 1, 0.5]) + 2.0
+    targets = torch.randn(n, d_out)
+    optimizer = DoPr(layer, base="sgd", lr=lr, damping=damping, momentum=0.0, weight_decay=0.0)
+    before = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().clone()
+    one_backward(layer, inputs, targets)
+    expected = reference_ap_gradient(
+        inputs.numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(), damping
+    )
+    optimizer.step()
+    after = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach()
+    np.testing.assert_allclose((after - before).numpy(), -lr * expected, rtol=1e-4, atol=1e-6)
+    assert optimizer.numerics() == {"damping_retries": 0, "skipped": 0}
+
+
+def test_step_leaves_raw_gradients_in_place() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    optimizer = DoPr(layer, base="adamw", lr=1e-2)
+    one_backward(layer, torch.randn(16, 4), torch.randn(16, 2))
+    raw = layer.weight.grad.clone()
+    optimizer.step()
+    assert torch.equal(layer.weight.grad, raw)
+
+
+def test_adamw_base_follows_torch_adamw_fed_the_ap_gradient() -> None:
+    torch.manual_seed(1)
+    d_in, d_out, damping = 6, 4, 0.05
+    layer = nn.Linear(d_in, d_out)
+    twin = copy.deepcopy(layer)
+    settings = dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)
+    optimizer = DoPr(layer, base="adamw", damping=damping, **settings)
+    reference = torch.optim.AdamW(twin.parameters(), **settings)
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(8):
+        inputs = torch.randn(32, d_in, generator=generator) * 4.0 + 1.0
+        targets = torch.randn(32, d_out, generator=generator)
+        optimizer.zero_grad()
+        one_backward(layer, inputs, targets)
+        optimizer.step()
+        reference.zero_grad()
+        one_backward(twin, inputs, targets)
+        ap = reference_ap_gradient(inputs.numpy(), twin.weight.grad.numpy(), twin.bias.grad.numpy(), damping)
+        twin.weight.grad = torch.from_numpy(ap[:, :d_in]).float()
+        twin.bias.grad = torch.from_numpy(ap[:, d_in]).float()
+        reference.step()
+    torch.testing.assert_close(layer.weight, twin.weight, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(layer.bias, twin.bias, rtol=1e-4, atol=1e-5)
+
+
+def regression_loss_after(name: str, steps: int = 60, **kwargs) -> tuple[float, float]:
+    torch.manual_seed(0)
+    model = DEMO_MODELS["mlp"]()
+    inputs, targets = torch.randn(128, 17), torch.randn(128, 6)
+    optimizer = make_optimizer(name, model, **kwargs)
+    losses = []
+    for _ in range(steps):
+        loss = (model(inputs) - targets).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach().item())
+    return losses[0], losses[-1]
+
+
+@pytest.mark.parametrize("name", ["muon", "dopr-muon", "signum", "dopr-signum", "adam", "dopr-adam", "dopr-sgd"])
+def test_every_base_decreases_a_loss(name: str) -> None:
+    first, last = regression_loss_after(name, lr=1e-2 if "sgd" not in name else 0.05)
+    assert np.isfinite(last)
+    assert last < 0.7 * first
+
+
+def test_muon_base_orthogonalizes_weights_and_sends_the_rest_to_adamw() -> None:
+    model = DEMO_MODELS["attention"]()
+    optimizer = make_optimizer("dopr-muon", model)
+    muon_params = {id(p) for p in optimizer.base.muon.param_groups[0]["params"]}
+    adamw_params = {id(p) for p in optimizer.base.adamw.param_groups[0]["params"]}
+    for name, param in model.named_parameters():
+        is_linear_weight = name.endswith("weight") and param.ndim == 2
+        assert (id(param) in muon_params) == is_linear_weight, name
+        assert (id(param) in adamw_params) != is_linear_weight, name
+
+
+def test_coverage_of_mlp_and_attention_models() -> None:
+    mlp = DEMO_MODELS["mlp"]()
+    rows = {r["parameter"]: r["preconditioning"] for r in DoPr(mlp, base="adamw").coverage()}
+    assert rows == {
+        "0.weight": "AP + adamw", "0.bias": "AP + adamw",
+        "2.weight": "adamw (raw gradient)", "2.bias": "adamw (raw gradient)",
+        "3.weight": "AP + adamw", "3.bias": "AP + adamw",
+    }
+    attention = DEMO_MODELS["attention"]()
+    optimizer = DoPr(attention, base="signum")
+    rows = {r["parameter"]: r["preconditioning"] for r in optimizer.coverage()}
+    for name in ["1.qkv.weight", "1.qkv.bias", "1.out.weight", "1.mlp.0.weight", "1.mlp.2.bias", "2.weight"]:
+        assert rows[name] == "AP + signum", name
+    for name in ["1.position", "1.norm1.weight", "1.norm2.bias"]:
+        assert rows[name] == "signum (raw gradient)", name
+    assert "12 of 17 parameter tensors get AP (6 linear layers hooked)" in optimizer.format_coverage()
+
+
+def test_attention_tokens_are_folded_into_the_batch() -> None:
+    torch.manual_seed(0)
+    model = DEMO_MODELS["attention"]()
+    optimizer = DoPr(model, base="adamw")
+    model(torch.randn(3, 8, 17)).sum().backward()
+    qkv = next(layer for layer in optimizer._layers if layer.name == "1.qkv")
+    assert float(qkv.sums.count) == 3 * 8
+
+
+def test_tied_weight_gets_base_only() -> None:
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    rows = {r["parameter"]: r["preconditioning"] for r in DoPr(nn.Sequential(first, second)).coverage()}
+    assert rows["0.weight"] == "adamw (raw gradient)"
+
+
+def test_eval_and_no_grad_forwards_leave_statistics_alone() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 2)
+    optimizer = DoPr(layer, base="sgd", lr=0.1, damping=0.01)
+    twin = copy.deepcopy(layer)
+    twin_optimizer = DoPr(twin, base="sgd", lr=0.1, damping=0.01)
+    inputs, targets = torch.randn(20, 5), torch.randn(20, 2)
+
+    with torch.no_grad():
+        layer(torch.randn(7, 5) * 100)
+    with torch.inference_mode():
+        layer(torch.randn(7, 5) * 100)
+    layer.eval()
+    layer(torch.randn(7, 5) * 100)
+    layer.train()
+    for model, opt in [(layer, optimizer), (twin, twin_optimizer)]:
+        one_backward(model, inputs, targets)
+        opt.step()
+    assert torch.equal(layer.weight, twin.weight)
+
+
+def test_gradient_accumulation_equals_one_large_batch() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 3)
+    twin = copy.deepcopy(layer)
+    optimizer = DoPr(layer, base="sgd", lr=0.1, damping=0.01)
+    twin_optimizer = DoPr(twin, base="sgd", lr=0.1, damping=0.01)
+    inputs, targets = torch.randn(40, 6) * 3 + 1, torch.randn(40, 3)
+    for half in (slice(0, 20), slice(20, 40)):
+        (0.5 * (layer(inputs[half]) - targets[half]).pow(2).mean()).backward()
+    optimizer.step()
+    one_backward(twin, inputs, targets)
+    twin_optimizer.step()
+    torch.testing.assert_close(layer.weight, twin.weight, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["dead_units", "constant_inputs", "large_scale", "zero_damping_rank_deficient"])
+def test_degenerate_statistics_never_give_nan(case: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 2))
+    damping = 0.0 if case == "zero_damping_rank_deficient" else 1e-3
+    optimizer = DoPr(model, base="sgd", lr=1e-3, damping=damping)
+    if case == "dead_units":
+        with torch.no_grad():
+            model[0].bias.fill_(-1e3)  # every hidden unit dead: the second layer sees zeros only
+        inputs = torch.randn(32, 8)
+    elif case == "constant_inputs":
+        inputs = torch.ones(32, 8) * 3.0
+    elif case == "large_scale":
+        inputs = torch.randn(32, 8) * 1e4 + 1e5
+    else:
+        inputs = torch.randn(3, 8)  # 3 rows, 9 dimensions: Σ̃ is singular
+    for _ in range(3):
+        optimizer.zero_grad()
+        (model(inputs) - 1.0).pow(2).mean().backward()
+        optimizer.step()
+        for param in model.parameters():
+            assert torch.isfinite(param).all(), case
+    if case == "zero_damping_rank_deficient":
+        assert optimizer.numerics()["damping_retries"] > 0
+
+
+def test_failed_factorization_raises_damping_and_counts_it() -> None:
+    from dopr_robot.optim.activation import damped_cholesky
+
+    singular = torch.zeros(5, 5)
+    singular[0, 0] = 1.0
+    factor = damped_cholesky(singular, relative_damping=0.0)
+    assert factor.cholesky is not None and factor.retries >= 1 and factor.damping > 0
+    nan_factor = damped_cholesky(torch.full((3, 3), float("nan")), relative_damping=0.1)
+    assert nan_factor.cholesky is None
+
+
+def test_layer_without_statistics_falls_back_to_the_raw_gradient() -> None:
+    layer = nn.Linear(3, 2)
+    optimizer = DoPr(layer, base="sgd", lr=0.1)
+    layer.weight.grad = torch.ones_like(layer.weight)  # a gradient with no recorded forward
+    layer.bias.grad = torch.ones_like(layer.bias)
+    before = layer.weight.detach().clone()
+    optimizer.step()
+    torch.testing.assert_close(layer.weight, before - 0.1)
+    assert optimizer.numerics()["skipped"] == 1
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, seed: int) -> None:
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        inputs = torch.randn(16, 17, generator=generator)
+        targets = torch.randn(16, 6, generator=generator)
+        optimizer.zero_grad()
+        (model(inputs) - targets).pow(2).mean().backward()
+        optimizer.step()
+
+
+@pytest.mark.parametrize("base", ["adamw", "muon", "signum", "sgd"])
+@pytest.mark.parametrize("amortized", [False, True])
+def test_state_dict_resume_is_bit_identical(base: str, amortized: bool, tmp_path) -> None:
+    options = dict(cov_ema=0.9, refresh_every=3) if amortized else {}
+    extra = {"momentum": 0.9} if base == "sgd" else {}
+
+    torch.manual_seed(0)
+    model = DEMO_MODELS["mlp"]()
+    optimizer = DoPr(model, base=base, lr=1e-2, **options, **extra)
+    train_steps(model, optimizer, 4, seed=1)
+    path = tmp_path / "state.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    train_steps(model, optimizer, 5, seed=2)
+
+    saved = torch.load(path, weights_only=True)
+    resumed_model = DEMO_MODELS["mlp"]()
+    resumed_model.load_state_dict(saved["model"])
+    resumed = DoPr(resumed_model, base=base, lr=1e-2, **options, **extra)
+    resumed.load_state_dict(saved["optimizer"])
+    train_steps(resumed_model, resumed, 5, seed=2)
+
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    if amortized:
+        state = resumed.state[resumed_model[0].weight]
+        assert "sigma" in state and "inverse" in state
+
+
+def test_refresh_every_reuses_the_cached_inverse() -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(4, 2)
+    optimizer = DoPr(layer, base="sgd", lr=0.1, damping=0.1, refresh_every=2)
+    first_inputs = torch.randn(30, 4) * 2
+    one_backward(layer, first_inputs, torch.zeros(30, 2))
+    optimizer.step()
+    # Step 2 is not a refresh: its (very different) inputs are not even recorded.
+    optimizer.zero_grad()
+    second_inputs = torch.randn(30, 4) * 50
+    before = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().clone()
+    one_backward(layer, second_inputs, torch.zeros(30, 2))
+    z = torch.cat([first_inputs, torch.ones(30, 1)], dim=1).double()
+    sigma = z.T @ z / 30
+    inverse = torch.linalg.inv(sigma + 0.1 * torch.trace(sigma) / 5 * torch.eye(5, dtype=torch.float64))
+    grad = torch.cat([layer.weight.grad, layer.bias.grad[:, None]], dim=1).double()
+    optimizer.step()
+    after = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach()
+    torch.testing.assert_close((after - before).double(), -0.1 * grad @ inverse, rtol=1e-4, atol=1e-6)
+
+
+def test_scheduler_learning_rate_reaches_the_base() -> None:
+    layer = nn.Linear(3, 1)
+    optimizer = DoPr(layer, base="muon", lr=1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 ** step)
+    for _ in range(3):
+        layer(torch.randn(4, 3)).sum().backward()
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.base.muon.param_groups[0]["lr"] == pytest.approx(0.25)
+    assert optimizer.base.adamw.param_groups[0]["lr"] == pytest.approx(0.25)
+
+
+def test_signum_moves_every_coordinate_by_lr() -> None:
+    param = nn.Parameter(torch.zeros(4))
+    optimizer = Signum([param], lr=0.1, momentum=0.0)
+    param.grad = torch.tensor([3.0, -0.001, 2e5, -7.0])
+    optimizer.step()
+    torch.testing.assert_close(param.detach(), torch.tensor([-0.1, 0.1, -0.1, 0.1]))
+
+
+def test_remove_hooks_stops_recording() -> None:
+    layer = nn.Linear(3, 1)
+    optimizer = DoPr(layer)
+    optimizer.remove_hooks()
+    layer(torch.randn(4, 3)).sum().backward()
+    assert float(optimizer._layers[0].sums.count) == 0

@@ -1,0 +1,82 @@
+"""The optimizer registry and the argument checks users hit first."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dopr_robot.optim import OPTIMIZERS, DoPr, MuonWithAdamW, Signum, make_optimizer
+
+EXPECTED_NAMES = ["sgd", "adam", "adamw", "signum", "muon",
+                  "dopr-sgd", "dopr-adam", "dopr-adamw", "dopr-signum", "dopr-muon"]
+
+
+def test_registry_names() -> None:
+    assert list(OPTIMIZERS) == EXPECTED_NAMES
+
+
+@pytest.mark.parametrize("name", EXPECTED_NAMES)
+def test_every_registered_optimizer_builds_and_steps(name: str) -> None:
+    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+    optimizer = make_optimizer(name, model, lr=1e-3)
+    model(torch.randn(5, 3)).sum().backward()
+    optimizer.step()
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    if name.startswith("dopr-"):
+        assert isinstance(optimizer, DoPr) and optimizer.base_name == name[5:]
+
+
+def test_baseline_types() -> None:
+    model = nn.Linear(2, 2)
+    assert type(make_optimizer("adamw", model)) is torch.optim.AdamW
+    assert type(make_optimizer("signum", model)) is Signum
+    assert type(make_optimizer("muon", model)) is MuonWithAdamW
+
+
+def test_unknown_name_lists_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'lion'; valid names: sgd, adam, adamw, .*dopr-muon"):
+        make_optimizer("lion", nn.Linear(2, 2))
+
+
+def test_dopr_option_given_to_a_baseline_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"'adamw' does not take damping: it is a DoPr option \(use 'dopr-adamw'\)"):
+        make_optimizer("adamw", nn.Linear(2, 2), damping=0.1)
+
+
+def test_unknown_base_argument_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match=r"Optimizer 'dopr-adamw': .*unexpected keyword argument 'momentum'"):
+        make_optimizer("dopr-adamw", nn.Linear(2, 2), momentum=0.9)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(lr=-1.0), r"Invalid learning rate: -1.0"),
+        (dict(damping=-0.1), r"Invalid damping: -0.1"),
+        (dict(weight_decay=-1.0), r"Invalid weight_decay: -1.0"),
+        (dict(cov_ema=1.0), r"Invalid cov_ema: 1.0 \(must be in \[0, 1\)"),
+        (dict(refresh_every=0), r"Invalid refresh_every: 0"),
+        (dict(refresh_every=2.5), r"Invalid refresh_every: 2.5"),
+        (dict(base="lion"), r"Unknown base optimizer 'lion'; valid: sgd, adam, adamw, signum, muon"),
+    ],
+)
+def test_dopr_validates_its_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DoPr(nn.Linear(2, 2), **kwargs)
+
+
+def test_dopr_needs_the_model_not_its_parameters() -> None:
+    with pytest.raises(ValueError, match=r"DoPr takes the model \(an nn.Module\)"):
+        DoPr(list(nn.Linear(2, 2).parameters()))
+
+
+def test_signum_validates_momentum() -> None:
+    with pytest.raises(ValueError, match=r"Invalid momentum: 1.0"):
+        Signum(nn.Linear(2, 2).parameters(), momentum=1.0)
+
+
+def test_loading_a_foreign_state_dict_is_refused() -> None:
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="Not a DoPr state dict"):
+        DoPr(model).load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
