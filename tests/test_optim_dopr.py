@@ -139,7 +139,7 @@ def test_attention_tokens_are_folded_into_the_batch() -> None:
     optimizer = DoPr(model, base="adamw")
     model(torch.randn(3, 8, 17)).sum().backward()
     qkv = next(layer for layer in optimizer._layers if layer.name == "1.qkv")
-    assert float(qkv.sums.count) == 3 * 8
+    assert float(qkv.sums.count) == 3 * 8 and float(qkv.sums.outer[-1, -1]) == 3 * 8
 
 
 def test_tied_weight_gets_base_only() -> None:

