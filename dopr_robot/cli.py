@@ -18,6 +18,7 @@ from dopr_robot.errors import UserError
 COMMANDS: dict[str, str] = {
     "optimizers": "optimizers",
     "optimizer-demo": "optimizer_demo",
+    "tasks": "tasks",
 }
 
 

@@ -1,1 +1,53 @@
-"""envs package."""
+"""Tasks for behavior cloning: envs whose success is unambiguous, and experts that can be asked for
+their action at any state.
+
+Public API::
+
+    list_tasks() -> list[str]
+    task_spec(name) -> TaskSpec              # sizes, horizon, expert kind, availability, criterion
+    make(name, **kwargs) -> gymnasium.Env    # also gymnasium.make("dopr/<name>")
+    make_expert(name) -> Expert              # expert.act(obs (D,) or (N, D)) -> action (A,) or (N, A)
+    describe_tasks() -> str                  # the table behind `dopr-robot tasks`
+
+Conventions shared by every task: observations are flat float32 ``Box`` vectors (float64 for the
+gymnasium locomotion tasks, unchanged), ``info["is_success"]`` is present on every step and in
+the reset info, an episode counts as a success when ``is_success`` holds on its final step, the
+horizon is counted inside the env (``truncated``; ``terminated`` only for real episode ends such as
+a fallen Hopper), and ``env.get_state()`` saves a flat float64 vector that
+``env.set_state(state)`` restores (returning the observation there) so the following steps replay
+exactly.
+
+Tasks are also registered with gymnasium under the ``dopr/`` namespace when this package is imported;
+there they get gymnasium's usual checker wrappers: reach the state methods with
+``env.get_wrapper_attr("get_state")`` (not ``env.unwrapped``, which for the Fetch and locomotion
+tasks is the inner gymnasium env).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
+
+from functools import partial
+
+import gymnasium
+
+from envs.experts.base import Expert
+from envs.registry import (
+    GYMNASIUM_NAMESPACE,
+    TASKS,
+    TaskSpec,
+    describe_tasks,
+    list_tasks,
+    make,
+    make_expert,
+    task_spec,
+)
+
+__all__ = ["Expert", "TaskSpec", "describe_tasks", "list_tasks", "make", "make_expert", "task_spec"]
+
+for _name in TASKS:
+    if f"{GYMNASIUM_NAMESPACE}/{_name}" not in gymnasium.registry:
+        gymnasium.register(id=f"{GYMNASIUM_NAMESPACE}/{_name}", entry_point=partial(make, _name))
+del _name

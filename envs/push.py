@@ -1,0 +1,203 @@
+"""Push-v0: a round pusher on a table pushes a free puck to a random goal (contact-rich, 150 steps)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
+
+import numpy as np
+from gymnasium import spaces, utils
+from gymnasium.envs.mujoco import MujocoEnv
+
+from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+
+ASSET_PATH = Path(__file__).parent / "assets" / "push.xml"
+
+# Mirrored from assets/push.xml for the scripted expert.
+PUCK_RADIUS = 0.04  # m
+PUSHER_RADIUS = 0.02  # m
+PUSHER_DAMPING = 8.0  # N s / m, on each slide joint
+PUSHER_GEAR = 5.0  # N per unit action
+
+
+class PushEnv(MujocoEnv, utils.EzPickle):
+    r"""A pusher on x/y slide joints pushes a free puck (on a table with friction) to a goal.
+
+    The puck is a free body (radius 4 cm, 0.2 kg, sliding friction 0.4): it slides, spins, and keeps
+    moving briefly after contact ends, so small errors in where the pusher hits compound over the
+    episode.
+
+    ## Action
+    ``Box(-1, 1, (2,), float32)``: forces on the pusher along x and y, scaled by ``gear`` = 5 N in
+    the XML. The slide joints have viscous damping 8 N s/m (top speed about 0.6 m/s).
+
+    ## Observation
+    ``Box(-inf, inf, (15,), float32)``, all in the table plane (world frame, m and m/s), in order:
+
+    - 0-1: pusher position xy
+    - 2-3: pusher velocity xy
+    - 4-5: puck position xy
+    - 6-7: puck velocity xy
+    - 8: puck angular velocity about its vertical axis (rad/s)
+    - 9-10: goal position xy
+    - 11-12: puck minus pusher
+    - 13-14: goal minus puck
+
+    ## Reward
+    ``reward = reward_goal + reward_near + reward_control`` with ``reward_goal = -|goal - puck|``,
+    ``reward_near = -0.5 * max(0, |puck - pusher| - 0.06)`` (0 when touching) and
+    ``reward_control = -ctrl_cost_weight * |action|^2``; all three terms are in ``info``.
+
+    ## Success
+    ``info["is_success"]`` (on every step and in the reset info) is True while the puck centre is
+    within ``success_distance`` (default 0.03 m) of the goal. An episode counts as a success when
+    ``is_success`` holds on its final step.
+
+    ## Starting state
+    Puck centre uniform in [-0.15, 0.15]^2 m; goal uniform in [-0.2, 0.2]^2 m, redrawn until at least
+    0.12 m from the puck; pusher uniform in [-0.3, 0.3]^2 m, redrawn until at least 0.1 m from the
+    puck; everything at rest. All randomness comes from ``self.np_random``.
+
+    ## Episode end
+    Never ``terminated`` unless ``terminate_on_success=True`` (then on the first success step).
+    ``truncated`` after ``horizon`` steps (default 150 = 6 s at dt 0.04), counted inside the env (no
+    ``TimeLimit`` wrapper): the counter is part of :meth:`get_state`.
+    """
+
+    # render_fps is set per instance from dt (it depends on frame_skip).
+    metadata = {"render_modes": ["rgb_array", "depth_array", "rgbd_tuple"]}
+
+    def __init__(
+        self,
+        horizon: int = 150,
+        success_distance: float = 0.03,
+        ctrl_cost_weight: float = 0.01,
+        terminate_on_success: bool = False,
+        frame_skip: int = 8,
+        render_mode: str | None = None,
+        width: int = 240,
+        height: int = 240,
+    ) -> None:
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        if success_distance <= 0:
+            raise ValueError(f"success_distance must be > 0, got {success_distance}")
+        utils.EzPickle.__init__(
+            self, horizon, success_distance, ctrl_cost_weight, terminate_on_success, frame_skip,
+            render_mode, width, height,
+        )
+        self.horizon = horizon
+        self.success_distance = success_distance
+        self.ctrl_cost_weight = ctrl_cost_weight
+        self.terminate_on_success = terminate_on_success
+        self._elapsed_steps = 0
+
+        MujocoEnv.__init__(
+            self,
+            str(ASSET_PATH),
+            frame_skip,
+            observation_space=spaces.Box(-np.inf, np.inf, shape=(15,), dtype=np.float32),
+            render_mode=render_mode,
+            width=width,
+            height=height,
+            camera_name="fixed",
+        )
+        use_fast_rendering(self.model)
+        self.metadata = {**self.metadata, "render_fps": int(np.round(1.0 / self.dt))}
+
+    # -- observation, success, reward ---------------------------------------------------------
+    # qpos = [pusher x, pusher y, puck xyz, puck quaternion]; qvel = [pusher vx, vy, puck linear
+    # velocity (world), puck angular velocity (body frame)]. Read from qpos/qvel rather than body
+    # positions, which mj_step leaves one substep behind.
+
+    def _pusher_position(self) -> np.ndarray:
+        return self.data.qpos[0:2].copy()
+
+    def _puck_position(self) -> np.ndarray:
+        return self.data.qpos[2:4].copy()
+
+    def _goal_position(self) -> np.ndarray:
+        return self.data.mocap_pos[0, :2].copy()
+
+    def _get_obs(self) -> np.ndarray:
+        pusher, puck, goal = self._pusher_position(), self._puck_position(), self._goal_position()
+        qvel = self.data.qvel
+        return np.concatenate(
+            [pusher, qvel[0:2], puck, qvel[2:4], qvel[7:8], goal, puck - pusher, goal - puck]
+        ).astype(np.float32)
+
+    def _get_info(self) -> dict[str, Any]:
+        distance = float(np.linalg.norm(self._goal_position() - self._puck_position()))
+        return {"distance": distance, "is_success": bool(distance < self.success_distance)}
+
+    def _get_reset_info(self) -> dict[str, Any]:
+        return self._get_info()
+
+    # -- gymnasium API --------------------------------------------------------------------------
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
+        self.do_simulation(action, self.frame_skip)
+        self._elapsed_steps += 1
+
+        info = self._get_info()
+        gap = float(np.linalg.norm(self._puck_position() - self._pusher_position()))
+        reward_goal = -info["distance"]
+        reward_near = -0.5 * max(0.0, gap - (PUCK_RADIUS + PUSHER_RADIUS))
+        reward_control = -self.ctrl_cost_weight * float(np.sum(np.square(action)))
+        info.update(reward_goal=reward_goal, reward_near=reward_near, reward_control=reward_control)
+        terminated = self.terminate_on_success and info["is_success"]
+        truncated = self._elapsed_steps >= self.horizon
+        reward = reward_goal + reward_near + reward_control
+        return self._get_obs(), reward, terminated, truncated, info
+
+    def reset_model(self) -> np.ndarray:
+        rng = self.np_random
+        puck = rng.uniform(-0.15, 0.15, size=2)
+        goal = rng.uniform(-0.2, 0.2, size=2)
+        while np.linalg.norm(goal - puck) < 0.12:
+            goal = rng.uniform(-0.2, 0.2, size=2)
+        pusher = rng.uniform(-0.3, 0.3, size=2)
+        while np.linalg.norm(pusher - puck) < 0.1:
+            pusher = rng.uniform(-0.3, 0.3, size=2)
+
+        qpos = self.init_qpos.copy()  # puck upright at rest height, identity orientation
+        qpos[0:2] = pusher
+        qpos[2:4] = puck
+        self.data.mocap_pos[0, :2] = goal
+        MujocoEnv.set_state(self, qpos, np.zeros(self.model.nv))
+        self._elapsed_steps = 0
+        return self._get_obs()
+
+    # -- replayable state -----------------------------------------------------------------------
+
+    @property
+    def state_size(self) -> int:
+        """Length of the :meth:`get_state` vector."""
+        return 1 + physics_state_size(self.model)
+
+    def get_state(self) -> np.ndarray:
+        """Everything needed to replay from here: ``[elapsed_steps, *mujoco_integration_state]``.
+
+        The MuJoCo part includes qpos, qvel, the contact solver's warm start and the goal (a mocap
+        body), so a restored state steps bitwise identically to the original.
+        """
+        return np.concatenate([[float(self._elapsed_steps)], get_physics_state(self.model, self.data)])
+
+    def set_state(self, state: np.ndarray) -> np.ndarray:  # type: ignore[override]
+        """Restore a vector from :meth:`get_state` and return the observation there.
+
+        Replaces ``MujocoEnv.set_state(qpos, qvel)``, which :meth:`reset_model` still uses.
+        """
+        state = np.asarray(state, dtype=np.float64)
+        if state.shape != (self.state_size,):
+            raise ValueError(
+                f"Push state has shape {state.shape}, expected ({self.state_size},): "
+                "pass a vector returned by PushEnv.get_state()"
+            )
+        set_physics_state(self.model, self.data, state[1:])
+        self._elapsed_steps = int(state[0])
+        return self._get_obs()

@@ -1,0 +1,191 @@
+"""The task registry: every task with its sizes, horizon, expert and success criterion, in one dict.
+
+Adding a task = one module (env + expert) and one line in :data:`TASKS`. The sizes here are what
+:func:`task_spec` reports without building the env (so unavailable tasks can still be described);
+a test checks them against the built envs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, Literal
+
+import gymnasium
+
+from dopr_robot.errors import UserError
+from envs.experts.base import Expert
+from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchReachExpert
+from envs.experts.push import PushExpert
+from envs.experts.reach import ReachExpert
+from envs.experts.sb3 import has_weights, load_sb3_expert
+from envs.fetch import FETCH_MISSING_REASON, fetch_installed, make_fetch_env
+from envs.locomotion import make_locomotion_env
+from envs.push import PushEnv
+from envs.reach import ReachEnv
+
+ExpertKind = Literal["scripted", "sb3"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task described without building it.
+
+    ``available`` means both the env and its expert can be built now; ``unavailable_reason`` says
+    what is missing otherwise (an optional extra, expert weights). ``horizon`` is the default
+    episode length; episodes are judged by ``info["is_success"]`` on their final step.
+    """
+
+    name: str
+    obs_dim: int
+    act_dim: int
+    horizon: int
+    expert_kind: ExpertKind
+    available: bool
+    unavailable_reason: str
+    success_criterion: str
+
+
+@dataclass(frozen=True)
+class TaskEntry:
+    """One registry line: how to build the env and the expert, and what :class:`TaskSpec` reports."""
+
+    make_env: Callable[..., gymnasium.Env]
+    make_expert: Callable[[], Expert]
+    obs_dim: int
+    act_dim: int
+    horizon: int
+    expert_kind: ExpertKind
+    success_criterion: str
+    needs_fetch_extra: bool = False
+
+
+def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str) -> TaskEntry:
+    return TaskEntry(
+        make_env=partial(make_fetch_env, task),
+        make_expert=expert,
+        obs_dim=obs_dim,
+        act_dim=4,
+        horizon=50,
+        expert_kind="scripted",
+        success_criterion=f"{achieved} within 5 cm of the goal on the final step",
+        needs_fetch_extra=True,
+    )
+
+
+def _locomotion(task: str, obs_dim: int, act_dim: int, success_return: float) -> TaskEntry:
+    return TaskEntry(
+        make_env=partial(make_locomotion_env, task, success_return=success_return),
+        make_expert=partial(load_sb3_expert, task, obs_dim),
+        obs_dim=obs_dim,
+        act_dim=act_dim,
+        horizon=1000,
+        expert_kind="sb3",
+        success_criterion=f"not terminated in 1000 steps and return >= {success_return:g}",
+    )
+
+
+# Locomotion success returns are task definitions, not expert measurements: about two thirds of
+# gymnasium's reward_threshold where it has one (Hopper 3800, HalfCheetah 4800, Ant 6000). Walker2d
+# has none and gets Hopper's level; Humanoid's healthy reward alone is 5000 over 1000 steps, so it
+# needs 6000 (forward progress). Override per env with make(name, success_return=...).
+TASKS: dict[str, TaskEntry] = {
+    "Reach-v0": TaskEntry(
+        make_env=ReachEnv,
+        make_expert=ReachExpert,
+        obs_dim=18,
+        act_dim=3,
+        horizon=100,
+        expert_kind="scripted",
+        success_criterion="fingertip within 2.5 cm of the target on the final step",
+    ),
+    "Push-v0": TaskEntry(
+        make_env=PushEnv,
+        make_expert=PushExpert,
+        obs_dim=15,
+        act_dim=2,
+        horizon=150,
+        expert_kind="scripted",
+        success_criterion="puck within 3 cm of the goal on the final step",
+    ),
+    "FetchReach-v4": _fetch("FetchReach-v4", 16, FetchReachExpert, "gripper"),
+    "FetchPush-v4": _fetch("FetchPush-v4", 31, FetchPushExpert, "block"),
+    "FetchPickAndPlace-v4": _fetch("FetchPickAndPlace-v4", 31, FetchPickAndPlaceExpert, "block"),
+    "Hopper-v5": _locomotion("Hopper-v5", 11, 3, success_return=2500.0),
+    "Walker2d-v5": _locomotion("Walker2d-v5", 17, 6, success_return=2500.0),
+    "HalfCheetah-v5": _locomotion("HalfCheetah-v5", 17, 6, success_return=3000.0),
+    "Ant-v5": _locomotion("Ant-v5", 105, 8, success_return=4000.0),
+    "Humanoid-v5": _locomotion("Humanoid-v5", 348, 17, success_return=6000.0),
+}
+
+GYMNASIUM_NAMESPACE = "dopr"
+
+
+def list_tasks() -> list[str]:
+    """Names of all registered tasks, available or not, in registry order."""
+    return list(TASKS)
+
+
+def _lookup(name: str) -> tuple[str, TaskEntry]:
+    """The registry key and entry for ``name`` (a leading ``dopr/`` is accepted), or a UserError."""
+    key = name.removeprefix(f"{GYMNASIUM_NAMESPACE}/")
+    if key not in TASKS:
+        raise UserError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
+    return key, TASKS[key]
+
+
+def _unavailable_reason(name: str, entry: TaskEntry) -> str:
+    if entry.needs_fetch_extra and not fetch_installed():
+        return FETCH_MISSING_REASON
+    if entry.expert_kind == "sb3" and not has_weights(name):
+        return f"no expert weights yet (envs/experts/weights/{name}/)"
+    return ""
+
+
+def task_spec(name: str) -> TaskSpec:
+    """Describe task ``name`` without building it; unknown names raise :class:`UserError`."""
+    key, entry = _lookup(name)
+    reason = _unavailable_reason(key, entry)
+    return TaskSpec(
+        name=key,
+        obs_dim=entry.obs_dim,
+        act_dim=entry.act_dim,
+        horizon=entry.horizon,
+        expert_kind=entry.expert_kind,
+        available=not reason,
+        unavailable_reason=reason,
+        success_criterion=entry.success_criterion,
+    )
+
+
+def make(name: str, **kwargs: object) -> gymnasium.Env:
+    """Build task ``name``; keyword arguments go to its constructor (e.g. ``render_mode="rgb_array"``).
+
+    The returned env has ``get_state()``/``set_state(state)``. Locomotion envs build without expert
+    weights; a missing optional extra raises :class:`UserError` naming the install command.
+    """
+    _, entry = _lookup(name)
+    if entry.needs_fetch_extra and not fetch_installed():
+        raise UserError(f"task {name} is unavailable: {FETCH_MISSING_REASON}")
+    return entry.make_env(**kwargs)
+
+
+def make_expert(name: str) -> Expert:
+    """Build the expert of task ``name``: scripted, or loaded from SB3 weights (UserError when absent)."""
+    _, entry = _lookup(name)
+    if entry.needs_fetch_extra and not fetch_installed():
+        raise UserError(f"task {name} is unavailable: {FETCH_MISSING_REASON}")
+    return entry.make_expert()
+
+
+def describe_tasks() -> str:
+    """A plain-text table of every task: sizes, horizon, expert kind and availability."""
+    header = ("task", "obs", "act", "horizon", "expert", "status")
+    rows = [header]
+    for name in TASKS:
+        spec = task_spec(name)
+        status = "available" if spec.available else f"unavailable: {spec.unavailable_reason}"
+        rows.append((spec.name, str(spec.obs_dim), str(spec.act_dim), str(spec.horizon), spec.expert_kind, status))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
+    return "\n".join(lines)
