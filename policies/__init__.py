@@ -1,1 +1,44 @@
-"""policies package."""
+"""Policies for behavior cloning: observation history in, action chunk out, normalizers inside.
+
+Every policy is a :class:`~policies.base.Policy`: ``loss(batch)`` for training, ``predict(obs_history)``
+for inference (raw units in and out). Adding one = a module with a config dataclass and a class,
+plus one line in ``POLICIES``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any
+
+from policies.base import Policy
+from policies.mlp import MLPConfig, MLPPolicy
+from policies.normalizer import Normalizer
+from policies.transformer import TransformerConfig, TransformerPolicy
+
+# name -> (policy class, config dataclass)
+POLICIES: dict[str, tuple[type[Policy], type]] = {
+    "mlp": (MLPPolicy, MLPConfig),
+    "transformer": (TransformerPolicy, TransformerConfig),
+}
+
+
+def policy_config_fields(name: str) -> list[str]:
+    """The config field names of a registered policy."""
+    return [f.name for f in fields(POLICIES[name][1])]
+
+
+def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1, **config: Any) -> Policy:
+    """Build a registered policy; ``config`` are fields of its config dataclass."""
+    if name not in POLICIES:
+        raise ValueError(f"Unknown policy {name!r}; valid: {', '.join(POLICIES)}")
+    if history < 1 or chunk < 1:
+        raise ValueError(f"history and chunk must be >= 1, got history={history}, chunk={chunk}")
+    policy_class, config_class = POLICIES[name]
+    unknown = sorted(set(config) - set(policy_config_fields(name)))
+    if unknown:
+        raise ValueError(f"policy {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(policy_config_fields(name))}")
+    return policy_class(obs_dim, act_dim, history, chunk, config=config_class(**config))
+
+
+__all__ = ["POLICIES", "MLPConfig", "MLPPolicy", "Normalizer", "Policy", "TransformerConfig",
+           "TransformerPolicy", "make_policy", "policy_config_fields"]

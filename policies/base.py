@@ -1,0 +1,51 @@
+"""What every policy shares: normalizers inside the module, the BC loss, one inference call."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from policies.normalizer import Normalizer
+
+
+class Policy(nn.Module):
+    """Maps a history of observations to a chunk of future actions.
+
+    Subclasses implement ``forward(obs)`` on *normalized* observations, (B, H, D) -> (B, C, A)
+    normalized actions. Shapes: B batch, H = ``history``, D = ``obs_dim``, C = ``chunk``,
+    A = ``act_dim``.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, history: int, chunk: int):
+        super().__init__()
+        self.obs_dim, self.act_dim, self.history, self.chunk = obs_dim, act_dim, history, chunk
+        self.obs_normalizer = Normalizer(obs_dim)
+        self.action_normalizer = Normalizer(act_dim)
+
+    def loss(self, batch: dict[str, Tensor], forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """Mean squared error in normalized action units over the valid (unpadded) chunk steps.
+
+        ``batch``: "obs" (B, H, D), "actions" (B, C, A), "action_mask" (B, C) bool. ``forward``
+        replaces ``self`` for the network call, e.g. a DistributedDataParallel wrapper of it.
+        """
+        predicted = (forward or self)(self.obs_normalizer.normalize(batch["obs"]))
+        target = self.action_normalizer.normalize(batch["actions"])
+        squared = (predicted - target).pow(2).mean(dim=-1)  # (B, C)
+        mask = batch["action_mask"].to(squared.dtype)
+        return (squared * mask).sum() / mask.sum().clamp(min=1.0)
+
+    @torch.no_grad()
+    def predict(self, obs_history: Tensor) -> Tensor:
+        """Actions in environment units for a batch of observation histories.
+
+        ``obs_history`` (B, H, D) raw observations, oldest first -> (B, C, A): the predicted chunk,
+        its first row the action to take now.
+        """
+        if obs_history.ndim != 3 or obs_history.shape[1:] != (self.history, self.obs_dim):
+            raise ValueError(
+                f"expected observation histories of shape (B, {self.history}, {self.obs_dim}), "
+                f"got {tuple(obs_history.shape)}"
+            )
+        return self.action_normalizer.unnormalize(self(self.obs_normalizer.normalize(obs_history.float())))

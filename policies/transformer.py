@@ -1,0 +1,84 @@
+"""Transformer policy: causal self-attention over the observation history, an action chunk out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from policies.base import Policy
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    d_model: int = 128  # token width
+    n_layers: int = 4  # transformer blocks
+    n_heads: int = 4  # attention heads (d_model must divide evenly)
+    mlp_ratio: int = 4  # hidden width of each block's MLP, in multiples of d_model
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
+            raise ValueError(f"invalid transformer config {self}: d_model must be a multiple of n_heads, all >= 1")
+        if self.mlp_ratio < 1 or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"invalid transformer config {self}: need mlp_ratio >= 1 and 0 <= dropout < 1")
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal attention with q, k, v from one fused ``nn.Linear`` (one shared input, so
+    one activation covariance for DoPr) and an ``nn.Linear`` output projection. (B, T, E) -> (B, T, E)."""
+
+    def __init__(self, d_model: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.n_heads, self.dropout = n_heads, dropout
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out = nn.Linear(d_model, d_model)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(x).view(batch, tokens, 3, self.n_heads, width // self.n_heads).permute(2, 0, 3, 1, 4)
+        attended = nn.functional.scaled_dot_product_attention(
+            q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out(attended.transpose(1, 2).reshape(batch, tokens, width))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(config.d_model)
+        self.attn = CausalSelfAttention(config.d_model, config.n_heads, config.dropout)
+        self.mlp_norm = nn.LayerNorm(config.d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(config.d_model, config.mlp_ratio * config.d_model),
+            nn.GELU(),
+            nn.Linear(config.mlp_ratio * config.d_model, config.d_model),
+            nn.Dropout(config.dropout),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.attn_norm(x))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class TransformerPolicy(Policy):
+    """One token per observation of the history (oldest first, learned positions); the last
+    token's output predicts the whole chunk. (B, H, D) -> (B, C, A)."""
+
+    def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
+                 config: TransformerConfig = TransformerConfig()):
+        super().__init__(obs_dim, act_dim, history, chunk)
+        self.config = config
+        self.embed = nn.Linear(obs_dim, config.d_model)
+        self.position = nn.Parameter(torch.zeros(history, config.d_model))
+        nn.init.normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(*(Block(config) for _ in range(config.n_layers)))
+        self.head_norm = nn.LayerNorm(config.d_model)
+        self.head = nn.Linear(config.d_model, chunk * act_dim)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        tokens = self.blocks(self.embed(obs) + self.position)
+        return self.head(self.head_norm(tokens[:, -1])).view(-1, self.chunk, self.act_dim)
