@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "optimizers": "optimizers",
     "optimizer-demo": "optimizer_demo",
     "tasks": "tasks",
+    "train": "train",
 }
 
 

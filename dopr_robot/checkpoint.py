@@ -1,0 +1,77 @@
+"""Self-contained checkpoints: written atomically, loadable with ``torch.load(..., weights_only=True)``.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
+
+    format          "dopr-robot/checkpoint/1"
+    step            training steps done
+    config          the resolved TrainConfig as a dict
+    policy          {"name", "obs_dim", "act_dim", "history", "chunk", "config"}: enough to rebuild it
+    model           policy state_dict (normalizers included, as buffers)
+    ema             EMA policy state_dict (or None when the EMA is off)
+    optimizer       optimizer state_dict (DoPr: statistics, cached factors, base state)
+    scheduler       learning-rate scheduler state_dict
+    rng             {"torch": global CPU RNG state, "sampler": batch-order generator state}
+    dataset         {"source", "task", "env_kwargs", "obs_keys", "obs_dim", "act_dim", "episodes", ...}
+    best            {"val_loss", "step"} or None
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dopr_robot.errors import UserError
+from policies import Policy, make_policy
+
+FORMAT = "dopr-robot/checkpoint/1"
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_path(run_or_file: str | Path) -> Path:
+    """RUN_DIR -> RUN_DIR/checkpoint.pt; a file path is returned as is."""
+    path = Path(run_or_file)
+    return path / CHECKPOINT_NAME if path.is_dir() else path
+
+
+def load_checkpoint(run_or_file: str | Path) -> dict[str, Any]:
+    """Read a checkpoint (from a run directory or a file), with a clear error for each failure."""
+    path = checkpoint_path(run_or_file)
+    if not path.exists():
+        raise UserError(f"no checkpoint at {path}: pass a run directory made by `dopr-robot train` or its checkpoint.pt")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+                        "it may be truncated or from another program") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise UserError(f"{path} is not a dopr-robot checkpoint (expected format {FORMAT!r})")
+    return checkpoint
+
+
+def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True) -> Policy:
+    """Rebuild the policy in eval mode, with the EMA weights when present and asked for."""
+    spec = checkpoint["policy"]
+    policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"], **spec["config"])
+    weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
+    policy.load_state_dict(weights)
+    return policy.eval()

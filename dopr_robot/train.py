@@ -1,0 +1,252 @@
+"""Behavior cloning: ``train(config) -> RunResult``. The loop is in ``train``, on one screen.
+
+    batch -> L2 loss (normalized actions) -> backward -> clip -> optimizer step -> LR schedule
+          -> EMA -> every N steps: log / validation loss / evaluator / checkpoint
+
+Under ``torchrun`` (WORLD_SIZE > 1) each rank takes its slice of the same global batch, DDP averages
+the gradients, DoPr all-reduces its statistics, and rank 0 alone writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm.auto import tqdm
+
+import demos
+from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
+from dopr_robot.config import TrainConfig
+from dopr_robot.errors import UserError
+from dopr_robot.optim import make_optimizer
+from policies import Policy, make_policy
+
+# evaluator(policy in eval mode, step) -> metrics to log, e.g. closed-loop success (passed in by the
+# caller: training never imports evaluation).
+Evaluator = Callable[[Policy, int], dict[str, float]]
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    step: int
+    final_train_loss: float
+    final_val_loss: float | None
+    policy: Policy  # the EMA policy (or the raw one with the EMA off), eval mode
+
+
+def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False,
+          overwrite: bool = False, evaluate_every: int = 0, progress: bool = True) -> RunResult:
+    """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``."""
+    rank, world = _init_distributed()
+    run_dir = Path(config.out)
+    if rank == 0:
+        _prepare_run_dir(run_dir, config, resume, overwrite)
+    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
+    _check_data_fits(dataset, config)
+    train_windows = dataset.windows("train", history=config.history, chunk=config.chunk)
+    valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk) if dataset.valid_indices else None
+    if config.batch_size % world:
+        raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
+
+    torch.manual_seed(config.seed)
+    policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk, **config.policy_options)
+    stats = dataset.normalization()
+    policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
+    policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
+    # The EMA copy is made before the optimizer hooks the policy's layers, so it carries no hooks.
+    ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
+    model = nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
+    optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
+    sampler = torch.Generator().manual_seed(config.seed)
+
+    step, best = 0, None
+    if resume:
+        checkpoint = load_checkpoint(run_dir)
+        policy.load_state_dict(checkpoint["model"])
+        if ema is not None:
+            ema.module.load_state_dict(checkpoint["ema"])
+            ema.n_averaged.fill_(checkpoint["ema_updates"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        torch.set_rng_state(checkpoint["rng"]["torch"])
+        sampler.set_state(checkpoint["rng"]["sampler"])
+        step, best = checkpoint["step"], checkpoint["best"]
+        if rank == 0:
+            _truncate_metrics(run_dir / "metrics.jsonl", step)
+
+    def save_checkpoint() -> None:
+        if rank == 0:
+            save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best), run_dir / CHECKPOINT_NAME)
+
+    log = _MetricsLog(run_dir, enabled=rank == 0)
+    eval_policy = ema.module if ema is not None else policy
+    losses, last_loss, val_loss, started = [], float("nan"), None, time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or rank != 0)
+    try:
+        while step < config.steps:
+            indices = torch.randint(len(train_windows), (config.batch_size,), generator=sampler)
+            batch = train_windows.batch(indices.chunk(world)[rank])
+            loss = policy.loss(batch, forward=model)
+            if not torch.isfinite(loss):
+                raise UserError(f"the training loss became {loss.item()} at step {step + 1}; the last good checkpoint "
+                                f"is kept in {run_dir} (try a lower --lr, or --grad-clip)")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            if ema is not None:
+                ema.update_parameters(policy)
+            step += 1
+            last_loss = loss.item()
+            losses.append(last_loss)
+            bar.update(1)
+
+            if step % config.log_every == 0 or step == config.steps:
+                log.write(step=step, train_loss=sum(losses) / len(losses), lr=scheduler.get_last_lr()[0],
+                          elapsed_s=round(time.perf_counter() - started, 3))
+                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
+                losses = []
+            if valid_windows is not None and (step % config.val_every == 0 or step == config.steps):
+                val_loss = validation_loss(eval_policy, valid_windows)
+                if best is None or val_loss < best["val_loss"]:
+                    best = {"val_loss": val_loss, "step": step}
+                log.write(step=step, val_loss=val_loss, val_loss_raw=validation_loss(policy, valid_windows))
+            if evaluator is not None and evaluate_every > 0 and (step % evaluate_every == 0 or step == config.steps):
+                log.write(step=step, **evaluator(eval_policy.eval(), step))
+            if step % config.checkpoint_every == 0 or step == config.steps:
+                save_checkpoint()
+    finally:
+        bar.close()
+        log.close()
+    return RunResult(run_dir, step, last_loss, val_loss, eval_policy.eval())
+
+
+@torch.no_grad()
+def validation_loss(policy: Policy, windows, batch_size: int = 1024) -> float:
+    """The BC loss over every window of the held-out episodes (eval mode; the mode is restored)."""
+    was_training = policy.training
+    policy.eval()
+    total, count = 0.0, 0
+    for start in range(0, len(windows), batch_size):
+        indices = torch.arange(start, min(start + batch_size, len(windows)))
+        total += policy.loss(windows.batch(indices)).item() * len(indices)
+        count += len(indices)
+    policy.train(was_training)
+    return total / max(count, 1)
+
+
+def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def _check_data_fits(dataset, config: TrainConfig) -> None:
+    lengths = [len(dataset.episodes[i].actions) for i in dataset.train_indices]
+    if not lengths:
+        raise UserError(f"{config.data} has no training episodes")
+    for name in ("history", "chunk"):
+        if getattr(config, name) > min(lengths):
+            raise UserError(f"--{name} {getattr(config, name)} is longer than the shortest training episode "
+                            f"({min(lengths)} steps); use a smaller --{name}")
+
+
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
+    config_file = run_dir / "config.json"
+    if resume:
+        if not (run_dir / CHECKPOINT_NAME).exists():
+            raise UserError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}")
+        saved = json.loads(config_file.read_text())
+        if saved != json.loads(config.to_json()):
+            changed = sorted(k for k in saved if saved[k] != asdict(config).get(k))
+            raise UserError(f"cannot resume {run_dir} with a different config (changed: {', '.join(changed)}); "
+                            "resume with the saved config, or start a new run directory")
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config.to_json() + "\n")
+
+
+def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "step": step,
+        "config": asdict(config),
+        "policy": {"name": config.policy, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
+                   "history": policy.history, "chunk": policy.chunk, "config": asdict(policy.config)},
+        "model": policy.state_dict(),
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
+        "dataset": {"source": str(dataset.source), "task": dataset.task, "env_kwargs": dataset.env_kwargs,
+                    "obs_keys": list(dataset.obs_keys), "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
+                    "train_episodes": len(dataset.train_indices), "valid_episodes": len(dataset.valid_indices)},
+        "best": best,
+    }
+
+
+def _init_distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop lines logged after the checkpoint a resumed run restarts from."""
+    if path.exists():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        path.write_text("".join(line + "\n" for line in kept))
+
+
+class _MetricsLog:
+    """metrics.jsonl (one JSON object per line), and TensorBoard when it is installed."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.enabled = enabled
+        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
+        self.tensorboard = None
+        if enabled:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
+            except ImportError:
+                pass
+
+    def write(self, step: int, **values: float) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in values.items():
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()

@@ -1,0 +1,148 @@
+"""BC training: loss goes down, resume is bit-exact, checkpoints load weights_only, errors are clear."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+import demos
+from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
+from dopr_robot.cli import main
+from dopr_robot.config import TrainConfig
+from dopr_robot.errors import UserError
+from dopr_robot.train import train
+
+TINY_POLICY = {"mlp": {"width": 32, "depth": 2}, "transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2}}
+
+
+@pytest.fixture(scope="module")
+def reach_demos(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("demos") / "reach.hdf5"
+    demos.collect("Reach-v0", 6, path, seed=0, progress=False)
+    return path
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(data=str(data), out=str(out), policy="mlp", optimizer="adamw", steps=40, batch_size=32,
+                    lr=3e-3, warmup_steps=5, val_every=20, checkpoint_every=10, log_every=10,
+                    policy_options=TINY_POLICY[overrides.get("policy", "mlp")])
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if key in line]
+
+
+@pytest.mark.parametrize("policy", ["mlp", "transformer"])
+@pytest.mark.parametrize("optimizer", ["adamw", "dopr-adamw"])
+def test_training_decreases_the_loss(reach_demos: Path, tmp_path: Path, policy: str, optimizer: str) -> None:
+    history, chunk = (3, 4) if policy == "transformer" else (1, 1)
+    config = tiny_config(reach_demos, tmp_path / "run", policy=policy, optimizer=optimizer, steps=60,
+                         history=history, chunk=chunk)
+    result = train(config, progress=False)
+    losses = logged(result.run_dir, "train_loss")
+    assert losses[-1] < 0.5 * losses[0]
+    assert result.final_val_loss is not None and result.final_val_loss == logged(result.run_dir, "val_loss")[-1]
+    saved = json.loads((result.run_dir / "config.json").read_text())
+    assert saved["optimizer"] == optimizer and saved["history"] == history
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+@pytest.mark.parametrize("optimizer, policy", [("dopr-adamw", "mlp"), ("dopr-muon", "transformer")])
+def test_resume_after_a_kill_reaches_the_same_weights(reach_demos: Path, tmp_path: Path, optimizer: str, policy: str) -> None:
+    options = dict(TINY_POLICY[policy], dropout=0.1)  # dropout: the global RNG must be restored too
+    config = tiny_config(reach_demos, tmp_path / "whole", optimizer=optimizer, policy=policy, steps=30,
+                         policy_options=options, optimizer_options={"refresh_every": 3, "cov_ema": 0.5})
+    whole = train(config, progress=False)
+
+    killed = replace(config, out=str(tmp_path / "killed"))
+
+    def kill_at_25(policy, step: int) -> dict:
+        if step == 25:
+            raise Interrupt
+        return {}
+
+    with pytest.raises(Interrupt):
+        train(killed, evaluator=kill_at_25, evaluate_every=5, progress=False)
+    assert load_checkpoint(tmp_path / "killed")["step"] == 20
+    resumed = train(killed, resume=True, progress=False)
+
+    final_whole = load_checkpoint(whole.run_dir)
+    final_resumed = load_checkpoint(resumed.run_dir)
+    for key in ("model", "ema"):
+        for name, value in final_whole[key].items():
+            assert torch.equal(value, final_resumed[key][name]), f"{key}.{name}"
+    assert logged(whole.run_dir, "train_loss") == logged(resumed.run_dir, "train_loss")
+
+
+def test_checkpoint_is_self_contained_and_weights_only(reach_demos: Path, tmp_path: Path) -> None:
+    result = train(tiny_config(reach_demos, tmp_path / "run", optimizer="dopr-adamw", steps=10), progress=False)
+    raw = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
+    assert raw["step"] == 10 and raw["config"]["optimizer"] == "dopr-adamw"
+    assert raw["dataset"]["task"] == "Reach-v0" and raw["dataset"]["obs_dim"] == 18
+    assert "base" in raw["optimizer"]  # DoPr's state, base optimizer included
+    assert torch.count_nonzero(raw["model"]["obs_normalizer.std"] != 1.0) > 0  # statistics travel inside
+    policy = policy_from_checkpoint(raw)
+    assert policy.predict(torch.zeros(2, 1, 18)).shape == (2, 1, 3)
+
+
+def test_refuses_a_run_dir_holding_another_run(reach_demos: Path, tmp_path: Path) -> None:
+    config = tiny_config(reach_demos, tmp_path / "run", steps=5)
+    train(config, progress=False)
+    with pytest.raises(UserError, match=r"already holds a run; pass --resume to continue it or --overwrite"):
+        train(replace(config, lr=1e-4), progress=False)
+    with pytest.raises(UserError, match=r"cannot resume .* with a different config \(changed: lr\)"):
+        train(replace(config, lr=1e-4), resume=True, progress=False)
+    train(replace(config, lr=1e-4), overwrite=True, progress=False)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 1e-4
+
+
+def test_chunk_longer_than_episodes_is_refused(reach_demos: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"--chunk 500 is longer than the shortest training episode \(100 steps\)"):
+        train(tiny_config(reach_demos, tmp_path / "run", chunk=500), progress=False)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(reach_demos: Path, tmp_path: Path) -> None:
+    config = tiny_config(reach_demos, tmp_path / "run", optimizer="sgd", lr=1e12, grad_clip=0.0, warmup_steps=0,
+                         checkpoint_every=1, steps=200, ema_decay=0.0)
+    with pytest.raises(UserError, match=r"the training loss became (nan|inf) at step \d+; the last good checkpoint is kept"):
+        train(config, progress=False)
+    checkpoint = load_checkpoint(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--policy", "cnn"], "unknown policy 'cnn'; valid: mlp, transformer"),
+        (["--optimizer", "lion"], "unknown optimizer 'lion'; valid: sgd, adam, adamw"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--policy-options", '{"layers": 2}'], "policy 'mlp' has no option(s) layers"),
+    ],
+)
+def test_cli_errors_are_one_line(reach_demos: Path, tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    code = main(["train", "--data", str(reach_demos), "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_trains_from_a_config_file_and_resumes(reach_demos: Path, tmp_path: Path, capsys) -> None:
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps({"steps": 10, "batch_size": 16, "policy_options": TINY_POLICY["mlp"]}))
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(reach_demos), "--out", str(run_dir), "--config", str(config_file),
+                 "--lr", "2e-3", "--no-progress"]) == 0
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["steps"] == 10 and saved["lr"] == 2e-3 and saved["batch_size"] == 16
+    assert "trained 10 steps" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run_dir), "--lr", "1e-3", "--no-progress"]) == 2
+    assert "--resume continues the saved config; drop --lr" in capsys.readouterr().err
