@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "optimizer-demo": "optimizer_demo",
     "tasks": "tasks",
     "train": "train",
+    "collect": "collect",
+    "inspect": "inspect",
 }
 
 

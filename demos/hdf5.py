@@ -1,0 +1,284 @@
+"""Demonstrations in HDF5, robomimic layout: writing (atomically) and reading (ours or foreign files).
+
+Layout (what ``dopr-robot collect`` writes; robomimic-style tools read it)::
+
+    data/                       attrs: total (transitions), env_args (JSON), dopr_meta (JSON, ours)
+      demo_<i>/                 attrs: num_samples, seed (reset seed), success (episode success)
+        obs/<key>               (T, ...) per-step observations; ours: one key "flat", (T, D) float32
+        next_obs/<key>          (T, ...) the observation after each step (ours; ignored when reading)
+        actions                 (T, A) float32
+        rewards                 (T,) float32
+        dones                   (T,) uint8, 1 at the last step of an episode that terminated or
+                                reached its horizon
+        success                 (T,) bool, info["is_success"] after each step (ours)
+    mask/train, mask/valid      episode names as bytes (a split of whole episodes)
+
+``env_args`` is ``{"env_name": task, "env_kwargs": {...}, "type": "dopr"}``. Foreign files need
+only ``data/<demo>/obs/<key>`` and ``data/<demo>/actions``; everything else is optional.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from demos.dataset import DemoDataset
+from demos.episode import Episode, default_split, make_episode
+from dopr_robot.errors import UserError
+
+FLAT_OBS_KEY = "flat"
+ENV_TYPE = "dopr"
+
+
+# -- writing ----------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def atomic_hdf5(path: str | os.PathLike, overwrite: bool = False) -> Iterator[h5py.File]:
+    """An HDF5 file open for writing under a temporary name beside ``path``, moved onto ``path`` with
+    ``os.replace`` only when the block completes; on any exception (Ctrl-C included) it is deleted,
+    so ``path`` is either untouched or complete."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory; --out must be a file path such as {path / 'demos.hdf5'}")
+    if path.exists() and not overwrite:
+        raise UserError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Not tempfile.mkstemp: its 0600 mode would survive the rename; "x" creates with the umask's mode.
+    temp_name = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        with h5py.File(temp_name, "x") as file:
+            yield file
+        os.replace(temp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp_name)
+        raise
+
+
+def demo_name(index: int) -> str:
+    return f"demo_{index}"
+
+
+def write_episode(file: h5py.File, episode: Episode, next_obs: np.ndarray | None = None) -> None:
+    """Add ``episode`` as ``data/<episode.name>`` (obs under the key ``flat``)."""
+    group = file.require_group("data").create_group(episode.name)
+    group.create_dataset(f"obs/{FLAT_OBS_KEY}", data=episode.obs)
+    if next_obs is not None:
+        group.create_dataset(f"next_obs/{FLAT_OBS_KEY}", data=np.asarray(next_obs, dtype=np.float32))
+    group.create_dataset("actions", data=episode.actions)
+    group.create_dataset("rewards", data=episode.rewards)
+    group.create_dataset("dones", data=episode.dones.astype(np.uint8))
+    if episode.success is not None:
+        group.create_dataset("success", data=episode.success)
+        group.attrs["success"] = bool(episode.is_success)
+    group.attrs["num_samples"] = len(episode)
+    if episode.seed is not None:
+        group.attrs["seed"] = episode.seed
+
+
+def write_index(
+    file: h5py.File,
+    names: Sequence[str],
+    train: Sequence[int],
+    valid: Sequence[int],
+    total: int,
+    env_args: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> None:
+    """The file-level part: ``data`` attributes and ``mask/train``, ``mask/valid`` (episode names)."""
+    data = file.require_group("data")
+    data.attrs["total"] = int(total)
+    if env_args is not None:
+        data.attrs["env_args"] = json.dumps(env_args, sort_keys=True)
+    if meta is not None:
+        data.attrs["dopr_meta"] = json.dumps(meta, sort_keys=True)
+    for split, indices in (("train", train), ("valid", valid)):
+        file.create_dataset(f"mask/{split}", data=np.array([names[i].encode() for i in indices], dtype="S"))
+
+
+def save(
+    path: str | os.PathLike,
+    episodes: Sequence[Episode],
+    *,
+    task: str | None = None,
+    env_kwargs: dict[str, Any] | None = None,
+    meta: dict[str, Any] | None = None,
+    split: tuple[Sequence[int], Sequence[int]] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write ``episodes`` to ``path`` atomically in the layout above (default split when ``split`` is None)."""
+    train, valid = split if split is not None else default_split(len(episodes))
+    env_args = None if task is None else {"env_name": task, "env_kwargs": dict(env_kwargs or {}), "type": ENV_TYPE}
+    with atomic_hdf5(path, overwrite=overwrite) as file:
+        for episode in episodes:
+            write_episode(file, episode)
+        names = [episode.name for episode in episodes]
+        write_index(file, names, train, valid, sum(len(e) for e in episodes), env_args, meta)
+
+
+# -- reading ----------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str) -> tuple[str, int, str]:
+    """``demo_2`` before ``demo_10`` (robomimic sorts demos by their number)."""
+    match = re.fullmatch(r"(.*?)(\d+)", name)
+    return (match.group(1), int(match.group(2)), "") if match else (name, -1, name)
+
+
+def _attr_text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _json_attr(group: h5py.Group, key: str) -> dict[str, Any] | None:
+    """A JSON attribute as a dict, or None when absent or not a JSON object."""
+    if key not in group.attrs:
+        return None
+    try:
+        value = json.loads(_attr_text(group.attrs[key]))
+    except json.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _default_obs_keys(obs_group: h5py.Group) -> list[str]:
+    return sorted(key for key, item in obs_group.items() if isinstance(item, h5py.Dataset) and item.ndim == 2)
+
+
+def _read_obs(path: str, name: str, obs_group: h5py.Group, obs_keys: list[str]) -> np.ndarray:
+    parts = []
+    for key in obs_keys:
+        item = obs_group.get(key)
+        if not isinstance(item, h5py.Dataset):
+            available = ", ".join(sorted(obs_group.keys())) or "none"
+            raise UserError(f"{path}: {name} has no observation key {key!r}; available keys: {available}")
+        if item.ndim > 2:
+            raise UserError(
+                f"{path}: observation key {key!r} holds images or other multi-dimensional data "
+                f"(per-step shape {item.shape[1:]}); choose low-dimensional obs_keys"
+            )
+        array = item[()]
+        parts.append(array.reshape(len(array), int(np.prod(array.shape[1:]))).astype(np.float32, copy=False))
+    lengths = {part.shape[0] for part in parts}
+    if len(lengths) > 1:
+        raise UserError(f"{path}: the observation keys of {name} have different lengths {sorted(lengths)}")
+    return np.concatenate(parts, axis=1)
+
+
+def _read_mask(path: str, file: h5py.File, names: list[str]) -> tuple[list[int], list[int]]:
+    """``mask/train`` and ``mask/valid`` as episode indices; a missing one is the complement of the
+    other, both missing gives :func:`~demos.episode.default_split`."""
+    mask = file.get("mask")
+    given = {}
+    if isinstance(mask, h5py.Group):
+        position = {name: i for i, name in enumerate(names)}
+        for split in ("train", "valid"):
+            if split in mask:
+                entries = [_attr_text(entry) for entry in np.asarray(mask[split][()]).reshape(-1)]
+                unknown = [entry for entry in entries if entry not in position]
+                if unknown:
+                    raise UserError(
+                        f"{path}: mask/{split} names episodes not in data/: {', '.join(unknown[:5])}; "
+                        "fix or delete the mask group (a default split is made without it)"
+                    )
+                given[split] = sorted(position[entry] for entry in entries)
+    if not given:
+        return default_split(len(names))
+    if "train" not in given:
+        given["train"] = sorted(set(range(len(names))) - set(given["valid"]))
+    if "valid" not in given:
+        given["valid"] = sorted(set(range(len(names))) - set(given["train"]))
+    return given["train"], given["valid"]
+
+
+def read_hdf5(path: str, obs_keys: list[str] | None = None) -> DemoDataset:
+    """Load a robomimic-layout file with low-dimensional observations (see the module docstring).
+
+    ``obs_keys`` are concatenated in the given order; by default every key whose per-step data is
+    1-D, sorted (images are skipped). Problems in the file raise :class:`UserError`.
+    """
+    try:
+        file = h5py.File(path, "r")
+    except OSError as err:
+        raise UserError(
+            f"{path} cannot be opened as HDF5 [{err}]; it is probably truncated or corrupt: "
+            "copy it again or re-create it with `dopr-robot collect`"
+        ) from None
+    try:
+        with file:
+            return _read_open_file(path, file, obs_keys)
+    except (OSError, RuntimeError) as err:  # HDF5 errors while reading the data itself
+        raise UserError(f"{path} is damaged ({err}); copy it again or re-create it") from None
+
+
+def _read_open_file(path: str, file: h5py.File, obs_keys: list[str] | None) -> DemoDataset:
+    data = file.get("data")
+    if not isinstance(data, h5py.Group):
+        hint = " (for a Minari dataset pass its directory or id instead)" if "episode_0" in file else ""
+        raise UserError(
+            f"{path} has no 'data' group, so it is not in the robomimic layout "
+            f"(data/demo_<i>/obs/<key>, data/demo_<i>/actions){hint}; "
+            f"top-level keys: {', '.join(file.keys()) or 'none'}"
+        )
+    names = sorted((key for key, item in data.items() if isinstance(item, h5py.Group)), key=_natural_key)
+    if not names:
+        raise UserError(f"{path}: the 'data' group holds no episodes (expected data/demo_0, data/demo_1, ...)")
+
+    episodes = []
+    for name in names:
+        group = data[name]
+        missing = [key for key in ("obs", "actions") if key not in group]
+        if missing:
+            raise UserError(
+                f"{path}: episode {name} has no {' or '.join(repr(key) for key in missing)}; "
+                f"it has: {', '.join(group.keys()) or 'nothing'} (robomimic layout needs obs/<key> and actions)"
+            )
+        if obs_keys is None:
+            obs_keys = _default_obs_keys(group["obs"])
+            if not obs_keys:
+                raise UserError(
+                    f"{path}: {name} has no low-dimensional observation keys (per-step 1-D); "
+                    f"keys: {', '.join(group['obs'].keys()) or 'none'}. Pass obs_keys to choose some"
+                )
+        seed = group.attrs.get("seed")
+        episodes.append(
+            make_episode(
+                name,
+                obs=_read_obs(path, name, group["obs"], obs_keys),
+                actions=group["actions"][()],
+                rewards=group["rewards"][()] if "rewards" in group else None,
+                dones=group["dones"][()] if "dones" in group else None,
+                success=group["success"][()] if "success" in group else None,
+                seed=None if seed is None else int(seed),
+            )
+        )
+
+    env_args = _json_attr(data, "env_args")
+    meta = _json_attr(data, "dopr_meta")
+    metadata: dict[str, Any] = dict(meta) if meta is not None else {}
+    if env_args is not None and env_args.get("type") == ENV_TYPE and meta is not None:
+        metadata["format"] = "dopr HDF5, robomimic layout"
+    else:
+        metadata["format"] = "robomimic-layout HDF5"
+        if env_args is not None:
+            metadata["env_type"] = env_args.get("type")
+    train, valid = _read_mask(path, file, names)
+    return DemoDataset(
+        episodes,
+        train,
+        valid,
+        source=path,
+        obs_keys=list(obs_keys),
+        task=None if env_args is None or env_args.get("env_name") is None else str(env_args["env_name"]),
+        env_kwargs=(env_args or {}).get("env_kwargs") or {},
+        metadata=metadata,
+    )

@@ -1,0 +1,46 @@
+"""`dopr-robot collect` and `dopr-robot inspect` as a user meets them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dopr_robot import __version__
+from dopr_robot.cli import main
+
+
+def test_collect_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "reach.hdf5"
+    assert main(["collect", "--task", "Reach-v0", "--episodes", "2", "--out", str(out), "--seed", "7",
+                 "--noise", "0.05", "--no-progress"]) == 0
+    assert "wrote 2 episodes of Reach-v0 (200 transitions" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    report = capsys.readouterr().out
+    for expected in (
+        "task         Reach-v0",
+        f"dopr-robot {__version__} collect: scripted expert, noise 0.05, seed 7",
+        "episodes     2 (train 1, valid 1)",
+        "transitions  200",
+        "observation  18 (keys: flat)",
+        "action       3",
+        "success      ",
+    ):
+        assert expected in report, report
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    missing = tmp_path / "missing.hdf5"
+    assert main(["inspect", str(missing)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        f"dopr-robot inspect: error: {missing} does not exist; check the path, or create it "
+        f"with `dopr-robot collect --out {missing}`\n"
+    )
+    assert captured.out == ""
+
+    existing = tmp_path / "taken.hdf5"
+    existing.write_bytes(b"x")
+    assert main(["collect", "--task", "Reach-v0", "--episodes", "1", "--out", str(existing), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already exists; choose another --out or pass --overwrite" in err
