@@ -9,10 +9,9 @@ from typing import Any
 os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import numpy as np
-from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
-from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+from envs._goal_task import GoalTaskEnv
 
 ASSET_PATH = Path(__file__).parent / "assets" / "push.xml"
 
@@ -23,7 +22,7 @@ PUSHER_DAMPING = 8.0  # N s / m, on each slide joint
 PUSHER_GEAR = 5.0  # N per unit action
 
 
-class PushEnv(MujocoEnv, utils.EzPickle):
+class PushEnv(GoalTaskEnv):
     r"""A pusher on x/y slide joints pushes a free puck (on a table with friction) to a goal.
 
     The puck is a free body (radius 4 cm, 0.2 kg, sliding friction 0.4): it slides, spins, and keeps
@@ -67,9 +66,6 @@ class PushEnv(MujocoEnv, utils.EzPickle):
     ``TimeLimit`` wrapper): the counter is part of :meth:`get_state`.
     """
 
-    # render_fps is set per instance from dt (it depends on frame_skip).
-    metadata = {"render_modes": ["rgb_array", "depth_array", "rgbd_tuple"]}
-
     def __init__(
         self,
         horizon: int = 150,
@@ -81,32 +77,10 @@ class PushEnv(MujocoEnv, utils.EzPickle):
         width: int = 240,
         height: int = 240,
     ) -> None:
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
-        if success_distance <= 0:
-            raise ValueError(f"success_distance must be > 0, got {success_distance}")
-        utils.EzPickle.__init__(
-            self, horizon, success_distance, ctrl_cost_weight, terminate_on_success, frame_skip,
-            render_mode, width, height,
+        super().__init__(
+            ASSET_PATH, 15, horizon, success_distance, ctrl_cost_weight, terminate_on_success,
+            frame_skip, render_mode, width, height,
         )
-        self.horizon = horizon
-        self.success_distance = success_distance
-        self.ctrl_cost_weight = ctrl_cost_weight
-        self.terminate_on_success = terminate_on_success
-        self._elapsed_steps = 0
-
-        MujocoEnv.__init__(
-            self,
-            str(ASSET_PATH),
-            frame_skip,
-            observation_space=spaces.Box(-np.inf, np.inf, shape=(15,), dtype=np.float32),
-            render_mode=render_mode,
-            width=width,
-            height=height,
-            camera_name="fixed",
-        )
-        use_fast_rendering(self.model)
-        self.metadata = {**self.metadata, "render_fps": int(np.round(1.0 / self.dt))}
 
     # -- observation, success, reward ---------------------------------------------------------
     # qpos = [pusher x, pusher y, puck xyz, puck quaternion]; qvel = [pusher vx, vy, puck linear
@@ -129,30 +103,17 @@ class PushEnv(MujocoEnv, utils.EzPickle):
             [pusher, qvel[0:2], puck, qvel[2:4], qvel[7:8], goal, puck - pusher, goal - puck]
         ).astype(np.float32)
 
-    def _get_info(self) -> dict[str, Any]:
-        distance = float(np.linalg.norm(self._goal_position() - self._puck_position()))
-        return {"distance": distance, "is_success": bool(distance < self.success_distance)}
+    def _distance(self) -> float:
+        return float(np.linalg.norm(self._goal_position() - self._puck_position()))
 
-    def _get_reset_info(self) -> dict[str, Any]:
-        return self._get_info()
+    def _task_rewards(self, info: dict[str, Any]) -> dict[str, float]:
+        gap = float(np.linalg.norm(self._puck_position() - self._pusher_position()))
+        return {
+            "reward_goal": -info["distance"],
+            "reward_near": -0.5 * max(0.0, gap - (PUCK_RADIUS + PUSHER_RADIUS)),
+        }
 
     # -- gymnasium API --------------------------------------------------------------------------
-
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        self.do_simulation(action, self.frame_skip)
-        self._elapsed_steps += 1
-
-        info = self._get_info()
-        gap = float(np.linalg.norm(self._puck_position() - self._pusher_position()))
-        reward_goal = -info["distance"]
-        reward_near = -0.5 * max(0.0, gap - (PUCK_RADIUS + PUSHER_RADIUS))
-        reward_control = -self.ctrl_cost_weight * float(np.sum(np.square(action)))
-        info.update(reward_goal=reward_goal, reward_near=reward_near, reward_control=reward_control)
-        terminated = self.terminate_on_success and info["is_success"]
-        truncated = self._elapsed_steps >= self.horizon
-        reward = reward_goal + reward_near + reward_control
-        return self._get_obs(), reward, terminated, truncated, info
 
     def reset_model(self) -> np.ndarray:
         rng = self.np_random
@@ -170,34 +131,4 @@ class PushEnv(MujocoEnv, utils.EzPickle):
         self.data.mocap_pos[0, :2] = goal
         MujocoEnv.set_state(self, qpos, np.zeros(self.model.nv))
         self._elapsed_steps = 0
-        return self._get_obs()
-
-    # -- replayable state -----------------------------------------------------------------------
-
-    @property
-    def state_size(self) -> int:
-        """Length of the :meth:`get_state` vector."""
-        return 1 + physics_state_size(self.model)
-
-    def get_state(self) -> np.ndarray:
-        """Everything needed to replay from here: ``[elapsed_steps, *mujoco_integration_state]``.
-
-        The MuJoCo part includes qpos, qvel, the contact solver's warm start and the goal (a mocap
-        body), so a restored state steps bitwise identically to the original.
-        """
-        return np.concatenate([[float(self._elapsed_steps)], get_physics_state(self.model, self.data)])
-
-    def set_state(self, state: np.ndarray) -> np.ndarray:  # type: ignore[override]
-        """Restore a vector from :meth:`get_state` and return the observation there.
-
-        Replaces ``MujocoEnv.set_state(qpos, qvel)``, which :meth:`reset_model` still uses.
-        """
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (self.state_size,):
-            raise ValueError(
-                f"Push state has shape {state.shape}, expected ({self.state_size},): "
-                "pass a vector returned by PushEnv.get_state()"
-            )
-        set_physics_state(self.model, self.data, state[1:])
-        self._elapsed_steps = int(state[0])
         return self._get_obs()

@@ -10,10 +10,9 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede th
 
 import mujoco
 import numpy as np
-from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
-from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+from envs._goal_task import GoalTaskEnv
 
 ASSET_PATH = Path(__file__).parent / "assets" / "reach.xml"
 
@@ -42,7 +41,7 @@ def fingertip_position(joint_angles: np.ndarray) -> np.ndarray:
     return np.stack([reach * np.cos(yaw), reach * np.sin(yaw), height], axis=-1)
 
 
-class ReachEnv(MujocoEnv, utils.EzPickle):
+class ReachEnv(GoalTaskEnv):
     r"""A 3-joint arm (base yaw, shoulder pitch, elbow pitch) reaches a random 3-D target.
 
     ## Action
@@ -82,9 +81,6 @@ class ReachEnv(MujocoEnv, utils.EzPickle):
     ``TimeLimit`` wrapper): the counter is part of :meth:`get_state`.
     """
 
-    # render_fps is set per instance from dt (it depends on frame_skip).
-    metadata = {"render_modes": ["rgb_array", "depth_array", "rgbd_tuple"]}
-
     def __init__(
         self,
         horizon: int = 100,
@@ -96,32 +92,10 @@ class ReachEnv(MujocoEnv, utils.EzPickle):
         width: int = 240,
         height: int = 240,
     ) -> None:
-        if horizon < 1:
-            raise ValueError(f"horizon must be >= 1, got {horizon}")
-        if success_distance <= 0:
-            raise ValueError(f"success_distance must be > 0, got {success_distance}")
-        utils.EzPickle.__init__(
-            self, horizon, success_distance, ctrl_cost_weight, terminate_on_success, frame_skip,
-            render_mode, width, height,
+        super().__init__(
+            ASSET_PATH, 18, horizon, success_distance, ctrl_cost_weight, terminate_on_success,
+            frame_skip, render_mode, width, height,
         )
-        self.horizon = horizon
-        self.success_distance = success_distance
-        self.ctrl_cost_weight = ctrl_cost_weight
-        self.terminate_on_success = terminate_on_success
-        self._elapsed_steps = 0
-
-        MujocoEnv.__init__(
-            self,
-            str(ASSET_PATH),
-            frame_skip,
-            observation_space=spaces.Box(-np.inf, np.inf, shape=(18,), dtype=np.float32),
-            render_mode=render_mode,
-            width=width,
-            height=height,
-            camera_name="fixed",
-        )
-        use_fast_rendering(self.model)
-        self.metadata = {**self.metadata, "render_fps": int(np.round(1.0 / self.dt))}
         self._fingertip = self.model.site("fingertip").id
 
     # -- observation, success, reward ---------------------------------------------------------
@@ -143,30 +117,16 @@ class ReachEnv(MujocoEnv, utils.EzPickle):
             [np.cos(angles), np.sin(angles), self.data.qvel[:3], fingertip, target, target - fingertip]
         ).astype(np.float32)
 
-    def _get_info(self) -> dict[str, Any]:
-        distance = self._distance()
-        return {"distance": distance, "is_success": bool(distance < self.success_distance)}
-
-    def _get_reset_info(self) -> dict[str, Any]:
-        return self._get_info()
+    def _task_rewards(self, info: dict[str, Any]) -> dict[str, float]:
+        return {"reward_distance": -info["distance"]}
 
     # -- gymnasium API --------------------------------------------------------------------------
 
-    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        action = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0)
-        self.do_simulation(action, self.frame_skip)
+    def do_simulation(self, ctrl: np.ndarray, n_frames: int) -> None:
+        super().do_simulation(ctrl, n_frames)
         # mj_step leaves site positions one substep behind qpos; refresh them so the fingertip in
         # the observation matches the joint angles (and matches a state restored by set_state).
         mujoco.mj_kinematics(self.model, self.data)
-        self._elapsed_steps += 1
-
-        info = self._get_info()
-        reward_distance = -info["distance"]
-        reward_control = -self.ctrl_cost_weight * float(np.sum(np.square(action)))
-        info.update(reward_distance=reward_distance, reward_control=reward_control)
-        terminated = self.terminate_on_success and info["is_success"]
-        truncated = self._elapsed_steps >= self.horizon
-        return self._get_obs(), reward_distance + reward_control, terminated, truncated, info
 
     def reset_model(self) -> np.ndarray:
         rng = self.np_random
@@ -179,33 +139,4 @@ class ReachEnv(MujocoEnv, utils.EzPickle):
         self.data.mocap_pos[0] = target
         MujocoEnv.set_state(self, qpos, qvel)
         self._elapsed_steps = 0
-        return self._get_obs()
-
-    # -- replayable state -----------------------------------------------------------------------
-
-    @property
-    def state_size(self) -> int:
-        """Length of the :meth:`get_state` vector."""
-        return 1 + physics_state_size(self.model)
-
-    def get_state(self) -> np.ndarray:
-        """Everything needed to replay from here: ``[elapsed_steps, *mujoco_integration_state]``.
-
-        The MuJoCo part includes qpos, qvel, the solver warm start and the target (a mocap body).
-        """
-        return np.concatenate([[float(self._elapsed_steps)], get_physics_state(self.model, self.data)])
-
-    def set_state(self, state: np.ndarray) -> np.ndarray:  # type: ignore[override]
-        """Restore a vector from :meth:`get_state` and return the observation there.
-
-        Replaces ``MujocoEnv.set_state(qpos, qvel)``, which :meth:`reset_model` still uses.
-        """
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (self.state_size,):
-            raise ValueError(
-                f"Reach state has shape {state.shape}, expected ({self.state_size},): "
-                "pass a vector returned by ReachEnv.get_state()"
-            )
-        set_physics_state(self.model, self.data, state[1:])
-        self._elapsed_steps = int(state[0])
         return self._get_obs()
