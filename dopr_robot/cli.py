@@ -22,6 +22,8 @@ COMMANDS: dict[str, str] = {
     "train": "train",
     "collect": "collect",
     "inspect": "inspect",
+    "eval": "eval",
+    "video": "video",
 }
 
 

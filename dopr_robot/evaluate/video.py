@@ -1,0 +1,140 @@
+"""Rollout videos: the policy and the expert from the same initial state, side by side.
+
+Each frame shows the step counter and a success marker (a green square while ``is_success`` holds,
+grey otherwise) above each panel. When one of the two episodes ends first its last frame is held,
+so an episode pair lasts ``max(T_policy, T_expert) + 1`` frames (the reset frame, then one per
+step); episodes follow one another. Written with imageio (mp4 through imageio-ffmpeg, or gif),
+atomically. Renders use the tasks' fast settings (no shadows/reflections, no multisampling).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dopr_robot.errors import UserError
+from dopr_robot.evaluate.rollout import ExpertController, PolicyController, Trajectory, check_actions_per_chunk, rollout
+from policies import Policy
+
+BANNER = 18  # pixel rows above each panel for the step counter and the success marker
+GAP = 4  # pixel columns between the panels
+SUFFIXES = (".mp4", ".gif")
+
+
+def annotate(frame: np.ndarray, label: str, step: int, success: bool) -> np.ndarray:
+    """``frame`` (H, W, 3) uint8 with a banner above it: ``label t=step`` and the success marker."""
+    from PIL import Image, ImageDraw
+
+    height, width = frame.shape[:2]
+    canvas = Image.new("RGB", (width, height + BANNER), (20, 20, 20))
+    canvas.paste(Image.fromarray(np.ascontiguousarray(frame[..., :3])), (0, BANNER))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), f"{label} t={step}", fill=(235, 235, 235))
+    draw.rectangle((width - 15, 3, width - 4, 14), fill=(40, 200, 60) if success else (90, 90, 90))
+    return np.asarray(canvas)
+
+
+def compose_episode(panels: list[tuple[str, Trajectory]]) -> list[np.ndarray]:
+    """Side-by-side annotated frames of rendered trajectories; shorter ones hold their last frame."""
+    frames_out = []
+    length = max(t.length for _, t in panels)
+    for step in range(length + 1):
+        row = []
+        for label, trajectory in panels:
+            t = min(step, trajectory.length)
+            success = bool(trajectory.success[t - 1]) if t > 0 else False
+            row.append(annotate(trajectory.frames[t], label, t, success))
+            row.append(np.zeros((row[-1].shape[0], GAP, 3), dtype=np.uint8))
+        frames_out.append(np.concatenate(row[:-1], axis=1))
+    return frames_out
+
+
+def _even(frame: np.ndarray) -> np.ndarray:
+    """Pad to even height and width (yuv420p video needs them)."""
+    pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
+    return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else frame
+
+
+def write_video(out: str | Path, episodes: Any, fps: int) -> int:
+    """Write an iterable of frame lists (one per episode) to ``out`` (.mp4 or .gif) atomically;
+    returns the number of frames written."""
+    import imageio.v2 as imageio
+
+    out = Path(out)
+    if out.suffix.lower() not in SUFFIXES:
+        raise UserError(f"--out must end in .mp4 or .gif, got {out}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix.lower(), dir=out.parent)
+    os.close(fd)
+    count = 0
+    try:
+        if out.suffix.lower() == ".mp4":
+            writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=7,
+                                        macro_block_size=1, pixelformat="yuv420p")
+        else:
+            writer = imageio.get_writer(tmp, format="GIF", mode="I", duration=1000.0 / fps, loop=0)
+        with writer:
+            for frames in episodes:
+                for frame in frames:
+                    writer.append_data(_even(frame))
+                    count += 1
+        from dopr_robot.evaluate import publish
+
+        publish(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return count
+
+
+def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *,
+                 env_kwargs: dict[str, Any] | None = None, actions_per_chunk: int = 1, with_expert: bool = True,
+                 width: int = 240, height: int = 240, fps: int | None = None,
+                 make_env: Callable[..., Any] | None = None, expert: Any = None) -> dict[str, Any]:
+    """Render one episode per seed (policy, and expert beside it when there is one) into ``out``.
+
+    ``make_env(**render_kwargs)`` replaces the registry's factory (``task`` is then a label).
+    Returns ``{"path", "frames", "episodes", "with_expert"}``.
+    """
+    if len(seeds) < 1:
+        raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
+    if width < 16 or height < 16:
+        raise UserError(f"--width and --height must be >= 16 pixels, got {width}x{height}")
+    check_actions_per_chunk(actions_per_chunk, policy.chunk)
+    if make_env is None:
+        from dopr_robot.evaluate import resolve_task
+
+        task, _, registry_expert, _ = resolve_task(task, env_kwargs, with_expert)
+        expert = registry_expert if expert is None else expert
+        import envs
+
+        make_env = partial(envs.make, task, **dict(env_kwargs or {}))
+    if not with_expert:
+        expert = None
+    render_env = partial(make_env, render_mode="rgb_array", width=width, height=height)
+    if fps is None:
+        probe = render_env()
+        fps = int(probe.metadata.get("render_fps", 30))
+        probe.close()
+    was_training = policy.training
+    policy.eval()
+
+    def episodes():
+        for seed in seeds:
+            panels = [("policy", rollout(render_env, partial(PolicyController, policy, actions_per_chunk=actions_per_chunk),
+                                         [seed], 1, render=True)[0])]
+            if expert is not None:
+                panels.append(("expert", rollout(render_env, lambda k: ExpertController(expert, policy.act_dim),
+                                                 [seed], 1, render=True)[0]))
+            yield compose_episode(panels)
+
+    try:
+        frames = write_video(out, episodes(), fps)
+    finally:
+        policy.train(was_training)
+    return {"path": str(out), "frames": frames, "episodes": len(seeds), "with_expert": expert is not None}

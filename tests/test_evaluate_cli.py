@@ -1,0 +1,116 @@
+"""`dopr-robot eval` / `video` on a tiny trained run: result JSON, plot, videos, one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+import demos
+from dopr_robot.cli import main
+from dopr_robot.config import TrainConfig
+from dopr_robot.evaluate import make_evaluator
+from dopr_robot.train import train
+
+HORIZON = 12
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("eval")
+    demos.collect("Reach-v0", 4, root / "reach.hdf5", seed=0, env_kwargs={"horizon": HORIZON}, progress=False)
+    config = TrainConfig(data=str(root / "reach.hdf5"), out=str(root / "run"), steps=20, batch_size=16, lr=3e-3,
+                         warmup_steps=2, val_every=10, checkpoint_every=20, log_every=10, history=2, chunk=3,
+                         policy_options={"width": 32, "depth": 1})
+    evaluator = make_evaluator("Reach-v0", 2, env_kwargs={"horizon": HORIZON}, num_envs=2, with_expert=False)
+    train(config, evaluator=evaluator, evaluate_every=20, progress=False)
+    return root / "run"
+
+
+def test_training_logs_the_evaluator(run_dir: Path) -> None:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [line for line in lines if "eval_success_rate" in line]
+    assert len(evaluated) == 1 and evaluated[0]["step"] == 20 and evaluated[0]["eval_episodes"] == 2
+
+
+def test_eval_writes_json_with_the_fields_and_a_plot(run_dir: Path, tmp_path: Path, capsys) -> None:
+    out, plot = tmp_path / "result.json", tmp_path / "deviation.png"
+    assert main(["eval", "--checkpoint", str(run_dir), "--episodes", "5", "--num-envs", "2", "--seed", "100",
+                 "--actions-per-chunk", "2", "--out", str(out), "--plot", str(plot), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "validation loss" in printed and "success rate" in printed and "J_traj" in printed
+    result = json.loads(out.read_text())
+    assert result["format"] == "dopr-robot/eval/1" and result["task"] == "Reach-v0"
+    assert result["env_kwargs"] == {"horizon": HORIZON} and result["actions_per_chunk"] == 2
+    assert [r["seed"] for r in result["records"]] == list(range(100, 105))
+    assert all(r["length"] == HORIZON for r in result["records"])
+    assert set(result["records"][0]) >= {"seed", "return", "length", "success", "first_success_step",
+                                         "time_to_failure", "j_traj", "action_error_on_policy", "action_error_on_expert"}
+    closed = result["closed_loop"]
+    assert closed["n"] == 5 and 0 <= closed["success_ci"][0] <= closed["success_rate"] <= closed["success_ci"][1] <= 1
+    assert closed["return_ci"][0] <= closed["mean_return"] <= closed["return_ci"][1]
+    validation = result["validation"]
+    assert validation["val_loss"] is not None and validation["val_loss_step"] == 20 and validation["best_val_loss"] is not None
+    curve = result["compounding"]["state_deviation"]
+    assert len(curve["mean"]) == HORIZON + 1 and curve["mean"][0] == 0.0
+    assert result["compounding"]["action_error_ratio"]["value"] > 0
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_video_side_by_side_decodes_with_the_right_frames(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "pair.mp4"
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--episodes", "2",
+                 "--width", "64", "--height", "48"]) == 0
+    frames = iio.imread(out)
+    assert frames.shape[0] == 2 * (HORIZON + 1)  # fixed-length episodes: reset frame + one per step, each
+    assert frames.shape[2] >= 2 * 64 and frames.shape[1] >= 48
+    assert frames[:, 20:, :].mean() > 20  # rendered scene, not black
+
+
+def test_policy_alone_gif_and_eval_videos(run_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "alone.gif"
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--episodes", "1", "--no-expert",
+                 "--width", "48", "--height", "48"]) == 0
+    frames = iio.imread(out)
+    assert frames.shape[:3] == (HORIZON + 1, 48 + 18, 48) and frames.mean() > 20
+    result = tmp_path / "e.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--episodes", "2", "--no-expert", "--videos", "1",
+                 "--out", str(result), "--no-progress"]) == 0
+    assert iio.imread(result.with_suffix(".mp4")).shape[0] == HORIZON + 1
+    assert json.loads(result.read_text())["compounding"] is None
+
+
+def _without_task(run_dir: Path, tmp_path: Path) -> Path:
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    checkpoint["dataset"]["task"] = None
+    torch.save(checkpoint, tmp_path / "no_task.pt")
+    return tmp_path / "no_task.pt"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--checkpoint", "{tmp}/missing"], "no checkpoint at"),
+    (["--checkpoint", "{tmp}/garbage.pt"], "not a readable checkpoint"),
+    (["--checkpoint", "{tmp}/no_task.pt"], "trained on data without env_args: pass --task NAME"),
+    (["--checkpoint", "{run}", "--task", "Nope-v0"], "unknown task 'Nope-v0'"),
+    (["--checkpoint", "{run}", "--task", "Hopper-v5"], "Hopper-v5 is unavailable"),
+    (["--checkpoint", "{run}", "--task", "Push-v0", "--no-expert"], "evaluate it on the task it was trained on"),
+    (["--checkpoint", "{run}", "--actions-per-chunk", "4"], "--actions-per-chunk must be between 1 and the policy's chunk (3)"),
+    (["--checkpoint", "{run}", "--episodes", "0"], "--episodes must be >= 1"),
+])
+def test_bad_inputs_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
+    _without_task(run_dir, tmp_path)
+    args = [a.format(tmp=tmp_path, run=run_dir) for a in args]
+    assert main(["eval", *args, "--out", str(tmp_path / "x.json"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and err.startswith("dopr-robot eval: error:")
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_video_rejects_other_suffixes(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(tmp_path / "v.avi")]) == 2
+    assert "--out must end in .mp4 or .gif" in capsys.readouterr().err
