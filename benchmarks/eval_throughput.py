@@ -32,7 +32,6 @@ from pathlib import Path
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import gymnasium
-import numpy as np
 import torch
 
 import demos

@@ -17,13 +17,12 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from dopr_robot.atomic import atomic_path
 from dopr_robot.errors import UserError
 from policies import Policy, make_policy
 
@@ -33,18 +32,8 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def checkpoint_path(run_or_file: str | Path) -> Path:
@@ -61,7 +50,8 @@ def load_checkpoint(run_or_file: str | Path) -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises several types for truncated or foreign files
-        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {err}); "
+        reason = " ".join(str(err).split())  # torch's messages span several lines
+        raise UserError(f"{path} is not a readable checkpoint ({type(err).__name__}: {reason}); "
                         "it may be truncated or from another program") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise UserError(f"{path} is not a dopr-robot checkpoint (expected format {FORMAT!r})")

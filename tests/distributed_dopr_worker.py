@@ -4,7 +4,6 @@ Run by tests/test_optim_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR, MASTE
 Usage: distributed_dopr_worker.py OPTIMIZER STEPS OUT_FILE
 """
 
-import os
 import sys
 
 import torch

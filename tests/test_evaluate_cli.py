@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import imageio.v3 as iio
-import numpy as np
 import pytest
 import torch
 

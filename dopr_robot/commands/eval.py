@@ -59,10 +59,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {plot_compounding(data, args.plot)}")
     if args.videos > 0:
         from dopr_robot.checkpoint import policy_from_checkpoint
-        from dopr_robot.evaluate import load_checkpoint_one_line
+        from dopr_robot.checkpoint import load_checkpoint
         from dopr_robot.evaluate.video import record_video
 
-        checkpoint = load_checkpoint_one_line(args.checkpoint)
+        checkpoint = load_checkpoint(args.checkpoint)
         video = record_video(policy_from_checkpoint(checkpoint, use_ema=not args.no_ema), result.task,
                              out.with_suffix(".mp4"), [seed + i for i in range(min(args.videos, args.episodes))],
                              env_kwargs=result.env_kwargs, actions_per_chunk=args.actions_per_chunk,

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.checkpoint import policy_from_checkpoint
     from dopr_robot.errors import UserError
-    from dopr_robot.evaluate import DEFAULT_EVAL_SEED, checkpoint_task, load_checkpoint_one_line
+    from dopr_robot.checkpoint import load_checkpoint
+    from dopr_robot.evaluate import DEFAULT_EVAL_SEED, checkpoint_task
     from dopr_robot.evaluate.video import SUFFIXES, record_video
 
     if args.out.suffix.lower() not in SUFFIXES:
@@ -34,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--episodes must be >= 1, got {args.episodes}")
     if args.fps is not None and args.fps < 1:
         raise UserError(f"--fps must be >= 1, got {args.fps}")
-    checkpoint = load_checkpoint_one_line(args.checkpoint)
+    checkpoint = load_checkpoint(args.checkpoint)
     task, env_kwargs = checkpoint_task(checkpoint, args.task)
     seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
     video = record_video(policy_from_checkpoint(checkpoint, use_ema=not args.no_ema), task, args.out,

@@ -18,9 +18,6 @@ the compounding-error metric in ``metrics.py``, videos in ``video.py``, plots in
 from __future__ import annotations
 
 import json
-import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -30,6 +27,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from dopr_robot.atomic import write_json_atomic
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.metrics import (
     bootstrap_interval,
@@ -291,22 +289,12 @@ def validation_record(run_or_file: str | Path, checkpoint: dict[str, Any]) -> di
             "best_step": best.get("step"), "checkpoint_step": step}
 
 
-def load_checkpoint_one_line(run_or_file: str | Path) -> dict[str, Any]:
-    """``load_checkpoint`` with its error message folded onto one line (torch's load errors span several)."""
-    from dopr_robot.checkpoint import load_checkpoint
-
-    try:
-        return load_checkpoint(run_or_file)
-    except UserError as err:
-        raise UserError(" ".join(str(err).split())) from None
-
-
 def evaluate_checkpoint(run_or_file: str | Path, task: str | None = None, use_ema: bool = True,
                         **kwargs: Any) -> EvalResult:
     """Load a checkpoint (run directory or file), evaluate it, and attach its validation loss."""
-    from dopr_robot.checkpoint import checkpoint_path, policy_from_checkpoint
+    from dopr_robot.checkpoint import checkpoint_path, load_checkpoint, policy_from_checkpoint
 
-    checkpoint = load_checkpoint_one_line(run_or_file)
+    checkpoint = load_checkpoint(run_or_file)
     task, env_kwargs = checkpoint_task(checkpoint, task)
     policy = policy_from_checkpoint(checkpoint, use_ema=use_ema)
     result = evaluate(policy, task, env_kwargs=env_kwargs, **kwargs)
@@ -329,40 +317,8 @@ def make_evaluator(task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED, **kw
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:
-    """Write ``data`` as JSON atomically: a temporary file in the same directory, then ``os.replace``.
-    NaN/Inf become null so the file is strict JSON."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_strict(data), f, indent=1)
-            f.write("\n")
-        publish(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def publish(tmp: str | Path, path: str | Path) -> None:
-    """Give a finished temporary file the usual permissions (mkstemp makes it 0600), then rename it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def _strict(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _strict(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(item) for item in value]
-    if isinstance(value, np.generic):
-        return _strict(value.item())
-    return value
+    """Write ``data`` as strict JSON (NaN/Inf as null), atomically."""
+    return write_json_atomic(path, data)
 
 
 __all__ = ["DEFAULT_EVAL_SEED", "EvalResult", "bootstrap_interval", "evaluate", "evaluate_checkpoint",

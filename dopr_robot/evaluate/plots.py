@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from dopr_robot.atomic import atomic_path
 from dopr_robot.errors import UserError
 
 
@@ -46,17 +45,9 @@ def plot_compounding(result: dict[str, Any], out: str | Path) -> Path:
     figure.suptitle(f"{result['task']}: success {closed['success_rate']:.2f} "
                     f"[{closed['success_ci'][0]:.2f}, {closed['success_ci'][1]:.2f}], N={closed['n']}")
     figure.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=".png", dir=out.parent)
-    os.close(fd)
     try:
-        figure.savefig(tmp, dpi=100)
-        from dopr_robot.evaluate import publish
-
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        with atomic_path(out) as tmp:
+            figure.savefig(tmp, dpi=100)
     finally:
         plt.close(figure)
     return out

@@ -9,14 +9,13 @@ atomically. Renders use the tasks' fast settings (no shadows/reflections, no mul
 
 from __future__ import annotations
 
-import os
-import tempfile
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
+from dopr_robot.atomic import atomic_path
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, Trajectory, check_actions_per_chunk, rollout
 from policies import Policy
@@ -68,11 +67,8 @@ def write_video(out: str | Path, episodes: Any, fps: int) -> int:
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise UserError(f"--out must end in .mp4 or .gif, got {out}")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.stem}.", suffix=out.suffix.lower(), dir=out.parent)
-    os.close(fd)
     count = 0
-    try:
+    with atomic_path(out) as tmp:
         if out.suffix.lower() == ".mp4":
             writer = imageio.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=7,
                                         macro_block_size=1, pixelformat="yuv420p")
@@ -83,12 +79,6 @@ def write_video(out: str | Path, episodes: Any, fps: int) -> int:
                 for frame in frames:
                     writer.append_data(_even(frame))
                     count += 1
-        from dopr_robot.evaluate import publish
-
-        publish(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return count
 
 
