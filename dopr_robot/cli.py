@@ -16,6 +16,7 @@ from dopr_robot.errors import UserError
 
 # subcommand -> module in dopr_robot.commands (imported only when needed, so --help stays fast).
 COMMANDS: dict[str, str] = {
+    "quickstart": "quickstart",
     "optimizers": "optimizers",
     "optimizer-demo": "optimizer_demo",
     "tasks": "tasks",
@@ -24,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect",
     "eval": "eval",
     "video": "video",
+    "compare": "compare",
 }
 
 

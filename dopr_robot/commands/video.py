@@ -23,9 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dopr_robot.checkpoint import policy_from_checkpoint
+    from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
     from dopr_robot.errors import UserError
-    from dopr_robot.checkpoint import load_checkpoint
     from dopr_robot.evaluate import DEFAULT_EVAL_SEED, checkpoint_task
     from dopr_robot.evaluate.video import SUFFIXES, record_video
 
