@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "optimizers": "optimizers",
     "optimizer-demo": "optimizer_demo",
     "tasks": "tasks",
+    "expert": "expert",
     "train": "train",
     "collect": "collect",
     "inspect": "inspect",
@@ -34,7 +35,10 @@ def _command_module(name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dopr-robot", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="dopr-robot",
+        description="Behavior cloning with the DoPr optimizer: demonstrations, training, closed-loop "
+                    "evaluation and optimizer comparisons. Start with `dopr-robot quickstart`.")
     parser.add_argument("--version", action="version", version=f"dopr-robot {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:

@@ -31,6 +31,9 @@ from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
 from policies import Policy, make_policy
 
+# What a run writes into its directory (and --overwrite removes).
+RUN_FILES = ("config.json", CHECKPOINT_NAME, "metrics.jsonl", "tensorboard", "eval.json")
+
 # evaluator(policy in eval mode, step) -> metrics to log, e.g. closed-loop success (passed in by the
 # caller: training never imports evaluation).
 Evaluator = Callable[[Policy, int], dict[str, float]]
@@ -50,10 +53,10 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``."""
     rank, world = _init_distributed()
     run_dir = Path(config.out)
+    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
+    _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
     if rank == 0:
         _prepare_run_dir(run_dir, config, resume, overwrite)
-    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
-    _check_data_fits(dataset, config)
     train_windows = dataset.windows("train", history=config.history, chunk=config.chunk)
     valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk) if dataset.valid_indices else None
     if config.batch_size % world:
@@ -181,9 +184,15 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
                             "resume with the saved config, or start a new run directory")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
+        if not config_file.exists():
+            raise UserError(f"{run_dir} is not empty and holds no run (no config.json); choose another --out")
+        unstarted = not (run_dir / CHECKPOINT_NAME).exists() and \
+            json.loads(config_file.read_text()) == json.loads(config.to_json())
+        if not overwrite and not unstarted:  # the same run, stopped before its first checkpoint, starts over
             raise UserError(f"{run_dir} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        shutil.rmtree(run_dir)
+        for name in RUN_FILES:  # only what a run writes: never a user's other files
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_json() + "\n")
 

@@ -106,9 +106,21 @@ def test_refuses_a_run_dir_holding_another_run(reach_demos: Path, tmp_path: Path
     assert json.loads((tmp_path / "run" / "config.json").read_text())["lr"] == 1e-4
 
 
-def test_chunk_longer_than_episodes_is_refused(reach_demos: Path, tmp_path: Path) -> None:
+def test_chunk_longer_than_episodes_is_refused_and_leaves_nothing(reach_demos: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match=r"--chunk 500 is longer than the shortest training episode \(100 steps\)"):
         train(tiny_config(reach_demos, tmp_path / "run", chunk=500), progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_removes_only_run_files(reach_demos: Path, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="is not empty and holds no run"):
+        train(tiny_config(reach_demos, tmp_path, steps=2), overwrite=True, progress=False)
+    run_dir = tmp_path / "run"
+    train(tiny_config(reach_demos, run_dir, steps=2), progress=False)
+    (run_dir / "notes.txt").write_text("mine")
+    train(tiny_config(reach_demos, run_dir, steps=3), overwrite=True, progress=False)
+    assert (run_dir / "notes.txt").read_text() == "mine" and load_checkpoint(run_dir)["step"] == 3
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(reach_demos: Path, tmp_path: Path) -> None:
