@@ -1,0 +1,143 @@
+"""SB3 experts: resumable training, export to a plain torch actor, shipped experts, bad inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import envs
+from dopr_robot import cli, experts
+from dopr_robot.errors import UserError
+from envs.experts import sb3 as sb3_weights
+
+TINY = ["--hp", "learning_starts=100", "--hp", "buffer_size=1000", "--hp", "batch_size=32", "--hp", 'policy_kwargs={"net_arch": [32, 32]}']
+
+
+def _train_args(out: Path, steps: int, *extra: str) -> list[str]:
+    return ["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", str(steps), "--out", str(out),
+            "--checkpoint-every", "100", "--eval-every", "100", "--eval-episodes", "1", *extra]
+
+
+def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert cli.main(_train_args(out, 200, *TINY)) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == 200 and run["hyperparams"]["learning_starts"] == 100
+    assert experts.checkpoint_steps(out / "checkpoints") == [200, 100]
+    assert (out / "checkpoints" / "model_replay_buffer_200_steps.pkl").is_file()
+    assert (out / "best" / "model.zip").is_file() and "eval return" in (out / "progress.log").read_text()
+
+    assert cli.main(_train_args(out, 200, *TINY)) == 2  # the folder holds a run: --resume is needed
+    assert "continue it with --resume" in capsys.readouterr().err
+    (out / "checkpoints" / "model_250_steps.zip").write_bytes(b"cut short")  # a session killed mid-save
+    assert cli.main(_train_args(out, 300, "--resume")) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == 300 and len(run["commands"]) == 2 and "--resume" in run["commands"][1]
+    assert run["hyperparams"]["buffer_size"] == 1000  # the run's own hyperparameters, not the file's
+    assert "skipping checkpoint at 250 steps" in (log := (out / "progress.log").read_text())
+    assert "resumed from" in log and experts.checkpoint_steps(out / "checkpoints") == [300, 200]  # the last two are kept
+
+    manifest = experts.export_run(out, tmp_path / "export", which="latest", episodes=2)
+    assert manifest["steps_trained"] == 300 and manifest["evaluation"]["episodes"] == 2
+    assert manifest["commands"] == run["commands"] and manifest["versions"]["stable_baselines3"]
+    assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "export"), "--episodes", "1"]) == 0
+    assert "Hopper-v5: return" in capsys.readouterr().out
+
+
+def _tiny_model(algo: str, task: str, normalize: bool):
+    import stable_baselines3
+    from stable_baselines3.common.monitor import Monitor
+    from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
+
+    vec_env = DummyVecEnv([lambda: Monitor(envs.make(task))])
+    if normalize:
+        vec_env = VecNormalize(vec_env)
+    kwargs = {"policy_kwargs": {"net_arch": [16, 8]}, "seed": 0, "device": "cpu"}
+    if algo != "PPO":
+        kwargs["buffer_size"] = 100
+    model = getattr(stable_baselines3, algo)("MlpPolicy", vec_env, **kwargs)
+    with torch.no_grad():  # move the weights off their initialization so the output layer matters
+        for p in model.policy.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    vec_normalize = model.get_vec_normalize_env()
+    if vec_normalize is not None:
+        vec_env.reset()
+        for _ in range(30):
+            vec_env.step(np.stack([vec_env.action_space.sample()]))
+        vec_normalize.training = False
+    return model, vec_normalize
+
+
+@pytest.mark.parametrize(("algo", "task", "normalize"), [("SAC", "Humanoid-v5", False), ("TD3", "Hopper-v5", False), ("PPO", "Hopper-v5", True)])
+def test_exported_actor_equals_sb3_deterministic_predict(tmp_path: Path, algo: str, task: str, normalize: bool) -> None:
+    model, vec_normalize = _tiny_model(algo, task, normalize)
+    actor, config = experts.actor_from_sb3(model, vec_normalize)
+    experts.save_actor(actor, config, tmp_path)
+    assert set(torch.load(tmp_path / "actor.pt", weights_only=True)) >= {"net.0.weight", "action_low"}
+    expert = sb3_weights.load_expert_folder(tmp_path, model.observation_space.shape[0], task)
+
+    rng = np.random.default_rng(0)
+    obs = rng.normal(size=(64, model.observation_space.shape[0])) * 2.0
+    normalized = vec_normalize.normalize_obs(obs) if vec_normalize is not None else obs
+    expected, _ = model.predict(normalized, deterministic=True)
+    if algo == "PPO":
+        expected = np.clip(expected, model.action_space.low, model.action_space.high)
+    actions = expert.act(obs)
+    assert actions.dtype == np.float32 and actions.shape == expected.shape
+    np.testing.assert_allclose(actions, expected, atol=1e-6, rtol=0)
+    assert np.all(actions >= model.action_space.low) and np.all(actions <= model.action_space.high)
+    assert np.abs(expected).max() > 0.5 * model.action_space.high.max()  # the squashing/scaling is exercised
+    np.testing.assert_allclose(expert.act(obs[3]), actions[3], atol=1e-6, rtol=0)  # row i alone = row i of the batch
+
+
+@pytest.mark.parametrize("task", experts.LOCOMOTION_TASKS)
+def test_shipped_expert_passes_its_short_check(task: str) -> None:
+    folder = sb3_weights.weights_dir(task)
+    if not (folder / sb3_weights.ACTOR_FILE).is_file():
+        pytest.skip(f"no shipped expert for {task} (envs/experts/weights/{task}/actor.pt)")
+    manifest = json.loads((folder / sb3_weights.MANIFEST_FILE).read_text())
+    assert (folder / sb3_weights.ACTOR_FILE).stat().st_size < 5_000_000
+    for key in ("commands", "versions", "wall_time_s", "steps_trained", "evaluation"):
+        assert key in manifest
+    assert manifest["evaluation"]["episodes"] == 20
+    check = manifest["test_check"]
+    returns, _, _ = experts.rollout_returns(envs.make_expert(task).act, task, check["seeds"], horizon=check["horizon"])
+    assert np.all(returns >= check["min_return"]), f"{task}: returns {returns} below {check['min_return']}"
+
+
+def test_every_locomotion_task_has_buildable_hyperparameters() -> None:
+    import stable_baselines3
+
+    for algo in experts.ALGOS:
+        for task in experts.LOCOMOTION_TASKS:
+            hp = experts.load_hyperparams(task, algo) | ({"buffer_size": 10} if algo in experts.OFF_POLICY else {})
+            kwargs, _ = experts._algorithm_kwargs(algo, hp, envs.task_spec(task).act_dim)
+            env = envs.make(task)
+            getattr(stable_baselines3, experts.ALGOS[algo])("MlpPolicy", env, device="cpu", **kwargs)
+            env.close()
+    assert "RL Baselines3 Zoo" in json.loads(experts.HYPERPARAMS_FILE.read_text())["_source"]
+
+
+def test_bad_inputs_are_user_errors(tmp_path: Path, capsys) -> None:
+    with pytest.raises(UserError, match=r"unknown task 'Hopper-v9'.*valid: Hopper-v5"):
+        experts.TrainConfig(task="Hopper-v9", algo="sac", steps=10, out=tmp_path)
+    with pytest.raises(UserError, match=r"unknown algorithm 'ddqn'; valid: sac, td3, ppo"):
+        experts.TrainConfig(task="Hopper-v5", algo="ddqn", steps=10, out=tmp_path)
+    with pytest.raises(UserError, match="steps must be >= 1"):
+        experts.TrainConfig(task="Hopper-v5", algo="sac", steps=0, out=tmp_path)
+    with pytest.raises(UserError, match="not KEY=VALUE"):
+        experts.parse_override("learning_starts")
+    with pytest.raises(UserError, match="nothing to resume"):
+        experts.train(experts.TrainConfig(task="Hopper-v5", algo="sac", steps=10, out=tmp_path / "none", resume=True))
+    with pytest.raises(UserError, match="neither an exported expert folder"):
+        experts.evaluate_expert("Hopper-v5", tmp_path / "missing", episodes=1, seed=0)
+    with pytest.raises(UserError, match="not a training run folder"):
+        experts.export_run(tmp_path, tmp_path / "export")
+    assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "missing"), "--episodes", "1"]) == 2
+    assert cli.main(["expert", "train", "--task", "Nope-v0", "--algo", "sac", "--steps", "5", "--out", str(tmp_path / "x")]) == 2
+    assert "unknown task 'Nope-v0'" in capsys.readouterr().err
+    assert cli.main(["expert"]) == 2 and "missing action" in capsys.readouterr().err
