@@ -102,8 +102,9 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             indices = torch.randint(len(train_windows), (config.batch_size,), generator=sampler)
             batch = train_windows.batch(indices.chunk(world)[rank])
             loss = policy.loss(batch, forward=model)
-            if not torch.isfinite(loss):
-                raise UserError(f"the training loss became {loss.item()} at step {step + 1}; the last good checkpoint "
+            loss_value = loss.item()  # the step's one host sync: logging and the NaN check share it
+            if not math.isfinite(loss_value):
+                raise UserError(f"the training loss became {loss_value} at step {step + 1}; the last good checkpoint "
                                 f"is kept in {run_dir} (try a lower --lr, or --grad-clip)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -114,7 +115,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             if ema is not None:
                 ema.update_parameters(policy)
             step += 1
-            last_loss = loss.item()
+            last_loss = loss_value
             losses.append(last_loss)
             bar.update(1)
 
