@@ -95,7 +95,7 @@ def _without_task(run_dir: Path, tmp_path: Path) -> Path:
     (["--checkpoint", "{tmp}/garbage.pt"], "not a readable checkpoint"),
     (["--checkpoint", "{tmp}/no_task.pt"], "trained on data without env_args: pass --task NAME"),
     (["--checkpoint", "{run}", "--task", "Nope-v0"], "unknown task 'Nope-v0'"),
-    (["--checkpoint", "{run}", "--task", "Hopper-v5"], "Hopper-v5 is unavailable"),
+    (["--checkpoint", "{run}", "--task", "Humanoid-v5"], "Humanoid-v5 is unavailable"),  # no shipped expert
     (["--checkpoint", "{run}", "--task", "Push-v0", "--no-expert"], "evaluate it on the task it was trained on"),
     (["--checkpoint", "{run}", "--actions-per-chunk", "4"], "--actions-per-chunk must be between 1 and the policy's chunk (3)"),
     (["--checkpoint", "{run}", "--episodes", "0"], "--episodes must be >= 1"),
