@@ -12,7 +12,7 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
-from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
 
 
 class GoalTaskEnv(MujocoEnv, utils.EzPickle):
@@ -122,13 +122,9 @@ class GoalTaskEnv(MujocoEnv, utils.EzPickle):
 
         Replaces ``MujocoEnv.set_state(qpos, qvel)``, which :meth:`reset_model` still uses.
         """
-        state = np.asarray(state, dtype=np.float64)
-        if state.shape != (self.state_size,):
-            name = type(self).__name__
-            raise ValueError(
-                f"{name.removesuffix('Env')} state has shape {state.shape}, expected ({self.state_size},): "
-                f"pass a vector returned by {name}.get_state()"
-            )
+        name = type(self).__name__
+        state = state_vector(state, self.state_size, name.removesuffix("Env"),
+                             f"pass a vector returned by {name}.get_state()")
         set_physics_state(self.model, self.data, state[1:])
         self._elapsed_steps = int(state[0])
         return self._get_obs()

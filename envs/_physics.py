@@ -41,6 +41,14 @@ def set_physics_state(model: mujoco.MjModel, data: mujoco.MjData, state: np.ndar
     mujoco.mj_forward(model, data)
 
 
+def state_vector(state: np.ndarray, expected: int, what: str, hint: str) -> np.ndarray:
+    """``state`` as a float64 vector of length ``expected``; a ValueError naming ``what`` and ``hint`` otherwise."""
+    state = np.asarray(state, dtype=np.float64)
+    if state.shape != (expected,):
+        raise ValueError(f"{what} state has shape {state.shape}, expected ({expected},): {hint}")
+    return state
+
+
 def use_fast_rendering(model: mujoco.MjModel) -> None:
     """Make software (llvmpipe/EGL) rendering ~10x faster: no shadows, reflections or multisampling.
 

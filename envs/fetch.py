@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from dopr_robot.errors import UserError
-from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
 
 FETCH_MISSING_REASON = "fetch extra not installed: pip install 'dopr-robot[fetch]'"
 
@@ -109,13 +109,8 @@ class FetchTask(gymnasium.Wrapper):
         gymnasium-robotics reads those right after ``mj_step``, before they are recomputed.
         """
         unwrapped = self.env.unwrapped
-        state = np.asarray(state, dtype=np.float64)
-        expected = 4 + physics_state_size(unwrapped.model)
-        if state.shape != (expected,):
-            raise ValueError(
-                f"Fetch state has shape {state.shape}, expected ({expected},): "
-                "pass a vector returned by get_state() of the same task"
-            )
+        state = state_vector(state, 4 + physics_state_size(unwrapped.model), "Fetch",
+                             "pass a vector returned by get_state() of the same task")
         unwrapped.goal = state[1:4].copy()
         set_physics_state(unwrapped.model, unwrapped.data, state[4:])
         self._elapsed_steps = int(state[0])

@@ -16,7 +16,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede th
 import gymnasium
 import numpy as np
 
-from envs._physics import get_physics_state, physics_state_size, set_physics_state, use_fast_rendering
+from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
 
 
 class LocomotionTask(gymnasium.Wrapper):
@@ -75,13 +75,8 @@ class LocomotionTask(gymnasium.Wrapper):
     def set_state(self, state: np.ndarray) -> np.ndarray:
         """Restore a vector from :meth:`get_state` and return the observation there."""
         unwrapped = self.env.unwrapped
-        state = np.asarray(state, dtype=np.float64)
-        expected = 2 + physics_state_size(unwrapped.model)
-        if state.shape != (expected,):
-            raise ValueError(
-                f"locomotion state has shape {state.shape}, expected ({expected},): "
-                "pass a vector returned by get_state() of the same task"
-            )
+        state = state_vector(state, 2 + physics_state_size(unwrapped.model), "locomotion",
+                             "pass a vector returned by get_state() of the same task")
         set_physics_state(unwrapped.model, unwrapped.data, state[2:])
         self._elapsed_steps = int(state[0])
         self._episode_return = float(state[1])
