@@ -40,6 +40,9 @@ def main() -> None:
         (model(inputs[shard]) - targets[shard]).pow(2).mean().backward()
         optimizer.step()
     torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, f"{out_file}.rank{rank}")
+    # Both ranks reach teardown together: a rank that tears gloo down while its peer is still
+    # connected can abort ("terminate called without an active exception"), seen once in CI.
+    dist.barrier()
     dist.destroy_process_group()
 
 
