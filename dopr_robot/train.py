@@ -32,7 +32,8 @@ from dopr_robot.optim import make_optimizer
 from policies import Policy, make_policy
 
 # What a run writes into its directory (and --overwrite removes).
-RUN_FILES = ("config.json", CHECKPOINT_NAME, "metrics.jsonl", "tensorboard", "eval.json")
+COVERAGE_FILE = "dopr_coverage.txt"  # DoPr's coverage table: which parameters get AP
+RUN_FILES = ("config.json", CHECKPOINT_NAME, "metrics.jsonl", "tensorboard", "eval.json", COVERAGE_FILE)
 
 # evaluator(policy in eval mode, step) -> metrics to log, e.g. closed-loop success (passed in by the
 # caller: training never imports evaluation).
@@ -94,6 +95,12 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best), run_dir / CHECKPOINT_NAME)
 
     log = _MetricsLog(run_dir, enabled=rank == 0)
+    ap_watch = _APWatch(optimizer, run_dir)
+    if rank == 0 and ap_watch.enabled:
+        coverage = optimizer.format_coverage()
+        (run_dir / COVERAGE_FILE).write_text(coverage + "\n")
+        if progress:
+            print(f"{config.optimizer}: which parameters get activation preconditioning\n{coverage}", flush=True)
     eval_policy = ema.module if ema is not None else policy
     losses, last_loss, val_loss, started = [], float("nan"), None, time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or rank != 0)
@@ -121,7 +128,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
 
             if step % config.log_every == 0 or step == config.steps:
                 log.write(step=step, train_loss=sum(losses) / len(losses), lr=scheduler.get_last_lr()[0],
-                          elapsed_s=round(time.perf_counter() - started, 3))
+                          elapsed_s=round(time.perf_counter() - started, 3), **ap_watch.check(step))
                 bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
                 losses = []
             if valid_windows is not None and (step % config.val_every == 0 or step == config.steps):
@@ -131,6 +138,9 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
                 log.write(step=step, val_loss=val_loss, val_loss_raw=validation_loss(policy, valid_windows))
             if evaluator is not None and evaluate_every > 0 and (step % evaluate_every == 0 or step == config.steps):
                 log.write(step=step, **evaluator(eval_policy.eval(), step))
+                # Without the EMA, eval_policy is the policy being trained: back to training mode, or
+                # DoPr's hooks (training-mode forwards only) record nothing from here on.
+                policy.train()
             if step % config.checkpoint_every == 0 or step == config.steps:
                 save_checkpoint()
     finally:
@@ -151,6 +161,39 @@ def validation_loss(policy: Policy, windows, batch_size: int = 1024) -> float:
         count += len(indices)
     policy.train(was_training)
     return total / max(count, 1)
+
+
+class _APWatch:
+    """DoPr's numerics for the training log, and a stop when AP silently stops working.
+
+    AP is skipped for a layer-step when its hooks recorded no training-mode forward (a model left in
+    eval mode) or no usable factor exists; the base then gets the raw gradient and DoPr-X quietly
+    becomes X. Each logged window reports the counts; a window where most layer-steps skipped stops
+    the run with the last good checkpoint kept.
+    """
+
+    MIN_WINDOW = 10  # layer-steps: a lone skipped step is not a broken run
+
+    def __init__(self, optimizer: torch.optim.Optimizer, run_dir: Path):
+        self.optimizer, self.run_dir = optimizer, run_dir
+        self.enabled = callable(getattr(optimizer, "numerics", None))
+        self.last = optimizer.numerics() if self.enabled else {}
+
+    def check(self, step: int) -> dict[str, int]:
+        if not self.enabled:
+            return {}
+        now = self.optimizer.numerics()
+        window = now["layer_steps"] - self.last["layer_steps"]
+        skipped = now["skipped"] - self.last["skipped"]
+        if window >= self.MIN_WINDOW and skipped > window / 2:
+            raise UserError(
+                f"DoPr skipped activation preconditioning on {skipped} of the last {window} layer-steps (up to step "
+                f"{step}): its hooks saw no training-mode forwards, or every factorization failed, so the base optimizer "
+                f"got raw gradients. Keep the policy in training mode (policy.train()) while training, or raise "
+                f"--damping; the last good checkpoint is kept in {self.run_dir}")
+        self.last = now
+        return {"dopr_layer_steps": now["layer_steps"], "dopr_skipped": now["skipped"],
+                "dopr_damping_retries": now["damping_retries"]}
 
 
 def _warmup_cosine(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
@@ -213,9 +256,18 @@ def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler
         "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
         "dataset": {"source": str(dataset.source), "task": dataset.task, "env_kwargs": dataset.env_kwargs,
                     "obs_keys": list(dataset.obs_keys), "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
-                    "train_episodes": len(dataset.train_indices), "valid_episodes": len(dataset.valid_indices)},
+                    "episodes": len(dataset), "train_episodes": len(dataset.train_indices),
+                    "valid_episodes": len(dataset.valid_indices),
+                    # how the data was made (collect's expert, noise, seed; an importer's provenance):
+                    # reports state the settings a run actually used from here, not from a default
+                    "metadata": _json_safe(dataset.metadata)},
         "best": best,
     }
+
+
+def _json_safe(value: Any) -> Any:
+    """Plain JSON types only (the checkpoint loads with ``weights_only=True``)."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def _init_distributed() -> tuple[int, int]:

@@ -44,7 +44,7 @@ def test_sgd_step_is_exactly_minus_lr_times_ap_gradient(damping: float) -> None:
     optimizer.step()
     after = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach()
     np.testing.assert_allclose((after - before).numpy(), -lr * expected, rtol=1e-4, atol=1e-6)
-    assert optimizer.numerics() == {"damping_retries": 0, "skipped": 0}
+    assert optimizer.numerics() == {"layer_steps": 1, "damping_retries": 0, "skipped": 0}
 
 
 def test_step_leaves_raw_gradients_in_place() -> None:

@@ -158,3 +158,39 @@ def test_cli_trains_from_a_config_file_and_resumes(reach_demos: Path, tmp_path: 
     assert "trained 10 steps" in capsys.readouterr().out
     assert main(["train", "--resume", str(run_dir), "--lr", "1e-3", "--no-progress"]) == 2
     assert "--resume continues the saved config; drop --lr" in capsys.readouterr().err
+
+
+def test_an_evaluator_without_ema_leaves_dopr_preconditioning(reach_demos: Path, tmp_path: Path) -> None:
+    """With ema_decay=0 the evaluator sees the policy being trained; training must resume in train mode,
+    or DoPr's hooks record nothing and every later step hands the raw gradient to the base."""
+    config = tiny_config(reach_demos, tmp_path / "run", optimizer="dopr-adamw", ema_decay=0.0, steps=40, log_every=10)
+    modes = []
+
+    def evaluator(policy, step: int) -> dict:
+        modes.append(policy.training)
+        return {"calls": len(modes)}
+
+    train(config, evaluator=evaluator, evaluate_every=10, progress=False)
+    assert modes == [False] * 4  # evaluated in eval mode
+    skipped, layer_steps = logged(tmp_path / "run", "dopr_skipped"), logged(tmp_path / "run", "dopr_layer_steps")
+    assert skipped == [0, 0, 0, 0]
+    assert layer_steps[-1] == 40 * 6  # 6 linear layers in the tiny MLP (embed, 2 x 2 per block, head), 40 steps
+    coverage = (tmp_path / "run" / "dopr_coverage.txt").read_text()
+    assert "get AP" in coverage and "6 linear layers hooked" in coverage
+
+
+def test_a_run_whose_dopr_skips_ap_stops_with_a_clear_error(reach_demos: Path, tmp_path: Path, monkeypatch) -> None:
+    from dopr_robot.optim.dopr import DoPr
+
+    # From step 10 on, the hooks record nothing (as with a policy left in eval mode).
+    monkeypatch.setattr(DoPr, "_records_now", lambda self, layer: self.state[layer.weight].get("step", 0) < 10)
+    config = tiny_config(reach_demos, tmp_path / "run", optimizer="dopr-adamw", steps=40, log_every=10)
+    with pytest.raises(UserError, match=r"DoPr skipped activation preconditioning on 60 of the last 60 layer-steps \(up to step 20\)"):
+        train(config, progress=False)
+    assert load_checkpoint(tmp_path / "run")["step"] == 10  # the last good checkpoint is kept
+
+
+def test_plain_optimizers_log_no_dopr_numerics(reach_demos: Path, tmp_path: Path) -> None:
+    train(tiny_config(reach_demos, tmp_path / "run", steps=20), progress=False)
+    assert logged(tmp_path / "run", "dopr_skipped") == []
+    assert not (tmp_path / "run" / "dopr_coverage.txt").exists()

@@ -190,9 +190,11 @@ class DoPr(Optimizer):
         return "\n".join(lines)
 
     def numerics(self) -> dict[str, int]:
-        """Totals over layers: steps where λ had to be raised, and layer-steps that skipped AP."""
+        """Totals over layers: layer-steps taken, steps where λ had to be raised, and layer-steps
+        that skipped AP (no recorded inputs or no usable factor: the raw gradient went to the base)."""
         states = [self.state[layer.weight] for layer in self._layers]
         return {
+            "layer_steps": sum(s.get("step", 0) for s in states),
             "damping_retries": sum(s.get("damping_retries", 0) for s in states),
             "skipped": sum(s.get("skipped", 0) for s in states),
         }
