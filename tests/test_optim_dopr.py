@@ -318,3 +318,79 @@ def test_remove_hooks_stops_recording() -> None:
     optimizer.remove_hooks()
     layer(torch.randn(4, 3)).sum().backward()
     assert float(optimizer._layers[0].sums.count) == 0
+
+
+def _two_layer_model() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
+
+
+def _reference_base(name: str, model: nn.Module, settings: dict) -> torch.optim.Optimizer:
+    """The unmodified base optimizer over ``model``, built without DoPr's registry."""
+    from dopr_robot.optim import MuonWithAdamW
+
+    if name == "adamw":
+        return torch.optim.AdamW(model.parameters(), **settings)
+    if name == "signum":
+        return Signum(model.parameters(), **settings)
+    return MuonWithAdamW(model, **settings)
+
+
+@pytest.mark.parametrize("base, settings", [
+    ("adamw", dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)),
+    ("muon", dict(lr=2e-2, weight_decay=0.05, momentum=0.9)),
+    ("signum", dict(lr=1e-2, momentum=0.8, weight_decay=0.05)),
+])
+def test_every_base_follows_itself_fed_the_reference_ap_gradient(base: str, settings: dict) -> None:
+    """DoPr-X over several steps = X stepped on G̃(Σ̃+λI)⁻¹ computed in float64 from each layer's inputs."""
+    torch.manual_seed(3)
+    model = _two_layer_model()
+    twin = copy.deepcopy(model)
+    damping = 0.05
+    optimizer = DoPr(model, base=base, damping=damping, **settings)
+    reference = _reference_base(base, twin, settings)
+    inputs_seen: dict[nn.Linear, torch.Tensor] = {}
+    for layer in (twin[0], twin[2]):
+        layer.register_forward_hook(lambda module, args, out: inputs_seen.__setitem__(module, args[0].detach()))
+    generator = torch.Generator().manual_seed(4)
+    for _ in range(6):
+        inputs = torch.randn(32, 6, generator=generator) * 3.0 + 0.5
+        targets = torch.randn(32, 3, generator=generator)
+        optimizer.zero_grad()
+        (model(inputs) - targets).pow(2).mean().backward()
+        optimizer.step()
+        reference.zero_grad()
+        (twin(inputs) - targets).pow(2).mean().backward()
+        for layer in (twin[0], twin[2]):
+            ap = reference_ap_gradient(inputs_seen[layer].numpy(), layer.weight.grad.numpy(), layer.bias.grad.numpy(),
+                                       damping)
+            layer.weight.grad = torch.from_numpy(ap[:, :layer.in_features]).float()
+            layer.bias.grad = torch.from_numpy(ap[:, layer.in_features]).float()
+        reference.step()
+    for mine, theirs in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_cov_ema_follows_its_formula() -> None:
+    """Σ_k = β Σ_{k-1} + (1-β) Σ̃_k (Σ_1 = Σ̃_1), and the SGD step is -lr G̃ (Σ_k + λ_k I)⁻¹ with λ_k from Σ_k."""
+    torch.manual_seed(5)
+    beta, damping, lr = 0.7, 0.02, 0.1
+    layer = nn.Linear(5, 2)
+    optimizer = DoPr(layer, base="sgd", lr=lr, damping=damping, cov_ema=beta, momentum=0.0)
+    generator = torch.Generator().manual_seed(6)
+    running = None
+    for step in range(4):
+        inputs = torch.randn(16, 5, generator=generator) * (1.0 + step) + step
+        targets = torch.randn(16, 2, generator=generator)
+        before = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().double().clone()
+        optimizer.zero_grad()
+        one_backward(layer, inputs, targets)
+        z = np.concatenate([inputs.numpy(), np.ones((16, 1))], axis=1).astype(np.float64)
+        batch = z.T @ z / len(z)
+        running = batch if running is None else beta * running + (1 - beta) * batch
+        g = np.concatenate([layer.weight.grad.numpy(), layer.bias.grad.numpy()[:, None]], axis=1).astype(np.float64)
+        lam = damping * np.trace(running) / running.shape[0]
+        expected = np.linalg.solve(running + lam * np.eye(6), g.T).T
+        optimizer.step()
+        np.testing.assert_allclose(optimizer.state[layer.weight]["sigma"].double().numpy(), running, rtol=1e-5, atol=1e-6)
+        after = torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().double()
+        np.testing.assert_allclose((after - before).numpy(), -lr * expected, rtol=1e-4, atol=1e-6)
