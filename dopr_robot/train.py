@@ -9,6 +9,7 @@ the gradients, DoPr all-reduces its statistics, and rank 0 alone writes files.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -21,7 +22,6 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
 import demos
@@ -69,7 +69,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
     policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
     # The EMA copy is made before the optimizer hooks the policy's layers, so it carries no hooks.
-    ema = AveragedModel(policy, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True) if config.ema_decay > 0 else None
+    ema = WeightEMA(policy, config.ema_decay) if config.ema_decay > 0 else None
     model = nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
     optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
@@ -81,7 +81,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
         policy.load_state_dict(checkpoint["model"])
         if ema is not None:
             ema.module.load_state_dict(checkpoint["ema"])
-            ema.n_averaged.fill_(checkpoint["ema_updates"])
+            ema.updates = checkpoint["ema_updates"]
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
@@ -91,8 +91,24 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             _truncate_metrics(run_dir / "metrics.jsonl", step)
 
     def save_checkpoint() -> None:
+        check_finite()  # a checkpoint is only ever written from finite weights
         if rank == 0:
             save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best), run_dir / CHECKPOINT_NAME)
+
+    # The loss stays on the device between log points: reading it each step would make the host wait
+    # for the device every step. NaN/Inf is tracked on the device too (the first bad step) and read
+    # where the loop syncs anyway: when it logs, validates or writes a checkpoint.
+    device = next(policy.parameters()).device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def check_finite() -> None:
+        bad = int(first_bad_step)
+        what = f"the training loss became non-finite (nan or inf) at step {bad}"
+        if bad < 0 and not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
+            bad, what = step, f"the weights became non-finite (nan or inf) by step {step}"
+        if bad >= 0:
+            raise UserError(f"{what}; the last good checkpoint is kept in {run_dir} (try a lower --lr, or --grad-clip)")
 
     log = _MetricsLog(run_dir, enabled=rank == 0)
     ap_watch = _APWatch(optimizer, run_dir)
@@ -102,17 +118,17 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
         if progress:
             print(f"{config.optimizer}: which parameters get activation preconditioning\n{coverage}", flush=True)
     eval_policy = ema.module if ema is not None else policy
-    losses, last_loss, val_loss, started = [], float("nan"), None, time.perf_counter()
+    losses, last_loss, val_loss, started = 0, float("nan"), None, time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or rank != 0)
     try:
         while step < config.steps:
             indices = torch.randint(len(train_windows), (config.batch_size,), generator=sampler)
             batch = train_windows.batch(indices.chunk(world)[rank])
             loss = policy.loss(batch, forward=model)
-            loss_value = loss.item()  # the step's one host sync: logging and the NaN check share it
-            if not math.isfinite(loss_value):
-                raise UserError(f"the training loss became {loss_value} at step {step + 1}; the last good checkpoint "
-                                f"is kept in {run_dir} (try a lower --lr, or --grad-clip)")
+            detached = loss.detach().double()
+            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(detached), step + 1, first_bad_step)
+            loss_sum += detached
+            losses += 1
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -120,17 +136,18 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             optimizer.step()
             scheduler.step()
             if ema is not None:
-                ema.update_parameters(policy)
+                ema.update(policy)
             step += 1
-            last_loss = loss_value
-            losses.append(last_loss)
             bar.update(1)
 
             if step % config.log_every == 0 or step == config.steps:
-                log.write(step=step, train_loss=sum(losses) / len(losses), lr=scheduler.get_last_lr()[0],
+                check_finite()
+                last_loss = float(loss_sum) / losses
+                log.write(step=step, train_loss=last_loss, lr=scheduler.get_last_lr()[0],
                           elapsed_s=round(time.perf_counter() - started, 3), **ap_watch.check(step))
-                bar.set_postfix(loss=f"{sum(losses) / len(losses):.4f}")
-                losses = []
+                bar.set_postfix(loss=f"{last_loss:.4f}")
+                loss_sum.zero_()
+                losses = 0
             if valid_windows is not None and (step % config.val_every == 0 or step == config.steps):
                 val_loss = validation_loss(eval_policy, valid_windows)
                 if best is None or val_loss < best["val_loss"]:
@@ -161,6 +178,31 @@ def validation_loss(policy: Policy, windows, batch_size: int = 1024) -> float:
         count += len(indices)
     policy.train(was_training)
     return total / max(count, 1)
+
+
+class WeightEMA:
+    """The exponential moving average of a policy's weights (and floating-point buffers), for evaluation.
+
+    After each step ``ema <- ema + (1 - decay) (theta - ema)``; the first update copies ``theta``.
+    The update count is a host integer, so an update never waits for the device (torch's
+    ``AveragedModel`` tests a device tensor against 0 on every update).
+    """
+
+    def __init__(self, policy: Policy, decay: float):
+        self.module = copy.deepcopy(policy)  # made before the optimizer hooks the policy's layers
+        self.module.requires_grad_(False)
+        self.decay, self.updates = decay, 0
+        self._averaged = [*self.module.parameters(), *self.module.buffers()]
+
+    @torch.no_grad()
+    def update(self, policy: Policy) -> None:
+        current = [t.detach() for t in (*policy.parameters(), *policy.buffers())]
+        if self.updates == 0:
+            torch._foreach_copy_(self._averaged, current)
+        else:
+            floating = [(a, c) for a, c in zip(self._averaged, current) if a.is_floating_point()]
+            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - self.decay)
+        self.updates += 1
 
 
 class _APWatch:
@@ -250,7 +292,7 @@ def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler
                    "history": policy.history, "chunk": policy.chunk, "config": asdict(policy.config)},
         "model": policy.state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
-        "ema_updates": int(ema.n_averaged) if ema is not None else 0,
+        "ema_updates": ema.updates if ema is not None else 0,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},

@@ -207,19 +207,50 @@ def test_degenerate_statistics_never_give_nan(case: str) -> None:
         optimizer.step()
         for param in model.parameters():
             assert torch.isfinite(param).all(), case
-    if case == "zero_damping_rank_deficient":
-        assert optimizer.numerics()["damping_retries"] > 0
+    if case == "zero_damping_rank_deficient":  # the 1e-6 relative floor on λ keeps the factorization alive
+        assert optimizer.numerics()["skipped"] == 0
 
 
-def test_failed_factorization_raises_damping_and_counts_it() -> None:
-    from dopr_robot.optim.activation import damped_cholesky
+def test_failed_factorization_falls_back_to_jacobi_on_the_device() -> None:
+    from dopr_robot.optim.activation import damped_factor
 
-    singular = torch.zeros(5, 5)
-    singular[0, 0] = 1.0
-    factor = damped_cholesky(singular, relative_damping=0.0)
-    assert factor.cholesky is not None and factor.retries >= 1 and factor.damping > 0
-    nan_factor = damped_cholesky(torch.full((3, 3), float("nan")), relative_damping=0.1)
-    assert nan_factor.cholesky is None
+    indefinite = torch.tensor([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1: Cholesky breaks down
+    factor, usable, failed = damped_factor(indefinite, relative_damping=0.01, damping_scale=torch.tensor(1.0))
+    assert bool(usable) and bool(failed)
+    lam = 0.01 * 2.0 / 2
+    torch.testing.assert_close(factor, torch.diag(torch.full((2,), (1.0 + lam) ** 0.5)))  # diag(Σ + λI)^½
+    factor, usable, failed = damped_factor(indefinite, relative_damping=0.01, damping_scale=torch.tensor(1000.0))
+    assert bool(usable) and not bool(failed)  # λ = 10 > 1: positive definite
+    torch.testing.assert_close(factor @ factor.T, indefinite + 10.0 * torch.eye(2))
+    nan_factor, usable, _ = damped_factor(torch.full((3, 3), float("nan")), 0.1, torch.tensor(1.0))
+    assert not bool(usable) and torch.equal(nan_factor, torch.eye(3))
+
+
+def test_failed_factorizations_raise_the_layer_damping_and_are_counted(monkeypatch) -> None:
+    from dopr_robot.optim.activation import InputSums
+
+    calls = []
+    real = InputSums.second_moment
+
+    def breaking_second_moment(self):
+        calls.append(1)
+        sigma = real(self)
+        if len(calls) <= 2:  # the first two factorizations meet an indefinite matrix
+            sigma = sigma - 2.0 * torch.trace(sigma) * torch.eye(sigma.shape[0])
+            sigma.diagonal().abs_()
+            sigma[0, 1] = sigma[1, 0] = 10.0 * torch.trace(sigma)
+        return sigma
+
+    monkeypatch.setattr(InputSums, "second_moment", breaking_second_moment)
+    layer = nn.Linear(3, 2)
+    optimizer = DoPr(layer, base="sgd", lr=0.1, damping=0.01)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(torch.randn(8, 3)).pow(2).mean().backward()
+        optimizer.step()
+        assert torch.isfinite(layer.weight).all()
+    assert optimizer.numerics() == {"layer_steps": 3, "damping_retries": 2, "skipped": 0}
+    assert float(optimizer.state[layer.weight]["damping_scale"]) == 100.0
 
 
 def test_layer_without_statistics_falls_back_to_the_raw_gradient() -> None:

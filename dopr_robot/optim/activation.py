@@ -19,8 +19,6 @@ same :math:`\tilde\Sigma` as one forward over the whole batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -60,40 +58,35 @@ class InputSums:
         return self.outer / self.count.clamp(min=1.0)
 
 
-@dataclass
-class DampedFactor:
-    """Cholesky factor of :math:`\\tilde\\Sigma + \\lambda I`, with how it was obtained."""
+def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    r"""Cholesky factor of :math:`\tilde\Sigma + \lambda I`, :math:`\lambda = s\,\gamma\,\mathrm{tr}(\tilde\Sigma)/d`,
+    with every outcome kept on the device (no host synchronization).
 
-    cholesky: Tensor | None  # lower-triangular L, or None when no usable factor exists
-    damping: float  # the absolute lambda that succeeded
-    retries: int  # how many times lambda had to be raised
+    ``damping_scale`` :math:`s` is the layer's damping multiplier (a 0-d tensor, 1 until a
+    factorization fails). Returns ``(cholesky, usable, failed)``:
 
-
-def damped_cholesky(sigma: Tensor, relative_damping: float, max_retries: int = 8) -> DampedFactor:
-    r"""Factor :math:`\tilde\Sigma + \lambda I` with :math:`\lambda = \gamma\,\mathrm{tr}(\tilde\Sigma)/d`.
-
-    On a failed factorization (float32 round-off on a near-singular matrix) the damping is raised
-    tenfold and the factorization retried, up to ``max_retries`` times. A matrix with a non-finite
-    trace, or zero trace, yields ``cholesky=None``: the caller then leaves the gradient
-    unpreconditioned rather than emit NaN. (A NaN off the diagonal makes every retry fail the
-    finiteness check of the factor, with the same outcome.)
+    - ``usable`` (0-d bool): the statistics can be preconditioned with at all (finite, positive
+      trace). Where not, ``cholesky`` is the identity and the caller keeps the raw gradient.
+    - ``failed`` (0-d bool): usable, but the factorization broke down (float32 round-off on a
+      near-singular matrix, or a NaN off the diagonal). ``cholesky`` is then the diagonal (Jacobi)
+      factor :math:`\mathrm{diag}(\tilde\Sigma + \lambda I)^{1/2}`, which always exists, and the
+      caller raises :math:`s` tenfold for the next factorization of this layer.
     """
     dim = sigma.shape[0]
-    trace = float(torch.diagonal(sigma).sum())
-    if not trace > 0.0:  # zero, or NaN/Inf
-        return DampedFactor(None, trace, 0)
-    damping = relative_damping * trace / dim
-    for attempt in range(max_retries + 1):
-        damped = sigma.clone()
-        damped.diagonal().add_(damping)
-        factor, info = torch.linalg.cholesky_ex(damped)
-        # A NaN anywhere in the lower triangle reaches the diagonal of the factor: checking the
-        # diagonal catches it at a fraction of the cost of checking the whole matrix.
-        if int(info) == 0 and bool(torch.isfinite(factor.diagonal()).all()):
-            return DampedFactor(factor, damping, attempt)
-        # Tenfold, from a small floor so that damping=0 can recover too.
-        damping = max(10.0 * damping, 1e-6 * trace / dim)
-    return DampedFactor(None, damping, max_retries + 1)
+    trace = sigma.diagonal().sum()
+    usable = torch.isfinite(trace) & (trace > 0)
+    # Tenfold steps from a small floor, so that damping=0 can recover too.
+    damping = torch.clamp(relative_damping * trace / dim, min=1e-6 * trace / dim) * damping_scale
+    eye = torch.eye(dim, device=sigma.device, dtype=sigma.dtype)
+    damped = torch.where(usable, sigma + damping * eye, eye)
+    factor, info = torch.linalg.cholesky_ex(damped)
+    # A NaN anywhere in the lower triangle reaches the diagonal of the factor: checking the
+    # diagonal catches it at a fraction of the cost of checking the whole matrix.
+    ok = (info == 0) & torch.isfinite(factor.diagonal()).all()
+    failed = usable & ~ok
+    jacobi = torch.diag_embed(damped.diagonal().clamp(min=torch.finfo(sigma.dtype).tiny).sqrt())
+    jacobi = torch.where(torch.isfinite(jacobi), jacobi, eye)
+    return torch.where(ok, factor, jacobi), usable, failed
 
 
 def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:

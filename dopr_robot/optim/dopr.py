@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from dopr_robot.optim.activation import InputSums, damped_cholesky, solve_right
+from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
 
@@ -52,7 +52,7 @@ class DoPr(Optimizer):
             \quad\text{(inputs of the training-mode forwards since the last step)} \\
         \lambda &= \gamma\, \operatorname{tr}(\tilde\Sigma) / (d_{in} + 1) \\
         \tilde M &= \tilde G\, (\tilde\Sigma + \lambda I)^{-1}
-            \quad\text{(Cholesky solve; on failure } \lambda \leftarrow 10\lambda \text{ and retry)} \\
+            \quad\text{(Cholesky solve)} \\
         \tilde W &\leftarrow \tilde W - \eta\, \mathrm{GP}(\tilde M)
             \quad\text{(plus the base's decoupled weight decay)}
 
@@ -70,6 +70,14 @@ class DoPr(Optimizer):
     all-reduced before the solve: DDP over R ranks gives the update of one process on the whole
     batch.
 
+    Numerical failure, handled on the device: a step never waits for the host (no ``.item()``, no
+    data-dependent branch), so on a GPU it queues its kernels and moves on. When a layer's
+    factorization breaks down (float32 round-off with a tiny damping, or a NaN in its inputs), that
+    step uses the diagonal (Jacobi) part of :math:`\tilde\Sigma + \lambda I` instead, and the
+    layer's damping multiplier is raised tenfold (up to :math:`10^{\text{max\_damping\_retries}}`)
+    for its next factorizations, selected by masks. Statistics with no finite positive trace (no
+    training-mode forward recorded, dead inputs) leave the raw gradient to the base.
+
     Amortization: with ``refresh_every = k > 1`` the statistics are recorded and the inverse
     :math:`(\tilde\Sigma + \lambda I)^{-1}` recomputed every k-th step only; the steps in between
     apply the cached inverse as one matmul. With ``cov_ema = β > 0`` the factored matrix is the
@@ -84,11 +92,12 @@ class DoPr(Optimizer):
         weight_decay: passed to the base (decoupled for adamw, signum and muon; L2 for sgd, adam).
         cov_ema: :math:`\beta \in [0, 1)`, running average of the statistics (0: current batch).
         refresh_every: recompute the factorization every k steps (1: every step).
-        max_damping_retries: how often λ may be raised tenfold before AP is skipped for the layer.
+        max_damping_retries: how often a layer's λ may be raised tenfold after failed factorizations.
         **base_kwargs: the base optimizer's other arguments (e.g. ``betas``, ``momentum``).
 
-    Numerics are counted per layer in ``self.state[weight]``: ``damping_retries`` (λ had to be
-    raised) and ``skipped`` (no usable statistics: the raw gradient went to the base instead).
+    Numerics are counted per layer in ``self.state[weight]`` as device tensors, read by
+    ``numerics()`` (one synchronization, when a caller logs): ``damping_retries`` (factorizations
+    that failed, λ raised) and ``skipped`` (no usable statistics: the raw gradient went to the base).
     """
 
     def __init__(
@@ -190,13 +199,20 @@ class DoPr(Optimizer):
         return "\n".join(lines)
 
     def numerics(self) -> dict[str, int]:
-        """Totals over layers: layer-steps taken, steps where λ had to be raised, and layer-steps
-        that skipped AP (no recorded inputs or no usable factor: the raw gradient went to the base)."""
-        states = [self.state[layer.weight] for layer in self._layers]
+        """Totals over layers: layer-steps taken, failed factorizations (λ raised), and layer-steps
+        that skipped AP (no usable statistics: the raw gradient went to the base).
+
+        The counters live on the device; this reads them (one host synchronization): call it when
+        logging, not every step.
+        """
+        states = [self.state[layer.weight] for layer in self._layers if self.state[layer.weight]]
+        counters = [torch.as_tensor(s[key]).reshape(()).to("cpu", torch.int64)
+                    for s in states for key in ("damping_retries", "skipped")]
+        values = torch.stack(counters).view(-1, 2).sum(dim=0).tolist() if counters else [0, 0]
         return {
             "layer_steps": sum(s.get("step", 0) for s in states),
-            "damping_retries": sum(s.get("damping_retries", 0) for s in states),
-            "skipped": sum(s.get("skipped", 0) for s in states),
+            "damping_retries": int(values[0]),
+            "skipped": int(values[1]),
         }
 
     def remove_hooks(self) -> None:
@@ -240,9 +256,12 @@ class DoPr(Optimizer):
         for layer, refresh in zip(self._layers, refreshing):
             state = self.state[layer.weight]
             if not state:
-                state["step"] = 0  # steps taken; every refresh_every-th one refreshes the factor
-                state["damping_retries"] = 0  # times λ had to be raised for a factorization
-                state["skipped"] = 0  # steps whose raw gradient went to the base (no usable factor)
+                device = layer.weight.device
+                state["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
+                # Device tensors, so that counting never waits for the host:
+                state["damping_retries"] = torch.zeros((), dtype=torch.int64, device=device)  # failed factorizations
+                state["skipped"] = torch.zeros((), dtype=torch.int64, device=device)  # raw gradient went to the base
+                state["damping_scale"] = torch.ones((), device=device)  # λ multiplier, raised on failure
             if layer.weight.grad is not None:
                 bias_grad = None
                 if layer.bias is not None:
@@ -257,13 +276,12 @@ class DoPr(Optimizer):
                     cache_inverse=group["refresh_every"] > 1,
                     max_damping_retries=group["max_damping_retries"],
                 )
-                if preconditioned is not None:
-                    weight_update, bias_update = preconditioned
-                    swapped.append((layer.weight, layer.weight.grad))
-                    layer.weight.grad = weight_update
-                    if layer.bias is not None:
-                        swapped.append((layer.bias, layer.bias.grad))
-                        layer.bias.grad = bias_update
+                weight_update, bias_update = preconditioned
+                swapped.append((layer.weight, layer.weight.grad))
+                layer.weight.grad = weight_update
+                if layer.bias is not None:
+                    swapped.append((layer.bias, layer.bias.grad))
+                    layer.bias.grad = bias_update
             state["step"] += 1
             if refresh:
                 layer.sums.zero_()
@@ -294,6 +312,17 @@ class DoPr(Optimizer):
         base_state = state_dict.pop("base")
         super().load_state_dict(state_dict)
         self.base.load_state_dict(base_state)
+        for layer in self._layers:
+            state = self.state[layer.weight]
+            if state:  # torch casts loaded tensors to the parameter's dtype; restore ours (and read older files)
+                device = layer.weight.device
+                for key in ("damping_retries", "skipped"):
+                    state[key] = torch.as_tensor(state[key]).to(device=device, dtype=torch.int64)
+                state.setdefault("damping_scale", torch.ones((), device=device))
+                if "has_inverse" in state:
+                    state["has_inverse"] = state["has_inverse"].bool()
+                elif "inverse" in state:
+                    state["has_inverse"] = torch.ones((), dtype=torch.bool, device=device)
 
 
 def activation_precondition(
@@ -306,40 +335,51 @@ def activation_precondition(
     cov_ema: float,
     cache_inverse: bool,
     max_damping_retries: int,
-) -> tuple[Tensor, Tensor | None] | None:
+) -> tuple[Tensor, Tensor | None]:
     r"""The AP step for one layer: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`.
 
     ``bias_grad`` is given for a layer with a trained bias (the homogeneous coordinate is then
     folded in), else ``None``. ``sums`` holds this step's input statistics when the factorization
     is refreshed now, else ``None`` (the cached inverse in ``state["inverse"]`` is applied).
-    Updates ``state`` in place (``sigma`` when ``cov_ema > 0``, ``inverse`` when ``cache_inverse``,
-    the counters). Returns the (weight, bias) parts of :math:`\tilde M`, or ``None`` when no usable
-    factor exists (the caller then hands the raw gradient to the base; ``state["skipped"]`` counts it).
+    Updates ``state`` in place (``sigma`` when ``cov_ema > 0``, ``inverse``/``has_inverse`` when
+    ``cache_inverse``, ``damping_scale`` and the counters), all without host synchronization.
+    Returns the (weight, bias) parts of :math:`\tilde M`; where no usable statistics exist they
+    are the raw gradient (``state["skipped"]`` counts those steps).
     """
     grad = weight_grad.float()
     if bias_grad is not None:
         grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
 
-    cholesky = None
-    if sums is not None and float(sums.count) > 0:
+    usable = None
+    if sums is not None:
         sigma = sums.second_moment()
         if cov_ema > 0.0:
             previous = state.get("sigma")
-            sigma = sigma if previous is None else previous.float().lerp(sigma, 1.0 - cov_ema)
+            if previous is not None:
+                # A refresh without recorded inputs keeps the running average as it was.
+                blended = previous.float().lerp(sigma, 1.0 - cov_ema)
+                sigma = torch.where(sums.count > 0, blended, previous.float())
             state["sigma"] = sigma
-        factor = damped_cholesky(sigma, damping, max_damping_retries)
-        state["damping_retries"] += factor.retries
-        cholesky = factor.cholesky
-        if cholesky is not None and cache_inverse:
-            state["inverse"] = torch.cholesky_inverse(cholesky)
+        cholesky, usable, failed = damped_factor(sigma, damping, state["damping_scale"])
+        state["damping_retries"] += failed
+        state["damping_scale"] = torch.where(
+            failed, torch.clamp(state["damping_scale"] * 10.0, max=10.0 ** max_damping_retries), state["damping_scale"])
+        if cache_inverse:
+            inverse = torch.cholesky_inverse(cholesky)
+            if "inverse" in state:  # unusable statistics keep the previous inverse
+                inverse = torch.where(usable, inverse, state["inverse"].float())
+                usable = usable | state["has_inverse"]
+            state["inverse"], state["has_inverse"] = inverse, usable
 
-    if cache_inverse and "inverse" in state:
-        update = grad @ state["inverse"].float()
-    elif not cache_inverse and cholesky is not None:
-        update = solve_right(grad, cholesky)
+    if (cache_inverse and "inverse" not in state) or (not cache_inverse and sums is None):
+        state["skipped"] += 1  # nothing recorded to precondition with (not a failure of the data)
+        return weight_grad, bias_grad
+    if cache_inverse:
+        update, usable = grad @ state["inverse"].float(), state["has_inverse"]
     else:
-        state["skipped"] += 1
-        return None
+        update = solve_right(grad, cholesky)
+    state["skipped"] += ~usable
+    update = torch.where(usable, update, grad)
 
     # Contiguous parts: the base's foreach kernels are slower on strided gradients.
     update = update.to(weight_grad.dtype)
