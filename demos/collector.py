@@ -8,6 +8,13 @@ expert recovers from them. Episode ``i`` draws its noise from its own ``np.rando
 seeded with ``(seed + i, NOISE_STREAM)``: the same seed gives the same file, and the first ``k``
 episodes of a longer collection equal a collection of ``k``. The file appears only when complete.
 
+``success_only``: episodes are attempted with seeds ``seed + 0, seed + 1, ...`` (noise as above) and
+only successful ones are kept, until ``episodes`` succeed or ``max_attempts`` have been run (then a
+:class:`UserError`, and no file). The kept episodes are ``demo_0 ..`` in attempt order with their
+reset seeds, so the gaps between seeds are the dropped ones; the file's ``dopr_meta`` records
+``attempts``, ``dropped`` and ``dropped_seeds``. For experts that sometimes fail (the Walker2d-v5
+expert falls in about one episode in five), where BC should imitate only what works.
+
 Observations are stored as float32. For tasks whose observations are float64 (the gymnasium
 locomotion tasks) the label is the expert's action at the float64 observation, so re-querying the
 expert on the stored float32 one can differ in the last bits; for float32 tasks it is identical.
@@ -30,7 +37,7 @@ from tqdm import tqdm
 import envs
 from demos.episode import Episode, default_split, make_episode
 from demos.hdf5 import ENV_TYPE, atomic_hdf5, demo_name, write_episode, write_index
-from dopr_robot.errors import UserError
+from envs.errors import UserError
 
 # Second word of every noise generator's seed, so noise streams never coincide with the env's own
 # reset randomness (which gymnasium seeds with the plain reset seed).
@@ -47,15 +54,18 @@ class CollectResult:
     transitions: int
     successes: int
     seconds: float
+    attempts: int = 0  # episodes run (= episodes unless success_only)
+    dropped_seeds: tuple[int, ...] = ()  # reset seeds of the failed episodes left out (success_only)
 
     @property
     def success_rate(self) -> float:
         return self.successes / self.episodes
 
     def __str__(self) -> str:
+        dropped = f", dropped {len(self.dropped_seeds)} failed of {self.attempts} attempts" if self.attempts > self.episodes else ""
         return (
             f"wrote {self.episodes} episodes of {self.task} ({self.transitions} transitions, "
-            f"success {100 * self.success_rate:.1f}%) to {self.path} in {self.seconds:.1f} s"
+            f"success {100 * self.success_rate:.1f}%{dropped}) to {self.path} in {self.seconds:.1f} s"
         )
 
 
@@ -67,9 +77,24 @@ def toolkit_version() -> str:
         return "unknown"
 
 
-def _check_arguments(episodes: int, seed: int, noise: float, out: Path, overwrite: bool) -> None:
-    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+def default_max_attempts(episodes: int) -> int:
+    """The cap on attempts of a success-only collection of ``episodes``."""
+    return 3 * episodes + 10
+
+
+def _is_count(value: Any, least: int) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least
+
+
+def _check_arguments(episodes: int, seed: int, noise: float, out: Path, overwrite: bool, success_only: bool,
+                     max_attempts: int | None) -> None:
+    if not _is_count(episodes, 1):
         raise UserError(f"--episodes must be an integer >= 1, got {episodes!r}")
+    if max_attempts is not None:
+        if not success_only:
+            raise UserError("--max-attempts applies only with --success-only (otherwise every attempt is kept)")
+        if not _is_count(max_attempts, episodes):
+            raise UserError(f"--max-attempts must be an integer >= --episodes ({episodes}), got {max_attempts!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(f"--seed must be an integer >= 0, got {seed!r}")
     if not isinstance(noise, (int, float, np.floating)) or not math.isfinite(noise) or noise < 0:
@@ -122,6 +147,8 @@ def collect(
     noise: float = 0.0,
     *,
     overwrite: bool = False,
+    success_only: bool = False,
+    max_attempts: int | None = None,
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     version: str | None = None,
@@ -129,12 +156,17 @@ def collect(
     """Run ``task``'s expert for ``episodes`` episodes (seeds ``seed .. seed + episodes - 1``) and write
     them to ``out`` (see the module docstring for noise and seeding).
 
-    ``env_kwargs`` go to the env constructor and into the file's ``env_args``; ``version`` is the
-    toolkit version recorded in the file (default: the installed package's). ``out`` must not exist
-    unless ``overwrite``. Returns counts and timing; the file appears only once it is complete.
+    ``success_only``: keep only successful episodes, attempting seeds ``seed, seed + 1, ...`` until
+    ``episodes`` have succeeded; more than ``max_attempts`` (default :func:`default_max_attempts`)
+    raises :class:`UserError`. ``env_kwargs`` go to the env constructor and into the file's
+    ``env_args``; ``version`` is the toolkit version recorded in the file (default: the installed
+    package's). ``out`` must not exist unless ``overwrite``. Returns counts and timing; the file
+    appears only once it is complete.
     """
     out = Path(out)
-    _check_arguments(episodes, seed, noise, out, overwrite)
+    _check_arguments(episodes, seed, noise, out, overwrite, success_only, max_attempts)
+    if max_attempts is None:
+        max_attempts = default_max_attempts(episodes) if success_only else episodes
     spec = envs.task_spec(task)
     if not spec.available:
         raise UserError(f"task {spec.name} is unavailable: {spec.unavailable_reason}")
@@ -151,27 +183,40 @@ def collect(
         "noise": float(noise),
         "seed": int(seed),
         "episodes": int(episodes),
+        "success_only": bool(success_only),
         "version": version if version is not None else toolkit_version(),
     }
     env_args = {"env_name": spec.name, "env_kwargs": env_kwargs, "type": ENV_TYPE}
 
     start = time.perf_counter()
-    transitions = successes = 0
-    names = []
+    transitions = successes = attempts = 0
+    names, dropped = [], []
     try:
         bar = tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress)
         with atomic_hdf5(out, overwrite=overwrite) as file, bar:
-            for i in range(episodes):
-                rng = np.random.default_rng([seed + i, NOISE_STREAM]) if noise > 0 else None
-                episode, next_obs = run_episode(env, expert, demo_name(i), seed + i, float(noise), rng)
-                write_episode(file, episode, next_obs)
-                names.append(episode.name)
-                transitions += len(episode)
-                successes += bool(episode.is_success)
-                bar.set_postfix(success=f"{successes}/{i + 1}", refresh=False)
-                bar.update()
+            while len(names) < episodes:
+                if attempts == max_attempts:
+                    raise UserError(
+                        f"--success-only: the {spec.name} expert succeeded in {len(names)} of {attempts} attempts "
+                        f"(seeds {seed}..{seed + attempts - 1}), short of --episodes {episodes}; raise --max-attempts, "
+                        "lower --episodes or --noise, or collect without --success-only")
+                rng = np.random.default_rng([seed + attempts, NOISE_STREAM]) if noise > 0 else None
+                episode, next_obs = run_episode(env, expert, demo_name(len(names)), seed + attempts, float(noise), rng)
+                attempts += 1
+                if success_only and not episode.is_success:
+                    dropped.append(episode.seed)
+                else:
+                    write_episode(file, episode, next_obs)
+                    names.append(episode.name)
+                    transitions += len(episode)
+                    successes += bool(episode.is_success)
+                    bar.update()
+                postfix = {"success": f"{successes}/{len(names)}"} | ({"dropped": len(dropped)} if success_only else {})
+                bar.set_postfix(postfix, refresh=False)
+            if success_only:
+                meta |= {"attempts": attempts, "dropped": len(dropped), "dropped_seeds": dropped}
             train, valid = default_split(episodes)
             write_index(file, names, train, valid, transitions, env_args, meta)
     finally:
         env.close()
-    return CollectResult(out, spec.name, episodes, transitions, successes, time.perf_counter() - start)
+    return CollectResult(out, spec.name, episodes, transitions, successes, time.perf_counter() - start, attempts, tuple(dropped))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from demos.episode import Episode, validate_episodes
-from dopr_robot.errors import UserError
+from envs.errors import UserError
 
 # A dimension whose std over the training episodes is below this is treated as constant: its std is
 # reported as 1.0, so normalizing only centres it. A tiny std (a goal coordinate that never changed
@@ -138,13 +138,15 @@ class DemoDataset:
         start = np.repeat(starts, lengths)
         length = np.repeat(lengths, lengths)
 
-        past = step[:, None] + np.arange(-history + 1, 1)[None, :]  # (M, history) steps t-h+1..t
+        from demos.history import history_window  # the padding rule evaluation shares
+
+        past, real = history_window(step, history)  # (M, history) steps t-h+1..t clamped at 0, not padding
         future = step[:, None] + np.arange(chunk)[None, :]  # (M, chunk) steps t..t+c-1
         return WindowDataset(
             obs=obs,
             actions=actions,
-            obs_index=torch.from_numpy(start[:, None] + np.maximum(past, 0)),
-            obs_mask=torch.from_numpy(past >= 0),
+            obs_index=torch.from_numpy(start[:, None] + past),
+            obs_mask=torch.from_numpy(real),
             action_index=torch.from_numpy(start[:, None] + np.minimum(future, length[:, None] - 1)),
             action_mask=torch.from_numpy(future < length[:, None]),
             episode_index=episode_of_item,
@@ -178,8 +180,18 @@ class DemoDataset:
             ("success", success),
             ("return", f"mean {returns.mean():.3f}, min {returns.min():.3f}, max {returns.max():.3f}"),
         ]
+        if self.metadata.get("success_only"):
+            rows.insert(-1, ("attempts", _attempts(self.metadata)))  # after the success row
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _attempts(metadata: dict[str, Any]) -> str:
+    """What a success-only collection left out: ``N, dropped K failed episodes (success-only): seeds ...``."""
+    seeds = [str(seed) for seed in metadata.get("dropped_seeds", [])]
+    listed = ", ".join(seeds[:10]) + (f", ... ({len(seeds) - 10} more)" if len(seeds) > 10 else "")
+    text = f"{metadata.get('attempts', '?')}, dropped {metadata.get('dropped', len(seeds))} failed episodes (success-only)"
+    return text + (f": seeds {listed}" if seeds else "")
 
 
 def _made_by(metadata: dict[str, Any]) -> str:

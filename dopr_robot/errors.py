@@ -1,11 +1,10 @@
-"""The one error type a user can cause and fix.
+"""The one error type a user can cause and fix, re-exported for the layers above ``envs``.
 
-Every layer (envs, demos, policies, training, evaluation) raises :class:`UserError` for problems in
-what the user gave it: a bad path, an unknown name, a corrupt file, data that does not fit. The CLI
-prints its message (no traceback) and exits with status 2. This module imports nothing, so any
-layer may import it without pulling in the rest of the toolkit.
+The class is defined in :mod:`envs.errors` (the lowest layer, so that envs/ and demos/ can raise it
+without importing upward); this is the same class, so ``except UserError`` in the CLI catches what
+every layer raises. The CLI prints its message (no traceback) and exits with status 2.
 """
 
+from envs.errors import UserError
 
-class UserError(Exception):
-    """A problem in the user's input; the message names the problem and the fix."""
+__all__ = ["UserError"]
