@@ -10,8 +10,9 @@ import pytest
 import torch
 
 import envs
-from dopr_robot import cli, experts
+from dopr_robot import cli, sb3_experts
 from dopr_robot.errors import UserError
+from envs import seeds as seed_ranges
 from envs.experts import sb3 as sb3_weights
 
 TINY = ["--hp", "learning_starts=100", "--hp", "buffer_size=1000", "--hp", "batch_size=32", "--hp", 'policy_kwargs={"net_arch": [32, 32]}']
@@ -27,7 +28,7 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
     assert cli.main(_train_args(out, 200, *TINY)) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["steps_done"] == 200 and run["hyperparams"]["learning_starts"] == 100
-    assert experts.checkpoint_steps(out / "checkpoints") == [200, 100]
+    assert sb3_experts.checkpoint_steps(out / "checkpoints") == [200, 100]
     assert (out / "checkpoints" / "model_replay_buffer_200_steps.pkl").is_file()
     assert (out / "best" / "model.zip").is_file() and "eval return" in (out / "progress.log").read_text()
 
@@ -39,13 +40,15 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
     assert run["steps_done"] == 300 and len(run["commands"]) == 2 and "--resume" in run["commands"][1]
     assert run["hyperparams"]["buffer_size"] == 1000  # the run's own hyperparameters, not the file's
     assert "skipping checkpoint at 250 steps" in (log := (out / "progress.log").read_text())
-    assert "resumed from" in log and experts.checkpoint_steps(out / "checkpoints") == [300, 200]  # the last two are kept
+    assert "resumed from" in log and sb3_experts.checkpoint_steps(out / "checkpoints") == [300, 200]  # the last two are kept
 
-    manifest = experts.export_run(out, tmp_path / "export", which="latest", episodes=2)
+    manifest = sb3_experts.export_run(out, tmp_path / "export", which="latest", episodes=2)
     assert manifest["steps_trained"] == 300 and manifest["evaluation"]["episodes"] == 2
     assert manifest["commands"] == run["commands"] and manifest["versions"]["stable_baselines3"]
     assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "export"), "--episodes", "1"]) == 0
-    assert "Hopper-v5: return" in capsys.readouterr().out
+    assert "Hopper-v5: return" in (printed := capsys.readouterr().out)
+    assert f"(seeds {seed_ranges.EXPERT_MANIFEST.start}..{seed_ranges.EXPERT_MANIFEST.start})" in printed  # the default --seed
+    assert not [p.name for p in tmp_path.rglob("*") if p.name.startswith((".", "partial")) or ".tmp" in p.name]  # written atomically
 
 
 def _tiny_model(algo: str, task: str, normalize: bool):
@@ -75,8 +78,8 @@ def _tiny_model(algo: str, task: str, normalize: bool):
 @pytest.mark.parametrize(("algo", "task", "normalize"), [("SAC", "Humanoid-v5", False), ("TD3", "Hopper-v5", False), ("PPO", "Hopper-v5", True)])
 def test_exported_actor_equals_sb3_deterministic_predict(tmp_path: Path, algo: str, task: str, normalize: bool) -> None:
     model, vec_normalize = _tiny_model(algo, task, normalize)
-    actor, config = experts.actor_from_sb3(model, vec_normalize)
-    experts.save_actor(actor, config, tmp_path)
+    actor, config = sb3_experts.actor_from_sb3(model, vec_normalize)
+    sb3_experts.save_actor(actor, config, tmp_path)
     assert set(torch.load(tmp_path / "actor.pt", weights_only=True)) >= {"net.0.weight", "action_low"}
     expert = sb3_weights.load_expert_folder(tmp_path, model.observation_space.shape[0], task)
 
@@ -94,7 +97,7 @@ def test_exported_actor_equals_sb3_deterministic_predict(tmp_path: Path, algo: s
     np.testing.assert_allclose(expert.act(obs[3]), actions[3], atol=1e-6, rtol=0)  # row i alone = row i of the batch
 
 
-@pytest.mark.parametrize("task", experts.LOCOMOTION_TASKS)
+@pytest.mark.parametrize("task", sb3_experts.SB3_TASKS)
 def test_shipped_expert_passes_its_short_check(task: str) -> None:
     folder = sb3_weights.weights_dir(task)
     if not (folder / sb3_weights.ACTOR_FILE).is_file():
@@ -105,38 +108,67 @@ def test_shipped_expert_passes_its_short_check(task: str) -> None:
         assert key in manifest
     assert manifest["evaluation"]["episodes"] == 20
     check = manifest["test_check"]
-    returns, _, _ = experts.rollout_returns(envs.make_expert(task).act, task, check["seeds"], horizon=check["horizon"])
+    returns, _, _ = sb3_experts.episode_returns(envs.make_expert(task), task, check["seeds"], horizon=check["horizon"])
     assert np.all(returns >= check["min_return"]), f"{task}: returns {returns} below {check['min_return']}"
+
+
+def test_sb3_tasks_come_from_the_registry(tmp_path: Path) -> None:
+    assert sb3_experts.SB3_TASKS == tuple(t for t in envs.list_tasks() if envs.task_spec(t).expert_kind == "sb3")
+    assert {"Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Humanoid-v5"} <= set(sb3_experts.SB3_TASKS)
+    with pytest.raises(UserError, match=r"unknown task 'Push-v0' for expert training; valid: Hopper-v5"):
+        sb3_experts.ExpertTrainConfig(task="Push-v0", algo="sac", steps=10, out=tmp_path)
+
+
+def test_episode_returns_replay_a_plain_step_loop() -> None:
+    """The toolkit's rollout loop gives the episodes a one-env reset(seed)/step loop gives."""
+    task, seeds, horizon = "Hopper-v5", [7, 8], 60
+    if not sb3_weights.has_weights(task):
+        pytest.skip(f"no shipped expert for {task}")
+    expert = envs.make_expert(task)
+    returns, lengths, successes = sb3_experts.episode_returns(expert, task, seeds, horizon=horizon)
+    env = envs.make(task, horizon=horizon)
+    for i, seed in enumerate(seeds):
+        obs, _ = env.reset(seed=seed)
+        rewards, done = [], False
+        while not done:
+            obs, reward, terminated, truncated, info = env.step(expert.act(obs[None])[0])
+            rewards.append(reward)
+            done = terminated or truncated
+        assert (lengths[i], successes[i]) == (len(rewards), info["is_success"])
+        assert returns[i] == np.sum(rewards)  # same actions, same states: the same rewards, bit for bit
+    env.close()
 
 
 def test_every_locomotion_task_has_buildable_hyperparameters() -> None:
     import stable_baselines3
 
-    for algo in experts.ALGOS:
-        for task in experts.LOCOMOTION_TASKS:
-            hp = experts.load_hyperparams(task, algo) | ({"buffer_size": 10} if algo in experts.OFF_POLICY else {})
-            kwargs, _ = experts._algorithm_kwargs(algo, hp, envs.task_spec(task).act_dim)
+    for algo in sb3_experts.ALGOS:
+        for task in sb3_experts.SB3_TASKS:
+            hp = sb3_experts.load_hyperparams(task, algo) | ({"buffer_size": 10} if algo in sb3_experts.OFF_POLICY else {})
+            kwargs, _ = sb3_experts._algorithm_kwargs(algo, hp, envs.task_spec(task).act_dim)
             env = envs.make(task)
-            getattr(stable_baselines3, experts.ALGOS[algo])("MlpPolicy", env, device="cpu", **kwargs)
+            getattr(stable_baselines3, sb3_experts.ALGOS[algo])("MlpPolicy", env, device="cpu", **kwargs)
             env.close()
-    assert "RL Baselines3 Zoo" in json.loads(experts.HYPERPARAMS_FILE.read_text())["_source"]
+    assert "RL Baselines3 Zoo" in json.loads(sb3_experts.HYPERPARAMS_FILE.read_text())["_source"]
 
 
 def test_bad_inputs_are_user_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserError, match=r"unknown task 'Hopper-v9'.*valid: Hopper-v5"):
-        experts.TrainConfig(task="Hopper-v9", algo="sac", steps=10, out=tmp_path)
+        sb3_experts.ExpertTrainConfig(task="Hopper-v9", algo="sac", steps=10, out=tmp_path)
     with pytest.raises(UserError, match=r"unknown algorithm 'ddqn'; valid: sac, td3, ppo"):
-        experts.TrainConfig(task="Hopper-v5", algo="ddqn", steps=10, out=tmp_path)
+        sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="ddqn", steps=10, out=tmp_path)
     with pytest.raises(UserError, match="steps must be >= 1"):
-        experts.TrainConfig(task="Hopper-v5", algo="sac", steps=0, out=tmp_path)
+        sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="sac", steps=0, out=tmp_path)
+    with pytest.raises(UserError, match="eval-episodes between 1 and 100"):
+        sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="sac", steps=10, out=tmp_path, eval_episodes=101)
     with pytest.raises(UserError, match="not KEY=VALUE"):
-        experts.parse_override("learning_starts")
+        sb3_experts.parse_override("learning_starts")
     with pytest.raises(UserError, match="nothing to resume"):
-        experts.train(experts.TrainConfig(task="Hopper-v5", algo="sac", steps=10, out=tmp_path / "none", resume=True))
+        sb3_experts.train_expert(sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="sac", steps=10, out=tmp_path / "none", resume=True))
     with pytest.raises(UserError, match="neither an exported expert folder"):
-        experts.evaluate_expert("Hopper-v5", tmp_path / "missing", episodes=1, seed=0)
+        sb3_experts.evaluate_expert("Hopper-v5", tmp_path / "missing", episodes=1, seed=0)
     with pytest.raises(UserError, match="not a training run folder"):
-        experts.export_run(tmp_path, tmp_path / "export")
+        sb3_experts.export_run(tmp_path, tmp_path / "export")
     assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "missing"), "--episodes", "1"]) == 2
     assert cli.main(["expert", "train", "--task", "Nope-v0", "--algo", "sac", "--steps", "5", "--out", str(tmp_path / "x")]) == 2
     assert "unknown task 'Nope-v0'" in capsys.readouterr().err

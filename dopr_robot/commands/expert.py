@@ -1,4 +1,4 @@
-"""dopr-robot expert: train, export and evaluate the SB3 locomotion experts (``dopr_robot.experts``)."""
+"""dopr-robot expert: train, export and evaluate the SB3 locomotion experts (``dopr_robot.sb3_experts``)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     evaluate.add_argument("--task", required=True, help="locomotion task, e.g. Hopper-v5")
     evaluate.add_argument("--expert", default=None, help="exported expert folder or SB3 .zip of a run (default: the shipped expert)")
     evaluate.add_argument("--episodes", type=int, default=20, help="number of episodes")
-    evaluate.add_argument("--seed", type=int, default=10_000, help="first episode seed (seeds seed..seed+episodes-1)")
+    evaluate.add_argument("--seed", type=int, default=None,
+                          help="first episode seed (seeds seed..seed+episodes-1; default: the start of the expert-manifest "
+                               "range envs.seeds.EXPERT_MANIFEST, 10000, the seeds of manifest.json's evaluation)")
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -61,11 +63,11 @@ def _command(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from dopr_robot import experts
+    from dopr_robot import sb3_experts
     from dopr_robot.errors import UserError
 
     if args.expert_command == "train":
-        cfg = experts.TrainConfig(
+        cfg = sb3_experts.ExpertTrainConfig(
             task=args.task,
             algo=args.algo.lower(),
             steps=args.steps,
@@ -75,15 +77,15 @@ def run(args: argparse.Namespace) -> int:
             checkpoint_every=args.checkpoint_every,
             eval_every=args.eval_every,
             eval_episodes=args.eval_episodes,
-            overrides=dict(experts.parse_override(text) for text in args.hp),
+            overrides=dict(sb3_experts.parse_override(text) for text in args.hp),
             threads=args.threads,
             command=_command(args),
         )
-        run_info = experts.train(cfg)
+        run_info = sb3_experts.train_expert(cfg)
         print(f"trained {run_info['steps_done']} steps of {cfg.algo} on {cfg.task}; run folder {cfg.out}")
         if args.export_to:
             which = "best" if (cfg.out / "best" / "model.zip").is_file() else "latest"
-            _print_manifest(experts.export_run(cfg.out, Path(args.export_to), which=which, command=cfg.command), Path(args.export_to))
+            _print_manifest(sb3_experts.export_run(cfg.out, Path(args.export_to), which=which, command=cfg.command), Path(args.export_to))
         return 0
     if args.expert_command == "export":
         import json
@@ -98,11 +100,14 @@ def run(args: argparse.Namespace) -> int:
         to = Path(args.to) if args.to else weights.weights_dir(json.loads(run_file.read_text())["task"])
         parts = ["dopr-robot", "expert", "export", "--run", args.run, "--to", str(to), "--which", args.which, "--episodes", str(args.episodes)]
         command = shlex.join(parts + (["--note", args.note] if args.note else []))
-        manifest = experts.export_run(Path(args.run), to, which=args.which, episodes=args.episodes, command=command, note=args.note)
+        manifest = sb3_experts.export_run(Path(args.run), to, which=args.which, episodes=args.episodes, command=command, note=args.note)
         _print_manifest(manifest, to)
         return 0
     if args.expert_command == "eval":
-        result = experts.evaluate_expert(args.task, Path(args.expert) if args.expert else None, args.episodes, args.seed)
+        from envs import seeds
+
+        seed = seeds.EXPERT_MANIFEST.start if args.seed is None else args.seed
+        result = sb3_experts.evaluate_expert(args.task, Path(args.expert) if args.expert else None, args.episodes, seed)
         print(
             f"{result['task']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes "
             f"(seeds {result['seeds']}), mean length {result['length_mean']:.0f}, success rate {result['success_rate']:.2f}"

@@ -1,4 +1,4 @@
-"""Train, evaluate and export the locomotion experts (stable-baselines3 SAC, TD3 or PPO).
+"""SB3 expert training, export and evaluation: the locomotion experts (stable-baselines3 SAC, TD3 or PPO).
 
 A run folder (``expert train --out RUN``) holds everything needed to continue it in a later session::
 
@@ -11,42 +11,48 @@ A run folder (``expert train --out RUN``) holds everything needed to continue it
 ``export_run`` turns a run's best (or latest) model into the shipped format of
 ``envs/experts/sb3.py``: a plain torch actor plus a ``manifest.json`` with its evaluation over 20
 seeded episodes. Seeds: training uses ``seed``, periodic evaluation ``EVAL_SEEDS``, the manifest's
-evaluation ``MANIFEST_SEEDS``, the short test check ``CHECK_SEEDS`` (disjoint ranges).
+evaluation ``MANIFEST_SEEDS``, the short test check ``CHECK_SEEDS`` (disjoint ranges of ``envs.seeds``).
+The tasks are the registry's with ``expert_kind == "sb3"``; episodes are run by the toolkit's rollout
+loop (``dopr_robot.evaluate.rollout``); every file is written atomically (``dopr_robot.atomic``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import platform
 import re
 import time
 import zipfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 import envs
+from dopr_robot.atomic import atomic_path, write_json_atomic
 from dopr_robot.errors import UserError
+from dopr_robot.evaluate.rollout import ExpertController, rollout
+from envs import seeds as seed_ranges
 from envs.experts import sb3 as sb3_weights
 
 HYPERPARAMS_FILE = Path(sb3_weights.__file__).parent / "hyperparams.json"
 ALGOS = {"sac": "SAC", "td3": "TD3", "ppo": "PPO"}
 OFF_POLICY = ("sac", "td3")
-LOCOMOTION_TASKS = ("Hopper-v5", "Walker2d-v5", "HalfCheetah-v5", "Ant-v5", "Humanoid-v5")
-EVAL_SEEDS = range(1_000_000, 1_000_100)  # periodic evaluation during training
-MANIFEST_SEEDS = range(10_000, 10_020)  # the 20 episodes reported in manifest.json
-CHECK_SEEDS = range(20_000, 20_002)  # the short episodes the test suite replays
+# The registry's tasks whose expert is an SB3 policy, in registry order.
+SB3_TASKS = tuple(name for name in envs.list_tasks() if envs.task_spec(name).expert_kind == "sb3")
+EVAL_SEEDS = seed_ranges.EXPERT_SELECTION  # periodic evaluation during training (chooses best/)
+MANIFEST_SEEDS = seed_ranges.EXPERT_MANIFEST[:20]  # the 20 episodes reported in manifest.json
+CHECK_SEEDS = seed_ranges.EXPERT_CHECK[:2]  # the short episodes the test suite replays
 CHECK_HORIZON = 200
 KEEP_CHECKPOINTS = 2
 _ACTIVATION_NAMES = {"ReLU": "relu", "Tanh": "tanh", "ELU": "elu", "LeakyReLU": "leaky_relu"}
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class ExpertTrainConfig:
     """One ``expert train`` call; the resolved hyperparameters are saved in ``RUN/run.json``."""
 
     task: str  # a locomotion task of the registry, e.g. Hopper-v5
@@ -63,15 +69,16 @@ class TrainConfig:
     command: str = ""  # the command line, recorded in run.json and the manifest
 
     def __post_init__(self) -> None:
-        if self.task not in LOCOMOTION_TASKS:
-            raise UserError(f"unknown task {self.task!r} for expert training; valid: {', '.join(LOCOMOTION_TASKS)}")
+        if self.task not in SB3_TASKS:
+            raise UserError(f"unknown task {self.task!r} for expert training; valid: {', '.join(SB3_TASKS)}")
         if self.algo not in ALGOS:
             raise UserError(f"unknown algorithm {self.algo!r}; valid: {', '.join(ALGOS)}")
         for name in ("steps", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.eval_every < 0 or self.eval_episodes < 1:
-            raise UserError(f"eval-every must be >= 0 and eval-episodes >= 1, got {self.eval_every}, {self.eval_episodes}")
+        if self.eval_every < 0 or not 1 <= self.eval_episodes <= len(EVAL_SEEDS):
+            raise UserError(f"eval-every must be >= 0 and eval-episodes between 1 and {len(EVAL_SEEDS)} (the expert-selection "
+                            f"seeds), got {self.eval_every}, {self.eval_episodes}")
 
 
 # -- hyperparameters ---------------------------------------------------------------------------------
@@ -147,46 +154,43 @@ def checkpoint_steps(folder: Path) -> list[int]:
     return sorted(steps, reverse=True)
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+def _save_atomic(save: Callable[[str], Any], path: Path) -> None:
+    """``save(tmp)`` (SB3's ``model.save``, ``save_replay_buffer``, ``VecNormalize.save``) into a temporary
+    file that appears as ``path`` only once complete."""
+    with atomic_path(path) as tmp:
+        save(str(tmp))
 
 
-def _act_fn(model, vec_normalize) -> Callable[[np.ndarray], np.ndarray]:
-    """SB3's deterministic action on raw observations ``(N, D)``."""
+class SB3Actor:
+    """An SB3 model as an expert: ``act(obs (N, D)) -> (N, A)`` is its deterministic action on raw
+    observations (normalized first with the run's VecNormalize statistics when it has them)."""
 
-    def act(obs: np.ndarray) -> np.ndarray:
-        if vec_normalize is not None:
-            obs = vec_normalize.normalize_obs(obs)
-        return model.predict(obs, deterministic=True)[0]
+    def __init__(self, model, vec_normalize=None):
+        self.model, self.vec_normalize = model, vec_normalize
 
-    return act
-
-
-def rollout_returns(
-    act: Callable[[np.ndarray], np.ndarray], task: str, seeds, horizon: int | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns, lengths and successes of one episode per seed, with ``act`` on ``(1, D)`` observations."""
-    env = envs.make(task) if horizon is None else envs.make(task, horizon=horizon)
-    returns, lengths, successes = [], [], []
-    try:
-        for seed in seeds:
-            obs, _ = env.reset(seed=int(seed))
-            total, length, done, info = 0.0, 0, False, {}
-            while not done:
-                action = np.asarray(act(obs[None, :]), dtype=np.float32).reshape(env.action_space.shape)
-                obs, reward, terminated, truncated, info = env.step(action)
-                total, length, done = total + reward, length + 1, terminated or truncated
-            returns.append(total)
-            lengths.append(length)
-            successes.append(bool(info["is_success"]))
-    finally:
-        env.close()
-    return np.array(returns), np.array(lengths), np.array(successes)
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        if self.vec_normalize is not None:
+            obs = self.vec_normalize.normalize_obs(obs)
+        return self.model.predict(obs, deterministic=True)[0]
 
 
-def _make_callback(cfg: TrainConfig, run: dict[str, Any], session_start: float, start_steps: int, log: Callable[[str], None]):
+def episode_returns(expert, task: str, seeds, horizon: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return, length and final-step success of one episode per seed (reset with that seed), ``expert.act``
+    in the toolkit's rollout loop (``dopr_robot.evaluate.rollout``). ``horizon``: a shorter episode.
+
+    One env at a time: a batched forward of the actor differs from a one-row forward in the last bits,
+    and that is enough to flip a Walker2d-v5 episode between falling and not (seeds 0..4: 3/5 successes
+    one at a time, 5/5 in 5 envs), so the numbers here are those of episodes run one by one (as in
+    the shipped manifests).
+    """
+    make_env = partial(envs.make, task) if horizon is None else partial(envs.make, task, horizon=horizon)
+    act_dim = envs.task_spec(task).act_dim
+    trajectories = rollout(make_env, lambda k: ExpertController(expert, act_dim), [int(s) for s in seeds], num_envs=1)
+    returns = np.array([t.rewards.sum() for t in trajectories])
+    return returns, np.array([t.length for t in trajectories]), np.array([bool(t.success[-1]) for t in trajectories])
+
+
+def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: float, start_steps: int, log: Callable[[str], None]):
     from stable_baselines3.common.callbacks import BaseCallback
 
     ckpt_dir = cfg.out / "checkpoints"
@@ -210,12 +214,10 @@ def _make_callback(cfg: TrainConfig, run: dict[str, Any], session_start: float, 
             files = _checkpoint_files(ckpt_dir, n)
             # Companions first, the model last: a model file marks a complete checkpoint.
             if off_policy:
-                self.model.save_replay_buffer(files["replay_buffer"])
+                _save_atomic(self.model.save_replay_buffer, files["replay_buffer"])
             if self.model.get_vec_normalize_env() is not None:
-                self.model.get_vec_normalize_env().save(str(files["vecnormalize"]))
-            tmp = ckpt_dir / f"partial_{n}.zip"
-            self.model.save(tmp)
-            os.replace(tmp, files["model"])
+                _save_atomic(self.model.get_vec_normalize_env().save, files["vecnormalize"])
+            _save_atomic(self.model.save, files["model"])
             for old in checkpoint_steps(ckpt_dir)[KEEP_CHECKPOINTS:]:
                 for path in _checkpoint_files(ckpt_dir, old).values():
                     path.unlink(missing_ok=True)
@@ -225,12 +227,12 @@ def _make_callback(cfg: TrainConfig, run: dict[str, Any], session_start: float, 
         def record_run(self) -> None:
             run["wall_time_s"] = run["wall_time_before_s"] + (time.time() - session_start)
             run["steps_done"] = self.num_timesteps
-            _write_json(cfg.out / "run.json", {k: v for k, v in run.items() if k != "wall_time_before_s"})
+            write_json_atomic(cfg.out / "run.json", {k: v for k, v in run.items() if k != "wall_time_before_s"})
 
         def evaluate(self) -> None:
             n = self.num_timesteps
             vec_normalize = self.model.get_vec_normalize_env()
-            returns, lengths, _ = rollout_returns(_act_fn(self.model, vec_normalize), cfg.task, EVAL_SEEDS[: cfg.eval_episodes])
+            returns, lengths, _ = episode_returns(SB3Actor(self.model, vec_normalize), cfg.task, EVAL_SEEDS[: cfg.eval_episodes])
             fps = (n - start_steps) / max(time.time() - session_start, 1e-9)
             log(f"steps {n}  env-steps/s {fps:.1f}  eval return {returns.mean():.1f} ± {returns.std():.1f}  length {lengths.mean():.0f}")
             best_file = best_dir / "best.json"
@@ -238,17 +240,16 @@ def _make_callback(cfg: TrainConfig, run: dict[str, Any], session_start: float, 
             if returns.mean() > best["return_mean"]:
                 best_dir.mkdir(exist_ok=True)
                 if vec_normalize is not None:
-                    vec_normalize.save(str(best_dir / "vecnormalize.pkl"))
-                self.model.save(best_dir / "partial.zip")
-                os.replace(best_dir / "partial.zip", best_dir / "model.zip")
+                    _save_atomic(vec_normalize.save, best_dir / "vecnormalize.pkl")
+                _save_atomic(self.model.save, best_dir / "model.zip")
                 wall = run["wall_time_before_s"] + (time.time() - session_start)
-                _write_json(best_file, {"steps": n, "return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": cfg.eval_episodes, "wall_time_s": wall})
+                write_json_atomic(best_file, {"steps": n, "return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": cfg.eval_episodes, "wall_time_s": wall})
                 log(f"new best model at {n} steps")
 
     return CheckpointAndEval()
 
 
-def _load_latest(algo_cls, cfg: TrainConfig, vec_env, log):
+def _load_latest(algo_cls, cfg: ExpertTrainConfig, vec_env, log):
     """Model (and replay buffer / normalizer) from the newest loadable checkpoint; ``(model, vec_env)``."""
     from stable_baselines3.common.vec_env import VecNormalize
 
@@ -273,7 +274,7 @@ def _load_latest(algo_cls, cfg: TrainConfig, vec_env, log):
     raise UserError(f"nothing to resume in {ckpt_dir}: no loadable checkpoint; start without --resume")
 
 
-def train(cfg: TrainConfig) -> dict[str, Any]:
+def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
     """Train (or continue) an expert; checkpoints, logs and ``run.json`` go to ``cfg.out``. Returns run.json."""
     import stable_baselines3
     import torch
@@ -417,11 +418,9 @@ def save_actor(actor, config: dict[str, Any], folder: Path) -> None:
     """Write ``actor.pt`` (state_dict) and ``actor.json`` (its constructor arguments) into ``folder``."""
     import torch
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (sb3_weights.ACTOR_FILE + ".tmp")
-    torch.save({k: v.clone() for k, v in actor.state_dict().items()}, tmp)
-    os.replace(tmp, folder / sb3_weights.ACTOR_FILE)
-    _write_json(folder / sb3_weights.ACTOR_CONFIG_FILE, config)
+    with atomic_path(folder / sb3_weights.ACTOR_FILE) as tmp:
+        torch.save({k: v.clone() for k, v in actor.state_dict().items()}, tmp)
+    write_json_atomic(folder / sb3_weights.ACTOR_CONFIG_FILE, config)
 
 
 def load_sb3_model(path: Path, algo: str):
@@ -472,8 +471,8 @@ def export_run(
     expert = sb3_weights.load_expert_folder(to, envs.task_spec(task).obs_dim, task)
 
     start = time.time()
-    returns, lengths, successes = rollout_returns(expert.act, task, MANIFEST_SEEDS[:episodes])
-    check_returns, _, _ = rollout_returns(expert.act, task, CHECK_SEEDS, horizon=CHECK_HORIZON)
+    returns, lengths, successes = episode_returns(expert, task, MANIFEST_SEEDS[:episodes])
+    check_returns, _, _ = episode_returns(expert, task, CHECK_SEEDS, horizon=CHECK_HORIZON)
     # Short-horizon floor for the test suite: half the full-episode mean scaled to 200 steps, but never
     # above what these exact episodes gave (they replay deterministically; 10% margin for platforms).
     scaled = 0.5 * float(returns.mean()) * CHECK_HORIZON / envs.task_spec(task).horizon
@@ -513,7 +512,7 @@ def export_run(
             "min_return": round(floor, 2),
         },
     }
-    _write_json(to / sb3_weights.MANIFEST_FILE, manifest)
+    write_json_atomic(to / sb3_weights.MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -531,27 +530,28 @@ def _wall_time_from_log(log: Path, steps: int) -> float | None:
     return None if start is None or end is None else (end - start).total_seconds()
 
 
-def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: int) -> dict[str, Any]:
-    """Mean ± std return and success rate of an expert folder (default: the shipped one) or SB3 zip."""
-    if task not in LOCOMOTION_TASKS:
-        raise UserError(f"unknown task {task!r} for expert evaluation; valid: {', '.join(LOCOMOTION_TASKS)}")
+def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: int = seed_ranges.EXPERT_MANIFEST.start) -> dict[str, Any]:
+    """Mean ± std return and success rate of an expert folder (default: the shipped one) or SB3 zip,
+    over episodes reset with seeds ``seed .. seed + episodes - 1``."""
+    if task not in SB3_TASKS:
+        raise UserError(f"unknown task {task!r} for expert evaluation; valid: {', '.join(SB3_TASKS)}")
     if episodes < 1:
         raise UserError(f"episodes must be >= 1, got {episodes}")
     obs_dim = envs.task_spec(task).obs_dim
     if expert_path is None:
-        act = envs.make_expert(task).act
+        expert = envs.make_expert(task)
     else:
         path = Path(expert_path)
         if path.is_dir() and (path / sb3_weights.ACTOR_FILE).is_file():
-            act = sb3_weights.load_expert_folder(path, obs_dim, task).act
+            expert = sb3_weights.load_expert_folder(path, obs_dim, task)
         elif path.is_file() and path.suffix == ".zip":
             run = next((json.loads(p.read_text()) for p in (path.parent / "run.json", path.parent.parent / "run.json") if p.is_file()), None)
             if run is None:
                 raise UserError(f"cannot tell the algorithm of {path}: expected run.json in its run folder")
-            act = _act_fn(*load_sb3_model(path, run["algo"]))
+            expert = SB3Actor(*load_sb3_model(path, run["algo"]))
         else:
             raise UserError(f"--expert {path} is neither an exported expert folder (with {sb3_weights.ACTOR_FILE}) nor an SB3 .zip")
-    returns, lengths, successes = rollout_returns(act, task, range(seed, seed + episodes))
+    returns, lengths, successes = episode_returns(expert, task, range(seed, seed + episodes))
     return {
         "task": task,
         "episodes": episodes,
@@ -564,13 +564,15 @@ def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: in
 
 
 __all__ = [
-    "TrainConfig",
+    "SB3_TASKS",
+    "ExpertTrainConfig",
+    "SB3Actor",
     "actor_from_sb3",
+    "episode_returns",
     "evaluate_expert",
     "export_run",
     "load_hyperparams",
     "parse_override",
-    "rollout_returns",
     "save_actor",
-    "train",
+    "train_expert",
 ]
