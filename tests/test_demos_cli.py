@@ -29,6 +29,19 @@ def test_collect_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> 
         assert expected in report, report
 
 
+def test_collect_success_only_then_inspect(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "reach.hdf5"
+    # Reach-v0 under noise 0.5: seeds 0, 1, 2 fail, 3 and 4 succeed.
+    assert main(["collect", "--task", "Reach-v0", "--episodes", "2", "--out", str(out), "--noise", "0.5",
+                 "--success-only", "--no-progress"]) == 0
+    assert "success 100.0%, dropped 3 failed of 5 attempts" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 0
+    assert "attempts     5, dropped 3 failed episodes (success-only): seeds 0, 1, 2" in capsys.readouterr().out
+    assert main(["collect", "--task", "Reach-v0", "--episodes", "2", "--out", str(tmp_path / "x.hdf5"), "--noise", "0.5",
+                 "--success-only", "--max-attempts", "4", "--no-progress"]) == 2
+    assert "succeeded in 1 of 4 attempts" in capsys.readouterr().err and not (tmp_path / "x.hdf5").exists()
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / "missing.hdf5"
     assert main(["inspect", str(missing)]) == 2

@@ -12,7 +12,7 @@ import pytest
 import demos
 import envs
 from demos import DemoDataset
-from dopr_robot.errors import UserError
+from envs.errors import UserError
 
 
 def _collect(path: Path, episodes: int = 2, seed: int = 0, noise: float = 0.0, task: str = "Reach-v0") -> DemoDataset:
@@ -128,9 +128,46 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
     assert len(demos.load(path).episodes) == 1
 
 
+def test_success_only_keeps_successes_and_records_the_dropped(tmp_path: Path) -> None:
+    # Reach-v0's scripted expert under large action noise fails some episodes (seed 0..7: 2 of 8 succeed).
+    plain = _collect(tmp_path / "plain.hdf5", episodes=8, noise=0.5)
+    outcomes = {e.seed: bool(e.is_success) for e in plain.episodes}
+    assert 2 <= sum(outcomes.values()) < 8
+    kept_seeds = [seed for seed, ok in outcomes.items() if ok][:2]
+    dropped_seeds = [seed for seed, ok in outcomes.items() if not ok and seed < kept_seeds[-1]]
+    assert dropped_seeds  # the test exercises dropping
+
+    result = demos.collect("Reach-v0", 2, tmp_path / "ok.hdf5", noise=0.5, success_only=True, progress=False)
+    assert (result.episodes, result.successes, result.attempts) == (2, 2, kept_seeds[-1] + 1)
+    assert list(result.dropped_seeds) == dropped_seeds
+    assert f"dropped {len(dropped_seeds)} failed of {kept_seeds[-1] + 1} attempts" in str(result)
+    ds = demos.load(tmp_path / "ok.hdf5")
+    assert [e.name for e in ds.episodes] == ["demo_0", "demo_1"] and [e.seed for e in ds.episodes] == kept_seeds
+    assert all(e.is_success for e in ds.episodes)
+    by_seed = {e.seed: e for e in plain.episodes}
+    for episode in ds.episodes:  # the same episode a plain collection gives for that seed (noise included)
+        np.testing.assert_array_equal(episode.obs, by_seed[episode.seed].obs)
+    meta = ds.metadata
+    assert (meta["success_only"], meta["episodes"], meta["attempts"]) == (True, 2, kept_seeds[-1] + 1)
+    assert (meta["dropped"], meta["dropped_seeds"]) == (len(dropped_seeds), dropped_seeds)
+    assert f"dropped {len(dropped_seeds)} failed episodes (success-only)" in ds.summary()
+    assert plain.metadata["success_only"] is False and "dropped" not in plain.summary()
+
+
+def test_success_only_gives_up_after_max_attempts(tmp_path: Path) -> None:
+    out = tmp_path / "demos.hdf5"
+    with pytest.raises(UserError, match=r"succeeded in 2 of 8 attempts \(seeds 0..7\), short of --episodes 3; raise --max-attempts"):
+        demos.collect("Reach-v0", 3, out, noise=0.5, success_only=True, max_attempts=8, progress=False)
+    with pytest.raises(UserError, match=r"succeeded in 0 of 13 attempts \(seeds 0..12\)"):  # default cap 3 * 1 + 10
+        demos.collect("Reach-v0", 1, out, noise=2.0, success_only=True, progress=False)
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
+        ({"max_attempts": 5}, "--max-attempts applies only with --success-only"),
+        ({"max_attempts": 1, "episodes": 2, "success_only": True}, r"--max-attempts must be an integer >= --episodes \(2\), got 1"),
         ({"episodes": 0}, "--episodes must be an integer >= 1"),
         ({"seed": -1}, "--seed must be an integer >= 0"),
         ({"noise": -0.1}, "--noise must be a finite number >= 0"),

@@ -15,6 +15,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise", type=float, default=0.0,
                         help="std of Gaussian noise added to the executed action (clipped to the bounds); the "
                              "recorded label stays the clean expert action (default 0: no noise)")
+    parser.add_argument("--success-only", action="store_true",
+                        help="keep only successful episodes: attempt seeds SEED, SEED + 1, ... until --episodes "
+                             "succeed (the file records how many were dropped, and their seeds)")
+    parser.add_argument("--max-attempts", type=int, default=None,
+                        help="with --success-only: give up (error, no file) after this many episodes "
+                             "(default 3 * EPISODES + 10)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -23,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
     from demos import collect
     from dopr_robot import __version__
 
-    result = collect(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise,
-                     overwrite=args.overwrite, progress=not args.no_progress, version=__version__)
+    result = collect(args.task, args.episodes, args.out, seed=args.seed, noise=args.noise, overwrite=args.overwrite,
+                     success_only=args.success_only, max_attempts=args.max_attempts,
+                     progress=not args.no_progress, version=__version__)
     print(result)
     return 0
