@@ -1,0 +1,133 @@
+"""Result files -> rows: one dict per finished run, read from the run's own files only.
+
+A run directory ``DIR/runs/<task>/<optimizer>/seed<k>/`` holds ``eval.json`` (the closed-loop
+evaluation, written last: the run is finished when it exists), ``config.json`` (the resolved
+TrainConfig) and ``metrics.jsonl``. A row holds the CSV columns (:data:`COLUMNS`) plus what tables
+and plots need beyond one number per run: the per-episode ``records``, the deviation curve, the
+dataset the run trained on and its config (keys starting with ``_``).
+
+Older eval.json files may lack newer fields (dataset provenance, time to divergence, deviation at a
+fraction of the horizon); those read as None and the report says "n/a" or "unknown".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dopr_robot.errors import UserError
+
+COLUMNS = ["task", "optimizer", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
+           "success_ci_high", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
+           "divergence_threshold", "deviation_at_half", "deviation_at_half_t", "action_error_on_policy",
+           "action_error_on_expert", "action_error_ratio", "eval_episodes", "eval_seed", "train_steps",
+           "demo_episodes", "demo_noise", "wall_time_s"]
+
+DEVIATION_FRACTION = "0.5"  # the summary's deviation column: the deviation at 50% of the horizon
+
+
+def load_rows(out: str | Path) -> list[dict[str, Any]]:
+    """One row per finished run under ``out/runs``, ordered by task, optimizer (each base beside its
+    DoPr variant, see :func:`optimizer_order`) and seed."""
+    rows = [load_run(path) for path in sorted(Path(out).glob("runs/*/*/seed*/eval.json"))]
+    order = optimizer_order(r["optimizer"] for r in rows)
+    rows.sort(key=lambda r: (r["task"], order.index(r["optimizer"]), r["seed"]))
+    return rows
+
+
+def load_run(eval_file: str | Path) -> dict[str, Any]:
+    """The row of one run from its ``eval.json`` (and ``config.json`` beside it, when present)."""
+    eval_file = Path(eval_file)
+    try:
+        result = json.loads(eval_file.read_text())
+        cell, closed = result["cell"], result["closed_loop"]
+        task, optimizer, seed = cell["task"], cell["optimizer"], int(cell["seed"])
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise UserError(f"{eval_file} is not a comparison cell's evaluation ({type(err).__name__}: {err}); "
+                        "rerun `compare` on this directory to redo the cell") from None
+    comp = result.get("compounding") or {}
+    validation = result.get("validation") or {}
+    checkpoint = result.get("checkpoint") or {}
+    dataset = checkpoint.get("dataset")
+    metadata = (dataset or {}).get("metadata") or {}
+    divergence = comp.get("time_to_divergence") or {}
+    at_half = (comp.get("deviation_at") or {}).get(DEVIATION_FRACTION) or {}
+    config_file = eval_file.parent / "config.json"
+    return {
+        "task": task, "optimizer": optimizer, "seed": seed,
+        "val_loss": validation.get("val_loss"), "best_val_loss": validation.get("best_val_loss"),
+        "success_rate": closed["success_rate"], "success_ci_low": closed["success_ci"][0],
+        "success_ci_high": closed["success_ci"][1], "mean_return": closed.get("mean_return"),
+        "j_traj": _get(comp, "j_traj", "mean"),
+        "time_to_divergence": divergence.get("mean"), "diverged_fraction": divergence.get("diverged_fraction"),
+        "divergence_threshold": divergence.get("threshold"),
+        "deviation_at_half": at_half.get("mean"), "deviation_at_half_t": at_half.get("t"),
+        "action_error_on_policy": _get(comp, "action_error_on_policy", "mean"),
+        "action_error_on_expert": _get(comp, "action_error_on_expert", "mean"),
+        "action_error_ratio": _get(comp, "action_error_ratio", "value"),
+        "eval_episodes": result.get("episodes"), "eval_seed": result.get("seed"),
+        "train_steps": checkpoint.get("step"),
+        "demo_episodes": (dataset or {}).get("episodes"), "demo_noise": metadata.get("noise"),
+        "wall_time_s": cell.get("wall_time_s"),
+        # beyond the CSV: what tables and plots need
+        "_records": result.get("records") or [],
+        "_deviation": _get(comp, "state_deviation", "mean"),
+        "_horizon": divergence.get("horizon"),
+        "_checkpoint": checkpoint,
+        "_dataset": dataset,
+        "_config": json.loads(config_file.read_text()) if config_file.exists() else None,
+        "_run_dir": str(eval_file.parent),
+    }
+
+
+def optimizer_order(names: Any) -> list[str]:
+    """Distinct optimizer names with each base beside its DoPr variant: bases alphabetically, each
+    followed by ``dopr-<base>`` (adamw, dopr-adamw, muon, dopr-muon, ...)."""
+    names = set(names)
+    base = lambda name: name[len("dopr-"):] if name.startswith("dopr-") else name  # noqa: E731
+    return sorted(names, key=lambda name: (base(name), name.startswith("dopr-")))
+
+
+def episode_values(row: dict[str, Any], key: str) -> dict[int, float] | None:
+    """Per-episode values of ``key`` keyed by evaluation reset seed, or None when any episode lacks
+    them (an older eval.json, or a task without an expert).
+
+    ``time_to_divergence`` of an episode that never diverged is its censoring length (the evaluation
+    writes it so); should a record hold None there with ``diverged`` false, the horizon stands in.
+    """
+    records = row["_records"]
+    if not records:
+        return None
+    values = {}
+    for record in records:
+        value = record.get(key)
+        if value is None and key == "time_to_divergence" and record.get("diverged") is False:
+            value = row["_horizon"]
+        if value is None or not math.isfinite(float(value)):
+            return None
+        values[int(record["seed"])] = float(value)
+    return values
+
+
+def deviation_curve(row: dict[str, Any]) -> np.ndarray | None:
+    """The run's mean state deviation from the expert at each t (None without an expert)."""
+    curve = row["_deviation"]
+    return None if curve is None else np.asarray([math.nan if v is None else v for v in curve], dtype=np.float64)
+
+
+def validation_curve(row: dict[str, Any]) -> dict[int, float]:
+    """Validation loss by training step, from the run's metrics.jsonl (empty when absent)."""
+    metrics = Path(row["_run_dir"]) / "metrics.jsonl"
+    if not metrics.exists():
+        return {}
+    entries = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    return {e["step"]: e["val_loss"] for e in entries if e.get("val_loss") is not None}
+
+
+def _get(mapping: dict[str, Any], key: str, field: str) -> Any:
+    entry = mapping.get(key)
+    return entry.get(field) if isinstance(entry, dict) else None

@@ -1,0 +1,124 @@
+"""The intervals a comparison report shows, and why each is the one used.
+
+A comparison has few training seeds (2 to 5) and many evaluation episodes per run. Intervals over
+the seed means alone (a t-interval) are nearly useless with 2 seeds (t_{0.975,1} = 12.7) and can
+leave the metric's range (a success rate of 0.26 [-0.76, 1.28]). So:
+
+- **per-episode metrics** (success, return, J_traj, time to divergence): a two-stage (cluster)
+  percentile bootstrap: resample the seeds with replacement, then the episodes within each resampled
+  seed with replacement; the statistic is the mean over seeds of the per-seed episode means. Both
+  sources of variation (which seeds were trained, which initial states were drawn) are in it, and a
+  percentile interval cannot leave the range of the data; it is also clipped to the metric's range.
+- **paired differences** DoPr-X - X: seeds are paired by training seed and, within a seed, episodes
+  by evaluation reset seed (both runs faced the same initial states), so the bootstrap resamples
+  seed pairs, then episode indices shared by both members of a pair; that is the cluster bootstrap
+  of the per-episode differences.
+- **per-run metrics** (validation loss: one number per run): the Student-t interval over seeds, shown
+  only with at least :data:`MIN_SEEDS_FOR_T` seeds.
+
+Every bootstrap draws from its own ``numpy.random.Generator`` seeded with :data:`BOOTSTRAP_SEED`
+(never the global RNG), so a report is identical each time it is written.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+LEVEL = 0.95
+MIN_SEEDS_FOR_T = 3  # below this a t-interval over seeds says little; tables show the per-seed values
+
+# Two-sided 95% Student t quantiles t_{0.975, df}, df = 1..30; beyond 30 the normal 1.96 is close.
+T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042]
+
+
+def t_interval(values: Sequence[float | None]) -> tuple[float, float, float]:
+    """Mean and 95% Student-t interval of the mean of ``values`` (None and non-finite values dropped);
+    (mean, nan, nan) for fewer than 2 values, (nan, nan, nan) for none."""
+    data = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if len(data) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(data.mean())
+    if len(data) < 2:
+        return mean, math.nan, math.nan
+    t = T975[len(data) - 2] if len(data) - 1 <= len(T975) else 1.96
+    half = t * float(data.std(ddof=1)) / math.sqrt(len(data))
+    return mean, mean - half, mean + half
+
+
+def cluster_bootstrap_estimates(per_seed: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
+                                seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """The bootstrap distribution ``(resamples,)`` of the mean over seeds of per-seed episode means.
+
+    ``per_seed[s]`` holds seed s's per-episode values (seeds may have different episode counts).
+    Draw order, fixed so that the result can be recomputed independently: first the seed indices
+    ``integers(0, S, size=(resamples, S))``, then ``random((S, resamples, N_max))``; resampled seed
+    ``s`` at position j takes episodes ``floor(u * n_s)`` from the first ``n_s`` uniforms of row j.
+    """
+    counts = np.array([len(values) for values in per_seed])
+    if len(counts) == 0 or counts.min() == 0:
+        raise ValueError("every seed needs at least one episode")
+    table = np.zeros((len(counts), counts.max()))
+    for row, values in zip(table, per_seed):
+        row[: len(values)] = values
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, len(counts), size=(resamples, len(counts)))
+    total = np.zeros(resamples)
+    for position in range(len(counts)):  # one (resamples, N_max) block at a time bounds the memory
+        uniforms = rng.random((resamples, counts.max()))
+        n = counts[seeds[:, position]]
+        episodes = np.floor(uniforms * n[:, None]).astype(np.int64)
+        used = np.arange(counts.max())[None, :] < n[:, None]
+        values = np.where(used, table[seeds[:, position, None], episodes], 0.0)  # floor(u n) < n always
+        total += values.sum(axis=1) / n
+    return total / len(counts)
+
+
+def cluster_bootstrap(per_seed: Sequence[Sequence[float]], bounds: tuple[float, float] | None = None,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean over seeds of per-seed means, low, high): two-stage percentile bootstrap over seeds and
+    episodes (see :func:`cluster_bootstrap_estimates`), the interval clipped to ``bounds`` if given."""
+    estimate = float(np.mean([np.mean(values) for values in per_seed]))
+    draws = cluster_bootstrap_estimates(per_seed, resamples=resamples, seed=seed)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = (float(v) for v in np.percentile(draws, [tail, 100.0 - tail]))
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return estimate, low, high
+
+
+def paired_cluster_bootstrap(base: Sequence[Sequence[float]], treated: Sequence[Sequence[float]],
+                             bounds: tuple[float, float] | None = None, resamples: int = BOOTSTRAP_RESAMPLES,
+                             seed: int = BOOTSTRAP_SEED, level: float = LEVEL) -> tuple[float, float, float]:
+    """Mean difference ``treated - base`` and its interval, for runs paired by seed (``base[s]`` and
+    ``treated[s]`` trained with the same seed) whose episodes are paired by index (the same evaluation
+    reset seeds). Seed pairs and then episode indices are resampled jointly for both members, which is
+    the cluster bootstrap of the per-episode differences. ``bounds`` are those of the difference."""
+    if len(base) != len(treated):
+        raise ValueError(f"{len(base)} base seeds but {len(treated)} treated seeds; pairs need both")
+    differences = []
+    for s, (b, t) in enumerate(zip(base, treated)):
+        if len(b) != len(t):
+            raise ValueError(f"seed pair {s}: {len(b)} vs {len(t)} episodes; episodes are paired by reset seed")
+        differences.append(np.asarray(t, dtype=np.float64) - np.asarray(b, dtype=np.float64))
+    return cluster_bootstrap(differences, bounds=bounds, resamples=resamples, seed=seed, level=level)
+
+
+def run_band(curves: np.ndarray, resamples: int = 2000, seed: int = BOOTSTRAP_SEED,
+             level: float = LEVEL) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean curve over runs ``(R, T) -> (T,)`` and its percentile-bootstrap band over runs (runs
+    resampled with replacement). One run gives a band of zero width: there is nothing to resample."""
+    curves = np.asarray(curves, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    index = rng.integers(0, len(curves), size=(resamples, len(curves)))
+    means = curves[index].mean(axis=1)
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(means, [tail, 100.0 - tail], axis=0)
+    return curves.mean(axis=0), low, high

@@ -1,0 +1,334 @@
+"""The report's tables: results.csv, summary.md (per task: settings, optimizers, paired
+differences DoPr-X - X) and the replication table of two comparisons.
+
+Which interval each cell shows is decided per metric (:data:`METRICS`): metrics with a value per
+episode get the cluster bootstrap over seeds and episodes, metrics with one value per run the
+t-interval over seeds (with enough seeds); :mod:`dopr_robot.report.statistics` says why.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from dopr_robot.report.results import COLUMNS, episode_values, optimizer_order
+from dopr_robot.report.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    MIN_SEEDS_FOR_T,
+    cluster_bootstrap,
+    paired_cluster_bootstrap,
+    t_interval,
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A summary column. ``record`` names the per-episode value in eval.json's records (cluster
+    bootstrap); None means one value per run (column ``column``; t-interval over seeds).
+    ``bounds``: the metric's range, to which intervals are clipped (a difference's range is
+    ``(low - high, high - low)``)."""
+
+    column: str
+    heading: str
+    record: str | None
+    bounds: tuple[float, float] | None = None
+
+    @property
+    def tag(self) -> str:
+        return "b" if self.record else "t"
+
+
+METRICS = [
+    Metric("success_rate", "success rate", "success", (0.0, 1.0)),
+    Metric("mean_return", "return", "return"),
+    Metric("val_loss", "validation loss", None),
+    Metric("j_traj", "J_traj", "j_traj"),
+    Metric("time_to_divergence", "time to divergence (steps)", "time_to_divergence"),
+    Metric("diverged_fraction", "diverged", "diverged", (0.0, 1.0)),
+    Metric("deviation_at_half", "deviation at T/2", None),
+    Metric("action_error_ratio", "on-policy / on-expert action error", None),
+]
+REPLICATION_METRICS = ["success_rate", "mean_return", "val_loss", "j_traj", "time_to_divergence"]
+
+BOOTSTRAP_NAME = f"95% cluster bootstrap over seeds and episodes (B={BOOTSTRAP_RESAMPLES})"
+LEGEND = [
+    f"- **[b]** mean over training seeds of each run's mean over episodes [{BOOTSTRAP_NAME}: seeds "
+    "resampled with replacement, then episodes within each resampled seed; clipped to the metric's range].",
+    f"- **[t]** one number per run: mean over seeds [95% t-interval over seeds], shown with at least "
+    f"{MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{the per-seed values}}.",
+    "- *validation loss*: on held-out expert episodes (EMA weights). Everything else is closed-loop on "
+    "the evaluation episodes. *J_traj*: summed capped state+action deviation from the expert rolled out "
+    "from the same initial state. *time to divergence*: first step at which the state deviation from the "
+    "expert exceeds the evaluation's threshold; an episode that never does counts as the length of its "
+    "episode pair (the horizon unless both ended early): a restricted mean. *diverged*: fraction of episodes that did. "
+    "*deviation at T/2*: mean state deviation (normalized state units) at half the horizon. "
+    "*on-policy / on-expert action error*: the action error at the policy's own states over the same at "
+    "the expert's states.",
+]
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """results.csv: one line per run, the columns of :data:`~dopr_robot.report.results.COLUMNS`."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def summary_markdown(rows: list[dict[str, Any]]) -> str:
+    """summary.md: how to read it, then per task the settings its runs used, a table of optimizers
+    and a table of paired differences DoPr-X - X."""
+    lines = ["# Comparison summary", "", "How to read the cells:", "", *LEGEND, ""]
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        optimizers = optimizer_order(r["optimizer"] for r in task_rows)
+        lines += [f"## {task}", "", settings_line(task_rows), "",
+                  f"Per optimizer: [b] = {BOOTSTRAP_NAME}; [t] = 95% t-interval over seeds (≥ {MIN_SEEDS_FOR_T} seeds).", "",
+                  "| optimizer | seeds | " + " | ".join(_heading(m) for m in METRICS) + " |",
+                  "|---|---|" + "---|" * len(METRICS)]
+        for optimizer in optimizers:
+            runs = [r for r in task_rows if r["optimizer"] == optimizer]
+            lines.append(f"| {optimizer} | {len(runs)} | " + " | ".join(optimizer_cell(runs, m) for m in METRICS) + " |")
+        pairs = dopr_pairs(optimizers)
+        if pairs:
+            lines += ["", "Paired difference DoPr-X - X, seed by seed (same demonstrations, initial weights, batch order "
+                      f"and evaluation reset seeds): [b] = {BOOTSTRAP_NAME}, resampling seed pairs and then the "
+                      "evaluation episodes shared by both runs of a pair; [t] = 95% t-interval over the per-seed "
+                      f"differences (≥ {MIN_SEEDS_FOR_T} seed pairs).", "",
+                      "| pair | seeds | episodes/run | " + " | ".join(_heading(m) for m in METRICS) + " |",
+                      "|---|---|---|" + "---|" * len(METRICS)]
+            notes = set()
+            for base, dopr in pairs:
+                differences = [paired_difference(task_rows, base, dopr, m) for m in METRICS]
+                notes |= {d.note for d in differences if d.note}
+                episodes = sorted({r["eval_episodes"] for r in task_rows if r["optimizer"] in (base, dopr)}, key=str)
+                lines.append(f"| {dopr} - {base} | {differences[0].seeds} | {'/'.join(map(str, episodes))} | "
+                             + " | ".join(d.cell() for d in differences) + " |")
+            lines += [""] + [f"Note: {note}" for note in sorted(notes)]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def dopr_pairs(optimizers: list[str]) -> list[tuple[str, str]]:
+    """(X, DoPr-X) for every base X present together with its DoPr variant."""
+    return [(name[len("dopr-"):], name) for name in optimizers
+            if name.startswith("dopr-") and name[len("dopr-"):] in optimizers]
+
+
+def optimizer_cell(runs: list[dict[str, Any]], metric: Metric) -> str:
+    """One optimizer's cell: [b] bootstrap from the episode records, or [t] over the per-run values."""
+    if metric.record is None:
+        return _per_run_cell([r[metric.column] for r in runs])
+    per_seed = [episode_values(r, metric.record) for r in runs]
+    if not runs or any(values is None for values in per_seed):
+        return "n/a"
+    return _format(*cluster_bootstrap([list(values.values()) for values in per_seed], bounds=metric.bounds))
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """DoPr-X - X for one metric on one task: estimate and interval (nan when unavailable), the
+    number of seed pairs, the per-seed differences (for [t] metrics), and a note when data is missing."""
+
+    estimate: float
+    low: float
+    high: float
+    seeds: int
+    per_seed: tuple[float, ...] = ()
+    note: str = ""
+
+    def cell(self) -> str:
+        if not math.isfinite(self.estimate):
+            return "n/a"
+        if math.isfinite(self.low) or not self.per_seed:
+            return _format(self.estimate, self.low, self.high, signed=True)
+        return _with_per_seed(self.estimate, self.per_seed, signed=True)
+
+    def excludes_zero(self) -> bool:
+        return math.isfinite(self.low) and (self.low > 0 or self.high < 0)
+
+
+def paired_difference(task_rows: list[dict[str, Any]], base: str, dopr: str, metric: Metric) -> PairedDifference:
+    """DoPr-X - X over the training seeds both have: [b] metrics by the paired cluster bootstrap over
+    seed pairs and the episodes both runs of a pair played (matched by evaluation reset seed); [t]
+    metrics by the t-interval over the per-seed differences, with at least MIN_SEEDS_FOR_T pairs."""
+    by_seed = {r["seed"]: r for r in task_rows if r["optimizer"] == base}
+    pairs = [(by_seed[r["seed"]], r) for r in task_rows if r["optimizer"] == dopr and r["seed"] in by_seed]
+    nan = math.nan
+    if not pairs:
+        return PairedDifference(nan, nan, nan, 0)
+    if metric.record is None:
+        values = [d[metric.column] - b[metric.column] for b, d in pairs
+                  if b[metric.column] is not None and d[metric.column] is not None]
+        if len(values) < len(pairs):
+            return PairedDifference(nan, nan, nan, len(pairs))
+        mean, low, high = t_interval(values)
+        if len(values) < MIN_SEEDS_FOR_T:
+            low = high = nan
+        return PairedDifference(mean, low, high, len(pairs), tuple(values))
+    base_values, dopr_values, note = [], [], ""
+    for b, d in pairs:
+        b_episodes, d_episodes = episode_values(b, metric.record), episode_values(d, metric.record)
+        if b_episodes is None or d_episodes is None:
+            return PairedDifference(nan, nan, nan, len(pairs))
+        shared = [seed for seed in b_episodes if seed in d_episodes]
+        if len(shared) < max(len(b_episodes), len(d_episodes)):
+            note = (f"some {dopr}/{base} runs were evaluated on different reset seeds; their paired "
+                    "differences use only the episodes both played")
+        if not shared:
+            return PairedDifference(nan, nan, nan, len(pairs), note=note)
+        base_values.append([b_episodes[s] for s in shared])
+        dopr_values.append([d_episodes[s] for s in shared])
+    bounds = None if metric.bounds is None else (metric.bounds[0] - metric.bounds[1], metric.bounds[1] - metric.bounds[0])
+    return PairedDifference(*paired_cluster_bootstrap(base_values, dopr_values, bounds=bounds), len(pairs), note=note)
+
+
+# Settings: every number from the runs' own files, per task.
+
+def settings_line(task_rows: list[dict[str, Any]]) -> str:
+    """What the task's runs used, read from each run's eval.json (checkpoint, dataset, evaluation) and
+    config.json; a value the runs disagree on is shown with the runs holding each value."""
+    dopr_rows = [r for r in task_rows if r["optimizer"].startswith("dopr-")]
+    config = lambda key: lambda r: (r["_config"] or {}).get(key)  # noqa: E731
+    dataset = lambda key: lambda r: (r["_dataset"] or {}).get(key)  # noqa: E731
+    metadata = lambda key: lambda r: ((r["_dataset"] or {}).get("metadata") or {}).get(key)  # noqa: E731
+    checkpoint = lambda key: lambda r: r["_checkpoint"].get(key)  # noqa: E731
+    agreed = lambda getter, rows=task_rows: _agreed(rows, getter)  # noqa: E731
+    first_seed, episodes = _agreed(task_rows, lambda r: r["eval_seed"]), _agreed(task_rows, lambda r: r["eval_episodes"])
+    last_seed = ""
+    if _is_int(first_seed) and _is_int(episodes):
+        last_seed = f"–{int(first_seed) + int(episodes) - 1:,}"
+    parts = [
+        f"policy `{agreed(checkpoint('policy'))}` (history {agreed(checkpoint('history'))}, chunk "
+        f"{agreed(checkpoint('chunk'))}, options {agreed(config('policy_options'))}, EMA weights "
+        f"{agreed(checkpoint('use_ema'))})",
+        f"{agreed(checkpoint('step'))} training steps, batch {agreed(config('batch_size'))}, lr {agreed(config('lr'))}, "
+        f"weight decay {agreed(config('weight_decay'))}, warmup {agreed(config('warmup_steps'))}, grad clip "
+        f"{agreed(config('grad_clip'))}, EMA decay {agreed(config('ema_decay'))}, optimizer options "
+        f"{agreed(config('optimizer_options'))}"
+        + (f", DoPr damping {agreed(config('damping'), dopr_rows)}" if dopr_rows else ""),
+        f"demonstrations: {agreed(dataset('episodes'))} episodes ({agreed(dataset('train_episodes'))} train, "
+        f"{agreed(dataset('valid_episodes'))} validation) from `{agreed(dataset('source'))}`, expert "
+        f"{agreed(metadata('expert_kind'))}, noise {agreed(metadata('noise'))}, collection seeds from "
+        f"{agreed(metadata('seed'))}",
+        f"evaluation: {episodes} episodes per run, reset seeds {_thousands(first_seed)}{last_seed}",
+    ]
+    return "Settings (read from the runs' eval.json and config.json): " + "; ".join(parts) + "."
+
+
+def _agreed(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any]) -> str:
+    """The one value all ``rows`` hold ("unknown" where a file does not say), or, when they differ,
+    every value with the runs that hold it."""
+    holders: dict[str, list[str]] = {}
+    for row in rows:
+        value = getter(row)
+        holders.setdefault("unknown" if value is None else _plain(value), []).append(f"{row['optimizer']} seed {row['seed']}")
+    if len(holders) <= 1:
+        return next(iter(holders), "unknown")
+    return "**runs disagree:** " + " vs ".join(f"{value} ({', '.join(runs)})" for value, runs in holders.items())
+
+
+def _plain(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_plain(v)}" for k, v in sorted(value.items())) + "}" if value else "none"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _is_int(text: str) -> bool:
+    return text.lstrip("-").isdigit()
+
+
+def _thousands(text: str) -> str:
+    return f"{int(text):,}" if _is_int(text) else text
+
+
+# Replication: the same grid on fresh demonstrations and fresh evaluation seeds.
+
+VERDICTS = [
+    "- **replicates**: both 95% intervals exclude 0 and lie on the same side of it.",
+    "- **does not replicate**: the original interval excludes 0 and the replicate's does not lie on the same "
+    "side (it contains 0, or lies on the other side: marked *reversed*).",
+    "- **inconclusive**: the original interval contains 0 (no difference was established, so there is none "
+    "to replicate), or either interval is n/a (missing data, or a [t] metric with fewer than "
+    f"{MIN_SEEDS_FOR_T} seed pairs).",
+]
+
+
+def verdict(original: PairedDifference, replicate: PairedDifference) -> str:
+    """"replicates" / "does not replicate" (possibly "(reversed)") / "inconclusive", as in :data:`VERDICTS`."""
+    if not (math.isfinite(original.low) and math.isfinite(replicate.low)) or not original.excludes_zero():
+        return "inconclusive"
+    same_side = replicate.excludes_zero() and (original.low > 0) == (replicate.low > 0)
+    if same_side:
+        return "replicates"
+    return "does not replicate" + (" (reversed)" if replicate.excludes_zero() else "")
+
+
+def replication_markdown(original_rows: list[dict[str, Any]], replicate_rows: list[dict[str, Any]],
+                         original_label: str, replicate_label: str) -> str:
+    """Per task and DoPr-X - X pair present in both comparisons: the paired difference on each (same
+    intervals as summary.md), whether the signs agree, whether both intervals exclude 0, and the verdict."""
+    lines = [f"# Replication: {original_label} vs {replicate_label}", "",
+             f"The same grid rerun on fresh demonstrations and fresh evaluation seeds. Each cell is the paired "
+             f"difference DoPr-X - X with its interval as in summary.md ([b] = {BOOTSTRAP_NAME}, resampling seed "
+             f"pairs and then the episodes both runs of a pair played; [t] = 95% t-interval over per-seed differences, ≥ {MIN_SEEDS_FOR_T} pairs). "
+             "*sign agrees*: the two point estimates are both positive or both negative. Verdicts:", "", *VERDICTS, ""]
+    metrics = [m for m in METRICS if m.column in REPLICATION_METRICS]
+    for task in sorted({r["task"] for r in original_rows} & {r["task"] for r in replicate_rows}):
+        original_task = [r for r in original_rows if r["task"] == task]
+        replicate_task = [r for r in replicate_rows if r["task"] == task]
+        original_pairs = dopr_pairs(optimizer_order(r["optimizer"] for r in original_task))
+        replicate_pairs = set(dopr_pairs(optimizer_order(r["optimizer"] for r in replicate_task)))
+        pairs = [pair for pair in original_pairs if pair in replicate_pairs]
+        if not pairs:
+            continue
+        lines += [f"## {task}", "", f"{original_label}: {settings_line(original_task)}", "",
+                  f"{replicate_label}: {settings_line(replicate_task)}", "",
+                  f"| pair | metric | {original_label} | {replicate_label} | sign agrees | "
+                  "both exclude 0 | verdict |", "|---|---|---|---|---|---|---|"]
+        for base, dopr in pairs:
+            for metric in metrics:
+                a = paired_difference(original_task, base, dopr, metric)
+                b = paired_difference(replicate_task, base, dopr, metric)
+                agrees = bool(np.sign(a.estimate) * np.sign(b.estimate) > 0)  # False for a nan or a zero
+                lines.append(f"| {dopr} - {base} | {_heading(metric)} | {a.cell()} ({a.seeds} seeds) | "
+                             f"{b.cell()} ({b.seeds} seeds) | {'yes' if agrees else 'no'} | "
+                             f"{'yes' if a.excludes_zero() and b.excludes_zero() else 'no'} | {verdict(a, b)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _heading(metric: Metric) -> str:
+    return f"{metric.heading} [{metric.tag}]"
+
+
+def _per_run_cell(values: list[float | None]) -> str:
+    if not values or any(v is None for v in values):
+        return "n/a"
+    mean, low, high = t_interval(values)
+    if len(values) >= MIN_SEEDS_FOR_T:
+        return _format(mean, low, high)
+    return _with_per_seed(mean, values)
+
+
+def _with_per_seed(mean: float, values: Sequence[float], signed: bool = False) -> str:
+    """Too few seeds for an interval: the mean and, in braces, the per-seed values."""
+    fmt = "{:+.3g}" if signed else "{:.3g}"
+    return fmt.format(mean) + " {" + ", ".join(fmt.format(v) for v in values) + "}"
+
+
+def _format(mean: float, low: float, high: float, signed: bool = False) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    fmt = (lambda v: f"{v:+.3g}") if signed else (lambda v: f"{v:.3g}")
+    return fmt(mean) if not math.isfinite(low) else f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"

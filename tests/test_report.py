@@ -1,0 +1,338 @@
+"""The comparison report on hand-built result trees (no training): intervals checked against an
+independent computation, ranges, the settings line read from the runs, plots, replication verdicts."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dopr_robot.errors import UserError
+from dopr_robot.report import (
+    COLUMNS,
+    cluster_bootstrap,
+    load_rows,
+    paired_cluster_bootstrap,
+    summary_markdown,
+    write_replication_report,
+    write_report,
+)
+from dopr_robot.report.tables import PairedDifference, verdict
+
+TASK = "Push-v0"
+HORIZON = 20
+EVAL_SEED = 1_000_000
+DATASET = {"source": "data/push-100.hdf5", "task": TASK, "episodes": 100, "train_episodes": 90, "valid_episodes": 10,
+           "metadata": {"noise": 0.1, "seed": 0, "expert_kind": "scripted"}}
+CONFIG = {"policy": "mlp", "batch_size": 64, "lr": 0.0003, "weight_decay": 0.0, "damping": 0.01, "warmup_steps": 10,
+          "grad_clip": 1.0, "ema_decay": 0.995, "optimizer_options": {}, "policy_options": {"width": 16}}
+
+
+def write_run(root: Path, optimizer: str, seed: int, success: list[bool], returns: list[float] | None = None, *,
+              task: str = TASK, dataset: dict | None = DATASET, config: dict | None = CONFIG, new_fields: bool = True,
+              reverse_records: bool = False, val_loss: float | None = None) -> Path:
+    """A finished cell's eval.json (+ config.json, metrics.jsonl) as the harness writes it."""
+    n = len(success)
+    returns = list(returns) if returns is not None else [float(s) * 10 - i * 0.1 for i, s in enumerate(success)]
+    ttd = [None if s else 5 + i % 7 for i, s in enumerate(success)]
+    records = [{"seed": EVAL_SEED + i, "success": bool(s), "return": returns[i], "length": HORIZON, "j_traj": 3.0 + returns[i] / 4}
+               for i, s in enumerate(success)]
+    if new_fields:
+        for record, t in zip(records, ttd):
+            record.update(time_to_divergence=t, diverged=t is not None)
+    p = sum(success) / n
+    deviation = [0.0] + [0.02 * t * (1 + seed) for t in range(1, HORIZON + 1)]
+    compounding = {
+        "state_deviation": {"t": list(range(HORIZON + 1)), "mean": deviation},
+        "j_traj": {"mean": float(np.mean([r["j_traj"] for r in records])), "ci": [0, 1]},
+        "action_error_on_policy": {"mean": 2.0 + seed, "ci": [0, 1]},
+        "action_error_on_expert": {"mean": 1.0, "ci": [0, 1]},
+        "action_error_ratio": {"value": 2.0 + seed, "ci": [0, 1]},
+    }
+    if new_fields:
+        times = [HORIZON if t is None else t for t in ttd]
+        compounding["time_to_divergence"] = {"mean": float(np.mean(times)), "ci": [0, HORIZON], "threshold": 0.3,
+                                             "diverged_fraction": 1 - p, "diverged_ci": [0, 1], "horizon": HORIZON}
+        compounding["deviation_at"] = {f: {"t": int(float(f) * HORIZON), "mean": deviation[int(float(f) * HORIZON)], "ci": [0, 1]}
+                                       for f in ("0.1", "0.25", "0.5", "1.0")}
+    checkpoint = {"step": 200, "policy": "mlp", "optimizer": optimizer, "history": 1, "chunk": 1, "use_ema": True}
+    if dataset is not None:
+        checkpoint["dataset"] = dataset
+    result = {
+        "format": "dopr-robot/eval/1", "task": task, "seed": EVAL_SEED, "episodes": n,
+        "closed_loop": {"n": n, "successes": sum(success), "success_rate": p,
+                        "success_ci": [max(0.0, p - 0.2), min(1.0, p + 0.2)], "mean_return": float(np.mean(returns))},
+        "records": records[::-1] if reverse_records else records,
+        "compounding": compounding,
+        "validation": {"val_loss": val_loss if val_loss is not None else 0.03 + 0.001 * seed, "best_val_loss": 0.029},
+        "checkpoint": checkpoint,
+        "cell": {"task": task, "optimizer": optimizer, "seed": seed, "wall_time_s": 1.5},
+    }
+    run_dir = root / "runs" / task / optimizer / f"seed{seed}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "eval.json").write_text(json.dumps(result))
+    if config is not None:
+        (run_dir / "config.json").write_text(json.dumps({**config, "optimizer": optimizer, "seed": seed}))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 0.1 / s + 0.01 * seed}) + "\n"
+                                                   for s in (50, 100, 150, 200)))
+    return run_dir
+
+
+def outcomes(seed: int, n: int, p: float) -> list[bool]:
+    """Deterministic success pattern with roughly rate p."""
+    return [bool(v) for v in np.random.default_rng(seed).random(n) < p]
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def table_row(summary: str, first_cell: str) -> list[str]:
+    line = next(line for line in summary.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def header(summary: str, first_cell: str) -> list[str]:
+    line = next(line for line in summary.splitlines() if line.startswith(f"| {first_cell} |"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def interval(cell: str) -> tuple[float, float, float]:
+    match = re.fullmatch(r"([-+0-9.e]+) \[([-+0-9.e]+), ([-+0-9.e]+)\]", cell)
+    assert match, f"not 'mean [low, high]': {cell!r}"
+    return tuple(float(v) for v in match.groups())
+
+
+def independent_paired_bootstrap(base: np.ndarray, dopr: np.ndarray, seed: int = 0, resamples: int = 10_000) -> np.ndarray:
+    """Two-stage paired bootstrap written again: seed pairs with replacement, then episode indices
+    (shared by both runs of a pair) with replacement; draws in the documented order."""
+    rng = np.random.default_rng(seed)
+    pairs, episodes = base.shape
+    seed_draws = rng.integers(0, pairs, size=(resamples, pairs))
+    episode_draws = np.floor(rng.random((pairs, resamples, episodes)) * episodes).astype(int)
+    difference = dopr - base
+    return np.mean([difference[seed_draws[:, j, None], episode_draws[j]].mean(axis=1) for j in range(pairs)], axis=0)
+
+
+def test_paired_difference_matches_an_independent_computation(tmp_path: Path) -> None:
+    seeds, n = 3, 12
+    for seed in range(seeds):
+        write_run(tmp_path, "adamw", seed, outcomes(seed, n, 0.4))
+        write_run(tmp_path, "dopr-adamw", seed, outcomes(100 + seed, n, 0.6), reverse_records=True)  # paired by reset seed
+    write_report(tmp_path)
+    table = read_csv(tmp_path / "results.csv")
+    summary = (tmp_path / "summary.md").read_text()
+    cols = header(summary, "pair")
+    cells = table_row(summary, "dopr-adamw - adamw")
+
+    # point estimate: the mean over seeds of per-seed differences, from results.csv alone
+    by = {(r["optimizer"], int(r["seed"])): r for r in table}
+    for column, heading in (("success_rate", "success rate [b]"), ("mean_return", "return [b]")):
+        per_seed = [float(by["dopr-adamw", s][column]) - float(by["adamw", s][column]) for s in range(seeds)]
+        estimate, low, high = interval(cells[cols.index(heading)])
+        assert estimate == pytest.approx(float(f"{np.mean(per_seed):+.3g}"))
+
+    # the interval: the bootstrap recomputed here from the episode records, matched by reset seed
+    def episode_matrix(optimizer: str, key: str) -> np.ndarray:
+        matrix = []
+        for s in range(seeds):
+            result = json.loads((tmp_path / "runs" / TASK / optimizer / f"seed{s}" / "eval.json").read_text())
+            by_reset = {r["seed"]: float(r[key]) for r in result["records"]}
+            matrix.append([by_reset[EVAL_SEED + i] for i in range(n)])
+        return np.array(matrix)
+
+    for key, heading in (("success", "success rate [b]"), ("return", "return [b]")):
+        draws = independent_paired_bootstrap(episode_matrix("adamw", key), episode_matrix("dopr-adamw", key))
+        estimate, low, high = interval(cells[cols.index(heading)])
+        expected_low, expected_high = np.percentile(draws, [2.5, 97.5])
+        assert (low, high) == (float(f"{expected_low:+.3g}"), float(f"{expected_high:+.3g}"))
+        assert draws.min() - 1e-9 <= low <= high <= draws.max() + 1e-9
+
+
+def test_paired_bootstrap_function_equals_the_independent_one_to_full_precision() -> None:
+    rng = np.random.default_rng(7)
+    base, dopr = rng.normal(size=(4, 9)), rng.normal(0.3, 1.0, size=(4, 9))
+    estimate, low, high = paired_cluster_bootstrap(base, dopr)
+    draws = independent_paired_bootstrap(base, dopr)
+    assert estimate == pytest.approx(float(np.mean(dopr - base)), abs=1e-12)
+    assert (low, high) == pytest.approx(tuple(np.percentile(draws, [2.5, 97.5])), rel=1e-12)  # summation order only
+    # seeds with different episode counts: the per-seed means are averaged, each seed weighs the same
+    ragged = [[1.0, 1.0, 1.0, 1.0], [0.0, 0.0]]
+    assert cluster_bootstrap(ragged) == (0.5, 0.0, 1.0)
+    assert cluster_bootstrap([[0.2, 0.9], [0.95, 0.7]], bounds=(0.0, 0.9))[2] <= 0.9
+
+
+def test_identical_optimizers_differ_by_exactly_zero(tmp_path: Path) -> None:
+    for seed in range(2):
+        for optimizer in ("muon", "dopr-muon"):
+            write_run(tmp_path, optimizer, seed, outcomes(seed, 10, 0.5))
+    summary = summary_markdown(load_rows(tmp_path))
+    cols, cells = header(summary, "pair"), table_row(summary, "dopr-muon - muon")
+    for heading in ("success rate [b]", "return [b]", "J_traj [b]", "time to divergence (steps) [b]", "diverged [b]"):
+        assert cells[cols.index(heading)] == "+0 [+0, +0]"
+
+
+@pytest.mark.parametrize("pattern", ["all success", "all failure", "mixed"])
+def test_success_intervals_lie_in_the_unit_interval_with_two_seeds(tmp_path: Path, pattern: str) -> None:
+    for seed in range(2):
+        success = {"all success": [True] * 8, "all failure": [False] * 8, "mixed": [seed == 0, True, False, False] * 2}[pattern]
+        write_run(tmp_path, "adamw", seed, success)
+        write_run(tmp_path, "dopr-adamw", seed, [not s for s in success])
+    summary = summary_markdown(load_rows(tmp_path))
+    cols = header(summary, "optimizer")
+    for optimizer in ("adamw", "dopr-adamw"):
+        estimate, low, high = interval(table_row(summary, optimizer)[cols.index("success rate [b]")])
+        assert 0.0 <= low <= estimate <= high <= 1.0
+    if pattern == "all success":
+        assert table_row(summary, "adamw")[cols.index("success rate [b]")] == "1 [1, 1]"
+        assert table_row(summary, "dopr-adamw")[cols.index("success rate [b]")] == "0 [0, 0]"
+    estimate, low, high = interval(table_row(summary, "dopr-adamw - adamw")[header(summary, "pair").index("success rate [b]")])
+    assert -1.0 <= low <= estimate <= high <= 1.0
+
+
+def test_per_run_metrics_show_a_t_interval_only_with_three_seeds(tmp_path: Path) -> None:
+    for seed in range(2):
+        write_run(tmp_path, "adamw", seed, [True, False], val_loss=[0.03, 0.04][seed])
+    summary = summary_markdown(load_rows(tmp_path))
+    assert table_row(summary, "adamw")[header(summary, "optimizer").index("validation loss [t]")] == "0.035 {0.03, 0.04}"
+    write_run(tmp_path, "adamw", 2, [True, False], val_loss=0.05)
+    summary = summary_markdown(load_rows(tmp_path))
+    cell = table_row(summary, "adamw")[header(summary, "optimizer").index("validation loss [t]")]
+    half = 4.303 * np.std([0.03, 0.04, 0.05], ddof=1) / math.sqrt(3)
+    assert cell == f"{0.04:.3g} [{0.04 - half:.3g}, {0.04 + half:.3g}]"
+
+
+def test_settings_line_comes_from_the_runs(tmp_path: Path) -> None:
+    (tmp_path / "compare_config.json").write_text(json.dumps({"demo_episodes": 50, "demo_noise": 0.0, "lr": 0.001}))
+    for seed in range(2):
+        write_run(tmp_path, "adamw", seed, [True, False])
+        write_run(tmp_path, "dopr-adamw", seed, [True, False])
+    write_report(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    line = next(line for line in summary.splitlines() if line.startswith("Settings"))
+    assert "demonstrations: 100 episodes (90 train, 10 validation) from `data/push-100.hdf5`" in line
+    assert "noise 0.1" in line and "expert scripted" in line and "collection seeds from 0" in line
+    assert "lr 0.0003" in line and "batch 64" in line and "200 training steps" in line and "DoPr damping 0.01" in line
+    assert "2 episodes per run, reset seeds 1,000,000–1,000,001" in line
+    assert "50 episodes" not in line and "lr 0.001" not in line
+
+
+def test_settings_line_says_unknown_and_names_disagreements(tmp_path: Path) -> None:
+    write_run(tmp_path, "adamw", 0, [True], dataset=None, config=None)  # an old run: no provenance
+    write_run(tmp_path, "adamw", 1, [True], dataset={**DATASET, "episodes": 50})
+    line = next(line for line in summary_markdown(load_rows(tmp_path)).splitlines() if line.startswith("Settings"))
+    assert "**runs disagree:** unknown (adamw seed 0) vs 50 (adamw seed 1) episodes" in line
+    assert "lr **runs disagree:** unknown (adamw seed 0) vs 0.0003 (adamw seed 1)" in line
+
+
+def test_csv_columns_order_and_values(tmp_path: Path) -> None:
+    for optimizer in ("muon", "dopr-muon", "dopr-adamw", "adamw"):
+        write_run(tmp_path, optimizer, 0, [True, False, True, True])
+    write_run(tmp_path, "adamw", 1, [False, False], new_fields=False)  # an eval.json from before the new fields
+    rows = write_report(tmp_path)
+    table = read_csv(tmp_path / "results.csv")
+    assert list(table[0]) == COLUMNS
+    assert {"action_error_ratio", "time_to_divergence", "diverged_fraction", "deviation_at_half"} <= set(COLUMNS)
+    assert "ttf_ratio" not in COLUMNS
+    assert [(r["optimizer"], r["seed"]) for r in table] == [("adamw", "0"), ("adamw", "1"), ("dopr-adamw", "0"),
+                                                            ("muon", "0"), ("dopr-muon", "0")]
+    first = table[0]
+    assert float(first["success_rate"]) == 0.75 and float(first["action_error_ratio"]) == 2.0
+    assert float(first["time_to_divergence"]) == np.mean([20, 6, 20, 20])  # never-diverged episodes count the horizon
+    assert float(first["deviation_at_half"]) == pytest.approx(0.2) and first["deviation_at_half_t"] == "10"
+    assert first["demo_episodes"] == "100" and first["demo_noise"] == "0.1"
+    assert table[1]["time_to_divergence"] == "" and table[1]["deviation_at_half"] == ""
+    summary = (tmp_path / "summary.md").read_text()
+    cols = header(summary, "optimizer")
+    assert [line.split("|")[1].strip() for line in summary.splitlines() if re.match(r"\| (dopr-)?(adamw|muon) \|", line)] == \
+        ["adamw", "dopr-adamw", "muon", "dopr-muon"]
+    assert "on-policy / on-expert action error [t]" in cols
+    assert table_row(summary, "adamw")[cols.index("time to divergence (steps) [b]")] == "n/a"  # one run lacks records' values
+    assert table_row(summary, "adamw")[cols.index("deviation at T/2 [t]")] == "n/a"
+    assert len(rows) == 5
+
+
+def test_report_is_deterministic_and_plots_are_written(tmp_path: Path) -> None:
+    for seed in range(2):
+        for optimizer in ("adamw", "dopr-adamw"):
+            write_run(tmp_path, optimizer, seed, outcomes(seed + len(optimizer), 6, 0.5))
+        write_run(tmp_path, "adamw", seed, [True, False, True], task="Reach-v0")
+    # a Wilson bound computed in floating point can lie a hair past 0/N (as evaluate's does)
+    eval_file = tmp_path / "runs" / "Reach-v0" / "adamw" / "seed0" / "eval.json"
+    result = json.loads(eval_file.read_text())
+    result["closed_loop"].update(success_rate=0.0, success_ci=[1e-17, 0.56])
+    eval_file.write_text(json.dumps(result))
+    write_report(tmp_path)
+    first = (tmp_path / "summary.md").read_text()
+    write_report(tmp_path)
+    assert (tmp_path / "summary.md").read_text() == first
+    for name in ("val_loss_vs_success.png", "deviation_from_expert.png", "learning_curves.png"):
+        data = (tmp_path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_runs_evaluated_without_the_expert_report_na(tmp_path: Path) -> None:
+    for seed in range(2):
+        eval_file = write_run(tmp_path, "adamw", seed, [True, False, True]) / "eval.json"
+        result = json.loads(eval_file.read_text())
+        result["compounding"] = None
+        result["records"] = [{"seed": r["seed"], "success": r["success"], "return": r["return"]} for r in result["records"]]
+        eval_file.write_text(json.dumps(result))
+    write_report(tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    cells, cols = table_row(summary, "adamw"), header(summary, "optimizer")
+    assert cells[cols.index("J_traj [b]")] == "n/a" and cells[cols.index("time to divergence (steps) [b]")] == "n/a"
+    assert interval(cells[cols.index("success rate [b]")])[0] == pytest.approx(2 / 3, abs=1e-3)
+    assert (tmp_path / "deviation_from_expert.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_broken_eval_file_is_named(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "adamw", 0, [True])
+    (run_dir / "eval.json").write_text(json.dumps({"closed_loop": {}}))
+    with pytest.raises(UserError, match=r"seed0/eval.json is not a comparison cell's evaluation"):
+        load_rows(tmp_path)
+
+
+def difference(estimate: float, low: float, high: float) -> PairedDifference:
+    return PairedDifference(estimate, low, high, seeds=3)
+
+
+@pytest.mark.parametrize("original, replicate, expected", [
+    (difference(0.2, 0.1, 0.3), difference(0.15, 0.05, 0.25), "replicates"),
+    (difference(-0.2, -0.3, -0.1), difference(-0.1, -0.2, -0.01), "replicates"),
+    (difference(0.2, 0.1, 0.3), difference(0.05, -0.05, 0.15), "does not replicate"),
+    (difference(0.2, 0.1, 0.3), difference(-0.2, -0.3, -0.1), "does not replicate (reversed)"),
+    (difference(0.05, -0.05, 0.15), difference(0.2, 0.1, 0.3), "inconclusive"),
+    (difference(0.2, 0.1, 0.3), difference(0.2, math.nan, math.nan), "inconclusive"),
+])
+def test_replication_verdicts(original: PairedDifference, replicate: PairedDifference, expected: str) -> None:
+    assert verdict(original, replicate) == expected
+
+
+def test_replication_report_on_two_grids(tmp_path: Path) -> None:
+    def grid(root: Path, dopr_success: list[bool]) -> Path:
+        for seed in range(3):
+            write_run(root, "adamw", seed, [False] * 10)
+            write_run(root, "dopr-adamw", seed, dopr_success)
+        return root
+
+    original = grid(tmp_path / "original", [True] * 8 + [False] * 2)
+    agreeing = grid(tmp_path / "agreeing", [True] * 7 + [False] * 3)
+    null = grid(tmp_path / "null", [False] * 10)
+    text = write_replication_report(original, agreeing, tmp_path / "replication.md")
+    assert (tmp_path / "replication.md").read_text() == text
+    row = table_row(text, "dopr-adamw - adamw")
+    assert row[1] == "success rate [b]" and row[2].startswith("+0.8 [") and row[3].startswith("+0.7 [")
+    assert row[4:] == ["yes", "yes", "replicates"]
+    assert "- **replicates**: both 95% intervals exclude 0" in text
+    row = table_row(write_replication_report(original, null, tmp_path / "r2.md"), "dopr-adamw - adamw")
+    assert row[3].startswith("+0 [+0, +0]") and row[4:] == ["no", "no", "does not replicate"]
+    row = table_row(write_replication_report(null, original, tmp_path / "r3.md"), "dopr-adamw - adamw")
+    assert row[-1] == "inconclusive"
