@@ -89,7 +89,7 @@ class ReachEnv(GoalTaskEnv):
         terminate_on_success: bool = False,
         frame_skip: int = 4,
         render_mode: str | None = None,
-        width: int = 240,
+        width: int = 320,  # the camera "fixed" in the XML frames the workspace at 4:3
         height: int = 240,
     ) -> None:
         super().__init__(

@@ -1,5 +1,6 @@
-"""Rollouts: every seed exactly once, seed order, K-invariance, history/chunk handling, and the
-compounding-error metric against closed-form answers on a linear system."""
+"""Rollouts: every seed exactly once, seed order, K-invariance, history/chunk handling (held to the
+shared padding helper), and the compounding-error metrics (J_traj, action errors, time to
+divergence, early falls) against closed-form answers on a linear system."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import pytest
 import torch
 
+from demos.history import history_indices
 from dopr_robot.errors import UserError
-from dopr_robot.evaluate import evaluate
+from dopr_robot.evaluate import evaluate, policy_actions
+from dopr_robot.evaluate.metrics import DIVERGENCE_C
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, rollout
 from policies import Policy, make_policy
 
@@ -192,3 +195,62 @@ def test_the_expert_as_policy_has_zero_compounding_error() -> None:
     assert compounding["action_error_on_policy"]["mean"] == 0.0
     assert compounding["action_error_on_expert"]["mean"] == 0.0
     assert [r["return"] for r in result.records] == [r["expert_return"] for r in result.records]
+    divergence = compounding["time_to_divergence"]
+    assert divergence["diverged_fraction"] == 0.0 and divergence["mean"] == 15 and divergence["horizon"] == 15
+    assert [entry["t"] for entry in compounding["deviation_at"].values()] == [2, 4, 8, 15]  # of the 15-step horizon
+    assert all(entry["mean"] == 0.0 for entry in compounding["deviation_at"].values())
+
+
+@pytest.mark.parametrize("length, history", [(1, 1), (5, 1), (5, 3), (3, 5), (2, 10), (6, 6)])
+def test_controller_history_matches_the_shared_padding_helper(length: int, history: int) -> None:
+    # The controller keeps an incremental buffer; it must feed what training windows and policy_actions
+    # index with demos.history.history_indices. RecordingPolicy's chunk row 0 is the history it was fed.
+    obs = np.arange(1.0, length + 1.0)[:, None]
+    controller = PolicyController(RecordingPolicy(history=history, chunk=1), num_envs=1)
+    everyone = np.ones(1, dtype=bool)
+    controller.reset(everyone, obs[:1])
+    fed = [controller.act(obs[t:t + 1], everyone)[0] for t in range(length)]
+    np.testing.assert_array_equal(np.stack(fed), obs[history_indices(length, history)][..., 0])
+
+
+def test_policy_actions_pads_histories_like_the_controller() -> None:
+    observations = [np.arange(1.0, 5.0)[:, None], np.array([[7.0]])]
+    actions = policy_actions(RecordingPolicy(history=3, chunk=2), observations)
+    np.testing.assert_array_equal(actions, [[1, 1, 1], [1, 1, 2], [1, 2, 3], [2, 3, 4], [7, 7, 7]])
+
+
+def test_time_to_divergence_of_a_drifting_policy_matches_the_hand_count() -> None:
+    # Policy u = +1 (x^_t = x0 + t), expert u = -0.5 x (x*_t = x0 0.5^t); obs std 2, D = 1, so the pair
+    # has diverged at the first t with (x0 + t - x0 0.5^t) / 2 > tau = DIVERGENCE_C.
+    seeds = list(range(8))
+    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=2.0), "line", len(seeds), seed=0, num_envs=3,
+                      make_env=LineEnv, expert=LinearExpert(0.5))
+    expected = []
+    for record in result.records:
+        s = record["seed"]
+        crossing = [t for t in range(horizon(s) + 1) if (x0(s) + t - x0(s) * 0.5 ** t) / 2.0 > DIVERGENCE_C]
+        expected.append((crossing[0], True) if crossing else (horizon(s), False))
+        assert (record["time_to_divergence"], record["diverged"]) == expected[-1]
+    assert 0 < sum(d for _, d in expected) < len(seeds)  # some diverged, some censored
+    summary = result.compounding["time_to_divergence"]
+    assert summary["mean"] == pytest.approx(np.mean([t for t, _ in expected]))
+    assert summary["diverged_fraction"] == pytest.approx(np.mean([d for _, d in expected]))
+    assert summary["threshold"] == pytest.approx(DIVERGENCE_C) and summary["horizon"] == max(map(horizon, seeds))
+    metrics = result.metrics()
+    assert metrics["eval_time_to_divergence"] == summary["mean"]
+    assert metrics["eval_diverged_fraction"] == summary["diverged_fraction"]
+    assert {"eval_deviation_at_10pct", "eval_deviation_at_25pct", "eval_deviation_at_50pct",
+            "eval_deviation_at_100pct"} <= set(metrics)
+    table = result.table()
+    assert "time to divergence" in table and "deviation at 50%" in table
+
+
+def test_a_policy_that_fails_early_diverges_when_it_fails() -> None:
+    # u = +1 passes |x| > 2.6 (terminated) on step 2 (x0 <= 1.5) or 1 (x0 >= 1.75); the expert runs its
+    # horizon. sx = 100 keeps the deviation under the threshold, so only the fall counts.
+    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=100.0), "line", 8, seed=0, num_envs=3,
+                      make_env=lambda: LineEnv(limit=2.6), expert=LinearExpert(0.5))
+    for record in result.records:
+        assert record["terminated"] and record["length"] < record["expert_length"]
+        assert (record["time_to_divergence"], record["diverged"]) == (record["length"], True)
+    assert result.compounding["time_to_divergence"]["diverged_fraction"] == 1.0

@@ -18,9 +18,27 @@ where a step that only one of the two episodes reaches (the other terminated) co
 Action errors ``||pi(s) - pi*(s)||^2`` (squared norm in normalized action units; the validation
 loss is the same quantity divided by the action dimension) are averaged over the states of each
 episode, then over episodes: on-policy at the states the policy visits, on-expert at the expert's.
-Their ratio is the test-time-feedback shift in one number. ``pi(s)`` is a fresh prediction (first
-chunk row) from the observation history ending at ``s``, padded as in training, also when the
-rollout executed several actions of each chunk; ``pi*`` is the expert asked at ``s`` (batched).
+Their ratio, ``action_error_ratio``, is the test-time-feedback shift in one number. ``pi(s)`` is a
+fresh prediction (first chunk row) from the observation history ending at ``s``, padded as in
+training (:mod:`demos.history`), also when the rollout executed several actions of each chunk;
+``pi*`` is the expert asked at ``s`` (batched).
+
+J_traj saturates when every policy drifts far (each step counts at most 1; on Push-v0 BC policies
+score 130-136 of 150 whatever the optimizer), so two summaries that keep separating policies there:
+
+- time to divergence ``T_div``: the first ``t`` with ``deviation_t > tau``, ``tau = c sqrt(D)``
+  (``c`` = :data:`DIVERGENCE_C` = 2, ``D`` the observation dimension). Each coordinate of the
+  normalized state has unit spread over the demonstrations, so ``sqrt(D)`` is the scale of the
+  distance between two demonstration states (two unrelated ones lie about ``1.33 sqrt(D)`` apart on
+  Push-v0 and Reach-v0), and ``tau`` means the same on every task: the policy is farther from the
+  expert than another demonstration would be. A policy episode that
+  ends by termination without success while the expert's goes on (the robot fell) diverges at its
+  last step. An episode pair that never diverges is right-censored at ``T``, the longer of the two
+  episodes (the horizon unless both ended early). Reported: the restricted mean of
+  ``min(T_div, T)`` over episodes (bootstrap interval) and the fraction that diverged (Wilson).
+- deviation at fixed fractions of the task's horizon ``H`` (``t = round(f H)``, halves up, for f in
+  :data:`DEVIATION_FRACTIONS`): each episode's ``deviation_t``, or its value at the last step both
+  episodes reached when the pair ended earlier; mean over episodes with a bootstrap interval.
 """
 
 from __future__ import annotations
@@ -33,6 +51,15 @@ import numpy as np
 from dopr_robot.evaluate.rollout import Trajectory
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+# tau = DIVERGENCE_C * sqrt(obs_dim), normalized state units. Two unrelated demonstration states lie
+# about 1.33 sqrt(D) apart (Push-v0 and Reach-v0 alike), so tau is 1.5x that: farther from the expert
+# than another demonstration would be. Chosen on envs.seeds.TUNING (50 episodes each, issue #15): on
+# Push-v0, MLP BC (50 demos, 1500 steps; 14% and 26% success) diverged in 42% and 50% of episodes
+# (restricted mean 97 and 86 of 150 steps); the expert with N(0, 0.05) action noise (50/50 successes)
+# in 2%, with 0.1 in 20%; the expert against itself never. On Reach-v0, BC at 98-100% success: 0%.
+# c = 1.5 flagged the noisy expert in 20% (0.05) and 62% (0.1) of its successful episodes.
+DIVERGENCE_C = 2.0
+DEVIATION_FRACTIONS = (0.1, 0.25, 0.5, 1.0)  # of the task's horizon, for ``deviation_at``
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -104,14 +131,39 @@ def closed_loop_summary(records: list[dict[str, Any]], bootstrap_seed: int = 0) 
     }
 
 
+def divergence_threshold(obs_dim: int, c: float = DIVERGENCE_C) -> float:
+    """``tau = c sqrt(obs_dim)``: the deviation (normalized state units) beyond which a policy has diverged."""
+    return float(c * math.sqrt(obs_dim))
+
+
+def time_to_divergence(deviation: np.ndarray, threshold: float, policy_length: int, expert_length: int,
+                       policy_failed: bool) -> tuple[int, bool]:
+    """``(T_div, diverged)`` of one episode pair; ``T_div`` is the censoring length when not diverged.
+
+    ``deviation`` ``(min(Tp, Te) + 1,)``: ``deviation_t`` while both episodes run. Diverged at the first
+    ``t`` with ``deviation_t > threshold``; else, when the policy's episode ended in failure
+    (``policy_failed``: terminated without success) before the expert's, at its last step ``Tp``;
+    else censored at ``max(Tp, Te)``.
+    """
+    over = np.flatnonzero(np.asarray(deviation) > threshold)
+    if len(over):
+        return int(over[0]), True
+    if policy_failed and policy_length < expert_length:
+        return int(policy_length), True
+    return int(max(policy_length, expert_length)), False
+
+
 def episode_compounding(policy: Trajectory, expert: Trajectory, obs_mean: np.ndarray, obs_std: np.ndarray,
                         act_std: np.ndarray, policy_at_policy: np.ndarray, expert_at_policy: np.ndarray,
-                        policy_at_expert: np.ndarray, expert_at_expert: np.ndarray) -> dict[str, Any]:
+                        policy_at_expert: np.ndarray, expert_at_expert: np.ndarray,
+                        threshold: float | None = None) -> dict[str, Any]:
     """The compounding-error quantities of one seed.
 
     ``policy_at_policy`` ``(Tp, A)``: the policy's action at each state it visited (fresh prediction);
     ``expert_at_policy`` the expert's there; ``*_at_expert`` ``(Te, A)`` the same at the expert's states.
-    Returns the deviation per step (``min(Tp, Te) + 1`` values), J_traj and the two action errors.
+    Returns the deviation per step (``min(Tp, Te) + 1`` values), J_traj, the two action errors, and
+    the time to divergence (:func:`time_to_divergence`) against ``threshold`` (default
+    :func:`divergence_threshold` of the observation dimension).
     """
     if not np.array_equal(policy.obs[0], expert.obs[0]):
         raise RuntimeError(f"seed {policy.seed}: the policy's and the expert's initial observations differ; "
@@ -124,11 +176,18 @@ def episode_compounding(policy: Trajectory, expert: Trajectory, obs_mean: np.nda
     j_traj = float(per_step.sum()) + abs(policy.length - expert.length)  # unmatched steps count the cap, 1
     on_policy = np.sum(((policy_at_policy - expert_at_policy) / act_std) ** 2, axis=-1)
     on_expert = np.sum(((policy_at_expert - expert_at_expert) / act_std) ** 2, axis=-1)
+    if threshold is None:
+        threshold = divergence_threshold(policy.obs.shape[-1])
+    policy_failed = policy.terminated and not (policy.length and bool(policy.success[-1]))
+    t_div, diverged = time_to_divergence(deviation, threshold, policy.length, expert.length, policy_failed)
     return {
         "deviation": deviation,
         "j_traj": j_traj,
         "action_error_on_policy": float(on_policy.mean()) if len(on_policy) else math.nan,
         "action_error_on_expert": float(on_expert.mean()) if len(on_expert) else math.nan,
+        "threshold": float(threshold),
+        "time_to_divergence": t_div,
+        "diverged": diverged,
     }
 
 
@@ -147,8 +206,46 @@ def deviation_curve(deviations: list[np.ndarray]) -> dict[str, list]:
             "hi": (mean + half).tolist(), "n": n.tolist()}
 
 
-def compounding_summary(per_episode: list[dict[str, Any]], bootstrap_seed: int = 0) -> dict[str, Any]:
-    """Aggregate :func:`episode_compounding` results over episodes (intervals over episodes)."""
+def divergence_summary(per_episode: list[dict[str, Any]], horizon: int, bootstrap_seed: int = 0) -> dict[str, Any]:
+    """Restricted mean of ``min(T_div, T)`` (bootstrap interval), the fraction of episodes that diverged
+    (Wilson interval), the threshold, and ``horizon`` (the task's episode length, for scale)."""
+    times = np.array([e["time_to_divergence"] for e in per_episode], dtype=np.float64)
+    diverged = sum(bool(e["diverged"]) for e in per_episode)
+    n = len(per_episode)
+    return {
+        "mean": float(times.mean()),
+        "ci": list(bootstrap_interval(times, seed=bootstrap_seed)),
+        "threshold": per_episode[0]["threshold"],
+        "diverged_fraction": diverged / n,
+        "diverged_ci": list(wilson_interval(diverged, n)),
+        "horizon": int(horizon),
+    }
+
+
+def deviation_at(deviations: list[np.ndarray], horizon: int, fractions: Sequence[float] = DEVIATION_FRACTIONS,
+                 bootstrap_seed: int = 0) -> dict[str, dict[str, Any]]:
+    """``{str(f): {"t", "mean", "ci", "n_reached"}}``: the deviation at ``t = round(f * horizon)``
+    (halves up), per episode at ``min(t, its last common step)``, averaged over episodes (bootstrap
+    interval); ``n_reached`` counts the episodes whose pair ran to ``t``."""
+    out = {}
+    for fraction in fractions:
+        t = int(math.floor(fraction * horizon + 0.5))  # nearest step, halves up
+        values = np.array([d[min(t, len(d) - 1)] for d in deviations], dtype=np.float64)
+        out[str(fraction)] = {"t": t, "mean": float(values.mean()),
+                              "ci": list(bootstrap_interval(values, seed=bootstrap_seed)),
+                              "n_reached": int(sum(len(d) > t for d in deviations))}
+    return out
+
+
+def compounding_summary(per_episode: list[dict[str, Any]], bootstrap_seed: int = 0,
+                        horizon: int | None = None) -> dict[str, Any]:
+    """Aggregate :func:`episode_compounding` results over episodes (intervals over episodes).
+
+    ``horizon``: the task's episode length, for ``deviation_at`` and the reported divergence horizon
+    (default: the longest episode pair).
+    """
+    if horizon is None:
+        horizon = max(len(e["deviation"]) for e in per_episode) - 1
     j = np.array([e["j_traj"] for e in per_episode])
     errors = np.array([[e["action_error_on_policy"], e["action_error_on_expert"]] for e in per_episode])
 
@@ -169,6 +266,8 @@ def compounding_summary(per_episode: list[dict[str, Any]], bootstrap_seed: int =
                                    "ci": list(bootstrap_interval(errors[:, 1], seed=bootstrap_seed))},
         "action_error_ratio": {"value": ratio_value,
                                "ci": list(bootstrap_interval(errors, seed=bootstrap_seed, statistic=ratio))},
+        "time_to_divergence": divergence_summary(per_episode, horizon, bootstrap_seed),
+        "deviation_at": deviation_at([e["deviation"] for e in per_episode], horizon, bootstrap_seed=bootstrap_seed),
         "units": "states (x - obs_mean) / obs_std, actions u / act_std (the policy's normalizers); "
                  "action errors are squared norms (validation loss = that / act_dim)",
     }

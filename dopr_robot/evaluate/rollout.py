@@ -85,10 +85,11 @@ class ExpertController:
 class PolicyController:
     """A :class:`~policies.Policy` run per slot: history buffer ``(K, H, D)`` and a chunk queue.
 
-    At an episode's start the history is filled with its first observation (the padding of the
-    training windows). A new chunk is predicted for a slot when its episode starts or after it has
-    executed ``actions_per_chunk`` actions of the current one; slots that need one share one batched
-    ``policy.predict`` call.
+    At an episode's start the history is filled with its first observation: the padding rule of
+    :mod:`demos.history`, with which training windows and ``policy_actions`` index; a test holds
+    this incremental buffer to :func:`demos.history.history_indices`. A new chunk is predicted for a
+    slot when its episode starts or after it has executed ``actions_per_chunk`` actions of the
+    current one; slots that need one share one batched ``policy.predict`` call.
     """
 
     def __init__(self, policy: Policy, num_envs: int, actions_per_chunk: int = 1):

@@ -4,7 +4,9 @@ Each frame shows the step counter and a success marker (a green square while ``i
 grey otherwise) above each panel. When one of the two episodes ends first its last frame is held,
 so an episode pair lasts ``max(T_policy, T_expert) + 1`` frames (the reset frame, then one per
 step); episodes follow one another. Written with imageio (mp4 through imageio-ffmpeg, or gif),
-atomically. Renders use the tasks' fast settings (no shadows/reflections, no multisampling).
+atomically. Renders use the tasks' fast settings (no shadows/reflections, no multisampling) and
+each task's camera ("fixed" in Reach-v0's and Push-v0's XML frames the workspace and the goal at
+4:3, hence the default panel size of 320 x 240).
 """
 
 from __future__ import annotations
@@ -23,6 +25,20 @@ from policies import Policy
 BANNER = 18  # pixel rows above each panel for the step counter and the success marker
 GAP = 4  # pixel columns between the panels
 SUFFIXES = (".mp4", ".gif")
+DEFAULT_SIZE = (320, 240)  # (width, height) of one panel, in pixels
+MIN_SIDE = 16  # pixels
+
+
+def check_size(size: tuple[int, int], what: str = "--size") -> tuple[int, int]:
+    """``size`` as ``(width, height)`` ints, each at least :data:`MIN_SIDE`; a UserError otherwise."""
+    try:
+        width, height = size
+    except (TypeError, ValueError):
+        raise UserError(f"{what} must be (width, height) in pixels, got {size!r}") from None
+    for value in (width, height):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < MIN_SIDE:
+            raise UserError(f"{what} must be whole pixels, at least {MIN_SIDE}x{MIN_SIDE}, got {width}x{height}")
+    return int(width), int(height)
 
 
 def annotate(frame: np.ndarray, label: str, step: int, success: bool) -> np.ndarray:
@@ -59,14 +75,21 @@ def _even(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, pad_h), (0, pad_w), (0, 0))) if pad_h or pad_w else frame
 
 
-def write_video(out: str | Path, episodes: Any, fps: int) -> int:
+def write_video(out: str | Path, episodes: Any, fps: int, size: tuple[int, int] | None = None) -> int:
     """Write an iterable of frame lists (one per episode) to ``out`` (.mp4 or .gif) atomically;
-    returns the number of frames written."""
+    returns the number of frames written.
+
+    ``size`` ``(width, height)``: scale every frame to it (bilinear) before writing; None keeps the
+    frames as they come (they must then all have one size).
+    """
     import imageio.v2 as imageio
+    from PIL import Image
 
     out = Path(out)
     if out.suffix.lower() not in SUFFIXES:
         raise UserError(f"--out must end in .mp4 or .gif, got {out}")
+    if size is not None:
+        size = check_size(size, "the video size")
     count = 0
     with atomic_path(out) as tmp:
         if out.suffix.lower() == ".mp4":
@@ -77,6 +100,8 @@ def write_video(out: str | Path, episodes: Any, fps: int) -> int:
         with writer:
             for frames in episodes:
                 for frame in frames:
+                    if size is not None and (frame.shape[1], frame.shape[0]) != size:
+                        frame = np.asarray(Image.fromarray(frame).resize(size, Image.BILINEAR))
                     writer.append_data(_even(frame))
                     count += 1
     return count
@@ -84,20 +109,21 @@ def write_video(out: str | Path, episodes: Any, fps: int) -> int:
 
 def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *,
                  env_kwargs: dict[str, Any] | None = None, actions_per_chunk: int = 1, with_expert: bool = True,
-                 width: int = 240, height: int = 240, fps: int | None = None,
+                 size: tuple[int, int] = DEFAULT_SIZE, fps: int | None = None,
                  make_env: Callable[..., Any] | None = None, expert: Any = None) -> dict[str, Any]:
     """Render one episode per seed (policy, and expert beside it when there is one) into ``out``.
 
-    ``make_env(**render_kwargs)`` replaces the registry's factory (``task`` is then a label).
-    Returns ``{"path", "frames", "episodes", "with_expert"}``.
+    ``size`` ``(width, height)``: pixels of each panel's render (a banner of :data:`BANNER` rows
+    goes above it, panels sit side by side, :data:`GAP` columns apart). ``make_env(**render_kwargs)``
+    replaces the registry's factory (``task`` is then a label). Returns ``{"path", "frames",
+    "episodes", "with_expert", "size"}``.
     """
     if len(seeds) < 1:
         raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
-    if width < 16 or height < 16:
-        raise UserError(f"--width and --height must be >= 16 pixels, got {width}x{height}")
+    width, height = check_size(size)
     check_actions_per_chunk(actions_per_chunk, policy.chunk)
     if make_env is None:
-        from dopr_robot.evaluate import resolve_task
+        from dopr_robot.evaluate.evaluation import resolve_task
 
         task, _, registry_expert, _ = resolve_task(task, env_kwargs, with_expert)
         expert = registry_expert if expert is None else expert
@@ -127,4 +153,5 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
         frames = write_video(out, episodes(), fps)
     finally:
         policy.train(was_training)
-    return {"path": str(out), "frames": frames, "episodes": len(seeds), "with_expert": expert is not None}
+    return {"path": str(out), "frames": frames, "episodes": len(seeds), "with_expert": expert is not None,
+            "size": [width, height]}
