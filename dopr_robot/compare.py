@@ -1,21 +1,35 @@
 """The comparison harness: tasks x optimizers x seeds -> one trained, evaluated run per cell.
 
+    DIR/compare_config.json                    the grid's resolved settings (CompareConfig's JSON form)
     DIR/data/<task>.hdf5                       demonstrations, collected once per task (or --data)
     DIR/runs/<task>/<optimizer>/seed<k>/       a training run (config.json, metrics.jsonl, checkpoint.pt)
                                     eval.json  its closed-loop evaluation: the cell is done when this exists
     DIR/results.csv, DIR/summary.md, DIR/*.png written from the eval.json files alone (dopr_robot.report)
+    DIR/replication/, DIR/replication.md       after ``--replicate``: the same grid on fresh data
 
-Every cell of a task trains on the same demonstrations with the same settings, apart from the
-optimizer and the seed, and is evaluated on the same evaluation seeds. Seed k initializes the policy
-identically for every optimizer, so DoPr-X and X are compared pairwise, seed by seed. A killed
-``compare`` resumes: finished cells are skipped, a cell with a checkpoint continues from it.
+Every cell of a task trains on the same demonstrations with the same settings (one ``TrainConfig``,
+the grid's template), apart from the optimizer and the seed, and is evaluated with the same
+``EvalConfig`` on the same evaluation seeds. Seed k initializes the policy identically for every
+optimizer, so DoPr-X and X are compared pairwise, seed by seed. A killed ``compare`` resumes:
+finished cells are skipped, a cell with a checkpoint continues from it.
+
+The JSON form (``--config FILE.json``, and what ``compare_config.json`` holds)::
+
+    {"out": "runs/cmp", "tasks": ["Push-v0"], "optimizers": ["adamw", "dopr-adamw"], "seeds": 5,
+     "data": {}, "demo_episodes": 50, "demo_noise": 0.0, "demo_seed": 0,
+     "train": {"steps": 2000, "lr": 0.001, "ema_decay": 0.995, "optimizer_options": {}, ...},
+     "eval": {"episodes": 50, "seed": 1000000, "num_envs": 8, ...}}
+
+``train`` holds every ``dopr-robot train`` option but ``data``, ``out``, ``optimizer`` and ``seed``
+(filled per cell); on the command line they keep their names (``--lr``, ``--ema-decay``). ``eval``
+holds the evaluation options; on the command line they carry ``eval-`` (``--eval-episodes``).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +37,27 @@ from tqdm.auto import tqdm
 
 import demos
 import envs
-from dopr_robot.checkpoint import CHECKPOINT_NAME
-from dopr_robot.config import TrainConfig, option
-from dopr_robot.errors import UserError
 from dopr_robot.atomic import write_json_atomic
-from dopr_robot.evaluate import DEFAULT_EVAL_SEED, evaluate_checkpoint
+from dopr_robot.checkpoint import CHECKPOINT_NAME
+from dopr_robot.config import EvalConfig, TrainConfig, config_from_dict, config_items, config_to_dict, nested, option
+from dopr_robot.errors import UserError
+from dopr_robot.evaluate import evaluate_checkpoint
 from dopr_robot.optim import OPTIMIZERS
-from dopr_robot.report import write_report
+from dopr_robot.report import write_replication_report, write_report
+from envs import seeds as seed_ranges
+
+CONFIG_FILE = "compare_config.json"
+REPLICATION_DIR = "replication"
+REPLICATION_REPORT = "replication.md"
+
+# TrainConfig fields that differ from cell to cell: compare fills them.
+PER_CELL = ("data", "out", "optimizer", "seed")
+
+
+def train_template(**options: Any) -> TrainConfig:
+    """The training settings of every cell of a grid: a TrainConfig whose per-cell fields (data,
+    out, optimizer, seed) are left for ``compare`` to fill."""
+    return TrainConfig(data="", out="", **options)
 
 
 @dataclass(frozen=True)
@@ -41,18 +69,13 @@ class CompareConfig:
     data: dict = option({}, help='existing demonstrations per task as JSON, e.g. \'{"Push-v0": "push.hdf5"}\'')
     demo_episodes: int = option(50, help="episodes to collect per task (when no --data is given)")
     demo_noise: float = option(0.0, help="noise injection at collection (action noise std)")
-    policy: str = option("mlp", help="policy for every run")
-    policy_options: dict = option({}, help="policy config as JSON")
-    history: int = option(1, help="observation history")
-    chunk: int = option(1, help="action chunk")
-    steps: int = option(2000, help="training steps per run")
-    batch_size: int = option(256, help="batch size")
-    lr: float = option(1e-3, help="learning rate, the same for every optimizer")
-    weight_decay: float = option(0.0, help="weight decay, the same for every optimizer")
-    damping: float = option(0.01, help="DoPr relative damping (dopr-* only)")
-    eval_episodes: int = option(50, help="closed-loop episodes per run")
-    eval_seed: int = option(DEFAULT_EVAL_SEED, help="first evaluation reset seed (disjoint from the demo seeds)")
-    num_envs: int = option(8, help="environments stepped at once during evaluation")
+    demo_seed: int = option(seed_ranges.DEMO_SEED, help="demonstration i of every task is collected from reset seed DEMO_SEED + i")
+    train: TrainConfig = nested(
+        TrainConfig, factory=train_template, exclude=PER_CELL,
+        why_excluded="compare sets it for each cell (use data, out, optimizers and seeds)",
+        help="training, the same for every cell: every `train` option but --data, --out, --optimizer, --seed")
+    eval: EvalConfig = nested(EvalConfig, prefix="eval-", exclude=("size", "fps"), why_excluded="compare makes no videos",
+                              help="closed-loop evaluation of every run: the `eval` options, as --eval-*")
 
     def __post_init__(self) -> None:
         unknown = [name for name in self.optimizers if name not in OPTIMIZERS]
@@ -64,22 +87,46 @@ class CompareConfig:
             raise UserError(f"unknown task(s) {', '.join(bad)}; valid: {', '.join(known_tasks)}")
         if not self.tasks or not self.optimizers:
             raise UserError("need at least one task and one optimizer")
-        for name in ("seeds", "demo_episodes", "eval_episodes", "num_envs", "steps"):
+        for name in ("seeds", "demo_episodes"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         extra = sorted(set(self.data) - set(self.tasks))
         if extra:
             raise UserError(f"--data names task(s) {', '.join(extra)} that are not in --tasks")
+        placeholder = train_template()
+        set_here = [f"{name}={getattr(self.train, name)!r}" for name in PER_CELL
+                    if getattr(self.train, name) != getattr(placeholder, name)]
+        if set_here:
+            raise UserError(f"the training template sets {', '.join(set_here)}, which compare sets for each cell: "
+                            "build it with train_template(...) and use CompareConfig's data, out, optimizers and seeds")
+        for optimizer in self.optimizers:  # TrainConfig checks the options against each optimizer of the grid
+            self.cell_config(optimizer, 0, Path(""), Path(""))
+        demo = range(self.demo_seed, self.demo_seed + self.demo_episodes)
+        allowed = [seed_ranges.ranges()[name] for name in ("demonstrations", "replication demonstrations")]
+        if not any(r.start <= demo.start and demo.stop <= r.stop for r in allowed):
+            raise UserError(f"--demo-seed {self.demo_seed} with --demo-episodes {self.demo_episodes} collects from reset "
+                            f"seeds {_span(demo)}, outside the demonstration seeds {_span(allowed[0])} "
+                            f"({_span(allowed[1])} for --replicate; see envs/seeds.py)")
+        evaluation = range(self.eval.seed, self.eval.seed + self.eval.episodes)
+        if evaluation.start < demo.stop and demo.start < evaluation.stop:
+            raise UserError(f"the evaluation seeds {_span(evaluation)} overlap the demonstration seeds {_span(demo)}: "
+                            "evaluate on episodes the policy was not trained on (--eval-seed)")
 
-    def train_config(self, task: str, optimizer: str, seed: int, data: Path, out: Path) -> TrainConfig:
+    def cells(self) -> list[tuple[str, str, int]]:
+        """Every (task, optimizer, seed), in the order they run."""
+        return [(task, optimizer, seed) for task in self.tasks for optimizer in self.optimizers
+                for seed in range(self.seeds)]
+
+    def run_dir(self, task: str, optimizer: str, seed: int) -> Path:
+        return Path(self.out) / "runs" / task / optimizer / f"seed{seed}"
+
+    def cell_config(self, optimizer: str, seed: int, data: Path, out: Path) -> TrainConfig:
         """The one place where cells differ: optimizer, seed, and (per task) the data."""
-        return TrainConfig(
-            data=str(data), out=str(out), policy=self.policy, optimizer=optimizer, steps=self.steps,
-            batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay, damping=self.damping,
-            history=self.history, chunk=self.chunk, policy_options=dict(self.policy_options), seed=seed,
-            val_every=max(1, self.steps // 10), checkpoint_every=max(1, self.steps // 4),
-            log_every=max(1, self.steps // 40),
-        )
+        return replace(self.train, data=str(data), out=str(out), optimizer=optimizer, seed=seed)
+
+
+def _span(seeds: range) -> str:
+    return f"{seeds.start:,}..{seeds.stop - 1:,}"
 
 
 def compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]]:
@@ -88,23 +135,22 @@ def compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_comparison(config, out / "compare_config.json")
-    write_json_atomic(out / "compare_config.json", asdict(config))
-    cells = [(task, optimizer, seed) for task in config.tasks for optimizer in config.optimizers
-             for seed in range(config.seeds)]
+    _check_same_comparison(config, out / CONFIG_FILE)
+    write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
     data = {task: _demonstrations(config, task, out, progress) for task in config.tasks}
-    bar = tqdm(cells, desc="compare", disable=not progress)
+    bar = tqdm(config.cells(), desc="compare", disable=not progress)
+    settings = config.eval
     for task, optimizer, seed in bar:
-        run_dir = out / "runs" / task / optimizer / f"seed{seed}"
+        run_dir = config.run_dir(task, optimizer, seed)
         if (run_dir / "eval.json").exists():
             continue
         bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
         started = time.perf_counter()
-        train_config = config.train_config(task, optimizer, seed, data[task], run_dir)
         resume = (run_dir / CHECKPOINT_NAME).exists()
-        train(train_config, resume=resume, overwrite=not resume, progress=False)
-        result = evaluate_checkpoint(run_dir, task=task, episodes=config.eval_episodes, seed=config.eval_seed,
-                                     num_envs=config.num_envs)
+        train(config.cell_config(optimizer, seed, data[task], run_dir), resume=resume, overwrite=not resume, progress=False)
+        result = evaluate_checkpoint(run_dir, task=task, use_ema=settings.use_ema, episodes=settings.episodes,
+                                     seed=settings.seed, num_envs=settings.num_envs,
+                                     actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert)
         record = result.to_dict()
         record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
                           "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
@@ -112,16 +158,45 @@ def compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]
     return write_report(out)
 
 
+def load_compare_config(out: str | Path) -> CompareConfig:
+    """The CompareConfig saved in ``out/compare_config.json`` (with ``out`` set to where it lies now)."""
+    path = Path(out) / CONFIG_FILE
+    if not path.exists():
+        raise UserError(f"{out} holds no comparison (no {CONFIG_FILE})")
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path} is not valid JSON: {err}") from None
+    return replace(config_from_dict(CompareConfig, _upgrade(values), where=str(path)), out=str(out))
+
+
+# compare_config.json before the grid held a TrainConfig: flat, these keys were training settings and
+# these evaluation settings (the training cadences were then steps // 10, // 4, // 40: today's defaults).
+_FLAT_TRAIN = ("policy", "policy_options", "history", "chunk", "steps", "batch_size", "lr", "weight_decay", "damping")
+_FLAT_EVAL = {"eval_episodes": "episodes", "eval_seed": "seed", "num_envs": "num_envs"}
+
+
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """The JSON form of a grid saved in the earlier, flat form (unchanged when already nested)."""
+    if not isinstance(values, dict) or "train" in values or "eval" in values:
+        return values
+    values = dict(values)
+    train = {key: values.pop(key) for key in _FLAT_TRAIN if key in values}
+    evaluation = {new: values.pop(old) for old, new in _FLAT_EVAL.items() if old in values}
+    return {**values, "train": train, "eval": evaluation}
+
+
 # A resumed comparison may add tasks, optimizers and seeds (and change how many envs evaluate at
 # once); anything else would make earlier cells incomparable with new ones.
-GROWABLE = ("tasks", "optimizers", "seeds", "num_envs", "out")
+GROWABLE = ("tasks", "optimizers", "seeds", "eval.num_envs", "out")
 
 
 def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     if not saved_file.exists():
         return
-    saved = json.loads(saved_file.read_text())
-    changed = sorted(k for k, v in asdict(config).items() if k not in GROWABLE and saved.get(k) != v)
+    saved = config_items(load_compare_config(saved_file.parent))
+    changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
+               if name not in GROWABLE and saved.get(name) != value]
     if changed:
         raise UserError(f"{saved_file.parent} holds a comparison made with other settings (changed: {', '.join(changed)}); "
                         "use a new --out directory")
@@ -135,5 +210,45 @@ def _demonstrations(config: CompareConfig, task: str, out: Path, progress: bool)
         return path
     path = out / "data" / f"{task}.hdf5"
     if not path.exists():
-        demos.collect(task, config.demo_episodes, path, seed=0, noise=config.demo_noise, progress=progress)
+        demos.collect(task, config.demo_episodes, path, seed=config.demo_seed, noise=config.demo_noise, progress=progress)
     return path
+
+
+def replication_config(original: CompareConfig) -> CompareConfig:
+    """``original`` on fresh demonstrations and fresh evaluation episodes, into ORIGINAL/replication/.
+
+    Everything else stays, the training seeds included: the replication asks whether the result
+    holds on other data and other initial states, not on other initializations. Demonstrations come
+    from ``REPLICATION_DEMO_SEED + demo_seed``, evaluation from ``REPLICATION`` (+ the original's
+    offset into the policy-evaluation range): seed ranges nothing else uses (envs/seeds.py).
+    """
+    if original.data:
+        given = ", ".join(f"{task}={path}" for task, path in original.data.items())
+        raise UserError(
+            f"{original.out} trained on given demonstration files (--data {given}); --replicate collects fresh "
+            "demonstrations with each task's expert and cannot do that for a given file. Replicate by hand: make "
+            f"new files (e.g. `dopr-robot collect --task TASK --seed {seed_ranges.REPLICATION_DEMO_SEED} ...`), then run "
+            f"`dopr-robot compare --config {Path(original.out) / CONFIG_FILE} --out NEW_DIR --data '{{...}}' "
+            f"--eval-seed {seed_ranges.REPLICATION}`")
+    policy_eval = seed_ranges.ranges()["policy evaluation"]
+    offset = original.eval.seed - policy_eval.start if original.eval.seed in policy_eval else 0
+    return replace(original, out=str(Path(original.out) / REPLICATION_DIR),
+                   demo_seed=seed_ranges.REPLICATION_DEMO_SEED + original.demo_seed,
+                   eval=replace(original.eval, seed=seed_ranges.REPLICATION + offset))
+
+
+def replicate(out: str | Path, progress: bool = True) -> Path:
+    """Rerun the finished comparison in ``out`` as :func:`replication_config` says (resumable like
+    any grid), then write ``out/replication.md`` beside it (both results side by side); return its path."""
+    out = Path(out)
+    original = load_compare_config(out)
+    config = replication_config(original)
+    unfinished = [cell for cell in original.cells() if not (original.run_dir(*cell) / "eval.json").exists()]
+    if unfinished:
+        raise UserError(f"{out} holds an unfinished comparison ({len(unfinished)} of {len(original.cells())} runs not "
+                        f"evaluated yet): finish it with `dopr-robot compare --config {out / CONFIG_FILE} --out {out}`, "
+                        "then replicate it")
+    compare(config, progress=progress)
+    report = out / REPLICATION_REPORT
+    write_replication_report(out, Path(config.out), report)
+    return report

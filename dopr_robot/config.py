@@ -1,34 +1,72 @@
 """Run configurations: frozen dataclasses that are also the command line and the saved record.
 
 Each field carries its one-line help in ``metadata["help"]``. ``add_config_arguments`` turns a
-dataclass into argparse options (``batch_size`` -> ``--batch-size``); ``resolve_config`` merges the
+dataclass into argparse options (``batch_size`` -> ``--batch-size``; a ``bool`` field is a switch
+that flips its default, e.g. ``with_expert`` -> ``--no-expert``); ``resolve_config`` merges the
 dataclass defaults, an optional JSON config file and the options given on the command line, in that
 order of precedence, and validates the result. The resolved config is saved as JSON beside every
 run, and a run can be repeated from that file alone (``--config RUN_DIR/config.json``).
+
+Configs compose: a field declared with :func:`nested` holds another config (a comparison holds a
+``TrainConfig`` as its template and an ``EvalConfig``). Its options appear on the command line as
+``--{prefix}{name}``, in JSON as an object under the field's name (``{"train": {"lr": 3e-4}}``),
+and are validated by the nested class alone; ``exclude`` names the nested fields the holder fills
+itself (they are neither options nor keys of the JSON form).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, Callable, Iterator, TypeVar, get_type_hints
+
+from torch import nn
 
 from dopr_robot.errors import UserError
-from dopr_robot.optim import OPTIMIZERS, is_dopr
+from dopr_robot.optim import OPTIMIZERS, is_dopr, make_optimizer
+from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+from envs.seeds import POLICY_EVAL
 from policies import POLICIES, policy_config_fields
 
 
-def option(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
-    """A dataclass field with its command-line help."""
+def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
+           metavar: str | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with its command-line help (and, where the default spelling does not fit,
+    its ``flag``, a ``parse`` function for the command-line text and a ``metavar``)."""
+    metadata = {"help": help, "flag": flag, "parse": parse, "metavar": metavar}
     if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
+
+
+def nested(config_class: type, *, factory: Callable[[], Any] | None = None, prefix: str = "",
+           exclude: tuple[str, ...] = (), why_excluded: str = "", help: str = "") -> Any:
+    """A field holding a ``config_class`` (built by ``factory``, default ``config_class()``).
+
+    Its options are ``--{prefix}{name}``; the ``exclude``d fields keep the factory's values and are
+    set by the holder (``why_excluded`` says how, for the error when a file sets one).
+    """
+    return field(default_factory=factory or config_class,
+                 metadata={"help": help, "nested": config_class, "prefix": prefix, "exclude": tuple(exclude),
+                           "why_excluded": why_excluded})
+
+
+# Training cadences that default to a fraction of the run: 0 means ``max(1, steps // divisor)``.
+DERIVED_FROM_STEPS = {"val_every": 10, "checkpoint_every": 4, "log_every": 40}
 
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """One behavior-cloning run (``dopr-robot train``; every cell of ``compare``).
+
+    ``val_every``, ``checkpoint_every`` and ``log_every`` default to 0, a fraction of ``steps``
+    (:data:`DERIVED_FROM_STEPS`), resolved here: the saved config.json holds the number, and
+    ``dataclasses.replace(config, steps=...)`` keeps it (pass 0 again to derive it anew).
+    """
+
     data: str = option(help="demonstrations: a file from `collect`, a robomimic-layout HDF5 file, or a Minari dataset id/path")
     out: str = option(help="run directory (config.json, checkpoint.pt, metrics.jsonl)")
     policy: str = option("mlp", help=f"policy: {' | '.join(POLICIES)}")
@@ -38,7 +76,8 @@ class TrainConfig:
     lr: float = option(1e-3, help="peak learning rate")
     weight_decay: float = option(0.0, help="weight decay (decoupled for adamw, signum, muon)")
     damping: float = option(0.01, help="DoPr relative damping (dopr-* optimizers only)")
-    optimizer_options: dict = option({}, help='extra optimizer arguments as JSON, e.g. \'{"refresh_every": 10}\'')
+    optimizer_options: dict = option({}, help='extra optimizer arguments as JSON, e.g. \'{"refresh_every": 10}\' '
+                                              "(DoPr's own, like damping, reach dopr-* optimizers only)")
     history: int = option(1, help="observations the policy sees (the current one and history-1 before it)")
     chunk: int = option(1, help="future actions the policy predicts")
     policy_options: dict = option({}, help='policy config as JSON, e.g. \'{"width": 512, "depth": 4}\'')
@@ -46,9 +85,9 @@ class TrainConfig:
     warmup_steps: int = option(100, help="linear learning-rate warmup, then cosine decay to 0")
     grad_clip: float = option(1.0, help="clip the gradient norm to this (0: off)")
     ema_decay: float = option(0.995, help="decay of the weight EMA used for validation and evaluation (0: off)")
-    val_every: int = option(250, help="validation loss on the held-out episodes every N steps (and at the end)")
-    checkpoint_every: int = option(500, help="write RUN_DIR/checkpoint.pt every N steps (and at the end)")
-    log_every: int = option(50, help="append the mean training loss to metrics.jsonl every N steps")
+    val_every: int = option(0, help="validation loss on the held-out episodes every N steps and at the end (0: steps // 10)")
+    checkpoint_every: int = option(0, help="write RUN_DIR/checkpoint.pt every N steps and at the end (0: steps // 4)")
+    log_every: int = option(0, help="append the mean training loss to metrics.jsonl every N steps (0: steps // 40)")
     seed: int = option(0, help="seed for initialization, batch order and dropout")
 
     def __post_init__(self) -> None:
@@ -60,74 +99,295 @@ class TrainConfig:
         if unknown:
             raise UserError(f"policy {self.policy!r} has no option(s) {', '.join(unknown)}; "
                             f"valid: {', '.join(policy_config_fields(self.policy))}")
-        for name in ("steps", "batch_size", "history", "chunk", "val_every", "checkpoint_every", "log_every"):
+        for name in ("steps", "batch_size", "history", "chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "damping", "grad_clip", "warmup_steps"):
+        for name in ("lr", "weight_decay", "damping", "grad_clip", "warmup_steps", *DERIVED_FROM_STEPS):
             if not getattr(self, name) >= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+        fields_there = sorted({"lr", "weight_decay"} & set(self.optimizer_options))
+        if fields_there:
+            raise UserError(f"--optimizer-options must not set {', '.join(fields_there)}: use "
+                            f"{', '.join('--' + name.replace('_', '-') for name in fields_there)}")
+        try:  # the optimizer's own checks on a weightless layer (no RNG, no memory), before any work
+            make_optimizer(self.optimizer, nn.Linear(2, 2, device="meta"), **self.optimizer_kwargs())
+        except ValueError as err:
+            raise UserError(f"--optimizer-options {json.dumps(self.optimizer_options)} with --optimizer "
+                            f"{self.optimizer}: {err}") from None
+        # The one place a default is derived: the saved config.json holds the resolved number.
+        for name, divisor in DERIVED_FROM_STEPS.items():
+            if getattr(self, name) == 0:
+                object.__setattr__(self, name, max(1, self.steps // divisor))
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``make_optimizer(self.optimizer, model, **kwargs)``."""
-        kwargs = dict(lr=self.lr, weight_decay=self.weight_decay, **self.optimizer_options)
+        """Keyword arguments for ``make_optimizer(self.optimizer, model, **kwargs)``.
+
+        DoPr's own arguments (``damping``, and ``cov_ema``, ``refresh_every``, ... in
+        ``optimizer_options``) go to ``dopr-*`` optimizers only, so that one config serves every
+        cell of a DoPr-X vs X comparison.
+        """
+        options = dict(self.optimizer_options)
         if is_dopr(self.optimizer):
-            kwargs.setdefault("damping", self.damping)
-        return kwargs
+            options.setdefault("damping", self.damping)
+        else:
+            options = {name: value for name, value in options.items() if name not in DOPR_ONLY_ARGUMENTS}
+        return dict(lr=self.lr, weight_decay=self.weight_decay, **options)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
 
+def parse_size(text: str) -> tuple[int, int]:
+    """``"160x120"`` -> ``(160, 120)`` (width, height)."""
+    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 240x240, got {text!r}")
+    return int(match.group(1)), int(match.group(2))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Closed-loop evaluation (``eval``, ``video``, and every run of ``compare``): episode i starts
+    from ``reset(seed=seed + i)``."""
+
+    episodes: int = option(50, help="closed-loop episodes")
+    seed: int = option(POLICY_EVAL, help="episode i is reset with seed SEED + i (clear of the demonstration seeds)")
+    num_envs: int = option(8, help="environments stepped together (results do not depend on it)")
+    actions_per_chunk: int = option(1, help="actions executed from each predicted chunk before re-planning (<= chunk)")
+    with_expert: bool = option(True, flag="--no-expert", help="skip the expert rollouts and the compounding error")
+    use_ema: bool = option(True, flag="--no-ema", help="use the raw weights instead of the EMA")
+    size: tuple = option((240, 240), parse=parse_size, metavar="WxH", help="video panel size in pixels")
+    fps: int = option(0, help="video frames per second (0: the task's control rate)")
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "num_envs", "actions_per_chunk"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        if self.fps < 0:
+            raise UserError(f"--fps must be >= 0 (0: the task's rate), got {self.fps}")
+        size = tuple(self.size)  # a JSON file gives a list
+        if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
+            raise UserError(f"--size must be WIDTHxHEIGHT in pixels, got {self.size!r}")
+        if min(size) < 16:
+            raise UserError(f"--size must be at least 16x16 pixels, got {size[0]}x{size[1]}")
+        object.__setattr__(self, "size", size)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The reset seed of every episode."""
+        return [self.seed + i for i in range(self.episodes)]
+
+
 C = TypeVar("C")
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, config_class: type) -> None:
-    """One option per field; defaults are left unset so that given options can be told apart."""
+def _declared_default(f) -> Any:
+    """A plain field's default (MISSING when required); nested fields are never required."""
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING and "nested" not in f.metadata:
+        return f.default_factory()
+    return MISSING
+
+
+def _options(config_class: type, exclude: tuple[str, ...] = (), prefix: str = "", path: str = "",
+             group: str | None = None) -> Iterator[tuple[str, str, Any, type, str | None]]:
+    """``(dest, flag, field, type, group)`` for every command-line option of ``config_class``, the
+    fields of nested configs included: ``dest`` is the dotted path (``train.lr``), ``flag`` the
+    option, ``group`` the help of the nested field it belongs to (None at the top)."""
     hints = get_type_hints(config_class)
     for f in fields(config_class):
-        flag = "--" + f.name.replace("_", "-")
-        kind = hints[f.name]
-        default = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else None)
-        help_text = f.metadata.get("help", "") + (f" (default: {default})" if default not in (None, {}, []) else "")
-        if kind in (dict,):
-            parser.add_argument(flag, type=_json_object, default=argparse.SUPPRESS, metavar="JSON", help=help_text)
-        elif kind in (list,):
-            parser.add_argument(flag, type=_comma_list, default=argparse.SUPPRESS, metavar="A,B", help=help_text)
+        if f.name in exclude:
+            continue
+        if "nested" in f.metadata:
+            yield from _options(f.metadata["nested"], f.metadata["exclude"], prefix + f.metadata["prefix"],
+                                f"{path}{f.name}.", f.metadata["help"] or f.name)
+            continue
+        own = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        yield path + f.name, "--" + prefix + own[2:], f, hints[f.name], group
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, *, exclude: tuple[str, ...] = (),
+                         defaults: dict[str, Any] | None = None) -> None:
+    """One option per field, nested configs' fields included; defaults are left unset so that given
+    options can be told apart. ``exclude`` leaves top-level fields off this command line;
+    ``defaults`` (dotted names) replaces field defaults for this command: pass the same to
+    :func:`resolve_config`."""
+    defaults = defaults or {}
+    groups: dict[str | None, Any] = {None: parser}
+    for dest, flag, f, kind, group in _options(config_class, exclude):
+        if group not in groups:
+            groups[group] = parser.add_argument_group(group)
+        target = groups[group]
+        default = defaults.get(dest, _declared_default(f))
+        help_text = f.metadata.get("help", "")
+        if kind is bool:
+            target.add_argument(flag, dest=dest, action="store_const", const=not default, default=argparse.SUPPRESS,
+                                help=help_text)
+            continue
+        if default not in (MISSING, None, {}, [], ""):
+            help_text += f" (default: {'x'.join(map(str, default)) if kind is tuple else default})"
+        if f.metadata.get("parse") is not None:
+            parse = f.metadata["parse"]
         else:
-            parser.add_argument(flag, type=kind, default=argparse.SUPPRESS, help=help_text)
+            parse = {dict: _json_object, list: _comma_list}.get(kind, kind)
+        metavar = f.metadata.get("metavar") or {dict: "JSON", list: "A,B"}.get(kind) or f.name.upper()
+        target.add_argument(flag, dest=dest, type=parse, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
     parser.add_argument("--config", type=Path, default=None, metavar="FILE.json",
                         help="read options from a JSON file (options given here override it)")
 
 
-def resolve_config(config_class: type[C], args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> C:
-    """Defaults < ``--config`` file < options given on the command line."""
+def given_options(config_class: type, args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """``dotted name -> flag`` for the options of ``config_class`` given on the command line."""
+    present = vars(args)
+    return {dest: flag for dest, flag, _, _, _ in _options(config_class, exclude) if dest in present}
+
+
+def resolve_config(config_class: type[C], args: argparse.Namespace, *, exclude: tuple[str, ...] = (),
+                   defaults: dict[str, Any] | None = None) -> C:
+    """Field defaults < ``defaults`` < ``--config`` file < options given on the command line."""
     values: dict[str, Any] = {}
+    for dest, value in (defaults or {}).items():
+        _put(values, dest, value)
     if getattr(args, "config", None) is not None:
-        values.update(read_config_file(args.config, config_class))
-    names = {f.name for f in fields(config_class)}
-    values.update({k: v for k, v in vars(args).items() if k in names and k not in exclude})
-    missing = [f.name for f in fields(config_class)
-               if f.default is MISSING and f.default_factory is MISSING and f.name not in values]
-    if missing:
-        raise UserError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
-    return config_class(**values)
+        _merge(values, read_config_file(args.config, config_class), config_class)
+    for dest in given_options(config_class, args, exclude):
+        _put(values, dest, getattr(args, dest))
+    return config_from_dict(config_class, values)
 
 
 def read_config_file(path: Path, config_class: type) -> dict[str, Any]:
+    """The JSON form of (part of) a ``config_class``, its keys and value types checked."""
     try:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"config file {path} is not valid JSON: {err}") from None
-    if not isinstance(values, dict):
-        raise UserError(f"config file {path} must hold a JSON object of options")
-    unknown = sorted(set(values) - {f.name for f in fields(config_class)})
-    if unknown:
-        raise UserError(f"config file {path} has unknown option(s) {', '.join(unknown)}")
+    check_config_dict(config_class, values, where=f"config file {path}")
     return values
+
+
+def check_config_dict(config_class: type, values: Any, where: str = "", path: str = "", exclude: tuple[str, ...] = (),
+                      why_excluded: str = "") -> None:
+    """Raise a UserError naming the first unknown key, wrongly typed value, or ``exclude``d key (one
+    the holder of a nested config fills itself); missing keys are fine (they keep their defaults)."""
+    prefix = f"{where}: " if where else ""
+    if not isinstance(values, dict):
+        raise UserError(f"{prefix}{path.rstrip('.') or 'the file'} must be a JSON object of options, got {values!r}")
+    hints = get_type_hints(config_class)
+    by_name = {f.name: f for f in fields(config_class)}
+    for name in values:
+        if name in exclude:
+            raise UserError(f"{prefix}{path}{name} cannot be set here: {why_excluded}")
+        if name not in by_name:
+            owners = [n for n, f in by_name.items() if "nested" in f.metadata
+                      and name in {g.name for g in fields(f.metadata["nested"])} and name not in f.metadata["exclude"]]
+            hint = f" (put it under \"{owners[0]}\": {{\"{owners[0]}\": {{\"{name}\": ...}}}})" if owners else ""
+            raise UserError(f"{prefix}unknown option {path}{name}{hint}; valid: "
+                            f"{', '.join(n for n in by_name if n not in exclude)}")
+    for name, value in values.items():
+        f = by_name[name]
+        if "nested" in f.metadata:
+            check_config_dict(f.metadata["nested"], value, where, f"{path}{name}.", f.metadata["exclude"],
+                              f.metadata["why_excluded"])
+        else:
+            _check_type(value, hints[name], f"{prefix}{path}{name}")
+
+
+def config_from_dict(config_class: type[C], values: dict[str, Any], where: str = "") -> C:
+    """Build ``config_class`` from its JSON form (nested configs as objects under their field's
+    name; a missing key keeps its default), checked as :func:`check_config_dict` does."""
+    check_config_dict(config_class, values, where)
+    return _build(config_class, values, prefix="")
+
+
+def _build(config_class: type[C], values: dict[str, Any], prefix: str) -> C:
+    kwargs = dict(values)
+    for f in fields(config_class):
+        if "nested" in f.metadata and f.name in values:
+            meta, template = f.metadata, f.default_factory()
+            filled = {**{name: getattr(template, name) for name in meta["exclude"]}, **values[f.name]}
+            kwargs[f.name] = _build(meta["nested"], filled, prefix + meta["prefix"])
+    missing = [f.name for f in fields(config_class) if _declared_default(f) is MISSING and "nested" not in f.metadata
+               and f.name not in kwargs]
+    if missing:
+        raise UserError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    try:
+        return config_class(**kwargs)
+    except UserError as err:
+        if not prefix:
+            raise
+        # A nested class names its own flags (--episodes); on this command line they carry the prefix.
+        own = {flag[2:] for _, flag, _, _, _ in _options(config_class)}
+        raise UserError(re.sub(r"--([a-z][a-z-]*)",
+                               lambda m: f"--{prefix}{m.group(1)}" if m.group(1) in own else m.group(0), str(err))) from None
+
+
+def config_to_dict(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON form of ``config``: nested configs as objects, less the fields their holder fills."""
+    out: dict[str, Any] = {}
+    for f in fields(config):
+        if f.name in exclude:
+            continue
+        value = getattr(config, f.name)
+        if "nested" in f.metadata:
+            out[f.name] = config_to_dict(value, f.metadata["exclude"])
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def config_items(config: Any) -> dict[str, Any]:
+    """The JSON form flattened to dotted names: ``{"train.lr": 0.001, "tasks": [...], ...}``."""
+    items: dict[str, Any] = {}
+    for f in fields(config):
+        if "nested" in f.metadata:
+            inner = config_items(getattr(config, f.name))
+            items.update({f"{f.name}.{k}": v for k, v in inner.items() if k not in f.metadata["exclude"]})
+        else:
+            value = getattr(config, f.name)
+            items[f.name] = list(value) if isinstance(value, tuple) else value
+    return items
+
+
+def _put(values: dict[str, Any], dotted: str, value: Any) -> None:
+    *outer, name = dotted.split(".")
+    for key in outer:
+        values = values.setdefault(key, {})
+    values[name] = value
+
+
+def _merge(values: dict[str, Any], new: dict[str, Any], config_class: type) -> None:
+    """Update ``values`` with ``new``, recursing into nested configs (not into dict-valued options)."""
+    by_name = {f.name: f for f in fields(config_class)}
+    for key, value in new.items():
+        f = by_name[key]
+        if "nested" in f.metadata and isinstance(value, dict):
+            _merge(values.setdefault(key, {}), value, f.metadata["nested"])
+        else:
+            values[key] = value
+
+
+_EXPECTED = {
+    int: ("an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+    float: ("a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+    bool: ("true or false", lambda v: isinstance(v, bool)),
+    str: ("a string", lambda v: isinstance(v, str)),
+    dict: ("a JSON object", lambda v: isinstance(v, dict)),
+    list: ("a JSON list", lambda v: isinstance(v, list)),
+    tuple: ("a JSON list", lambda v: isinstance(v, (list, tuple))),
+}
+
+
+def _check_type(value: Any, kind: type, name: str) -> None:
+    expected, ok = _EXPECTED[kind]
+    if not ok(value):
+        raise UserError(f"{name} must be {expected}, got {value!r}")
 
 
 def _json_object(text: str) -> dict:

@@ -48,3 +48,32 @@ def test_optimizer_demo_unknown_optimizer(capsys: pytest.CaptureFixture) -> None
 def test_no_subcommand_prints_help_and_exits_2(capsys: pytest.CaptureFixture) -> None:
     assert main([]) == 2
     assert "optimizers" in capsys.readouterr().out
+
+
+def test_every_train_option_is_a_compare_option_of_the_same_name(capsys: pytest.CaptureFixture) -> None:
+    import re
+    from dataclasses import fields
+
+    from dopr_robot.compare import PER_CELL
+    from dopr_robot.config import TrainConfig
+
+    helps = {}
+    for command in ("train", "compare"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        helps[command] = capsys.readouterr().out
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        in_compare = re.search(rf"^\s+{flag}\s", helps["compare"], re.MULTILINE) is not None
+        assert re.search(rf"^\s+{flag}\s", helps["train"], re.MULTILINE), flag
+        if f.name not in PER_CELL:
+            assert in_compare, flag
+        elif f.name in ("optimizer", "seed"):  # compare sets them per cell (--optimizers, --seeds)
+            assert not in_compare, flag
+
+
+def test_a_bad_compare_option_is_one_line_and_exit_2(tmp_path) -> None:
+    result = run_cli("compare", "--out", str(tmp_path / "grid"), "--ema-decay", "1.5")
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == "dopr-robot compare: error: --ema-decay must be in [0, 1), got 1.5\n"
+    assert not (tmp_path / "grid").exists()

@@ -6,13 +6,18 @@ import json
 from pathlib import Path
 
 import imageio.v3 as iio
+import numpy as np
 import pytest
 import torch
 
 import demos
+from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
 from dopr_robot.config import TrainConfig
-from dopr_robot.evaluate import make_evaluator
+from dopr_robot.errors import UserError
+from dopr_robot.evaluate import DEFAULT_EVAL_SEED, evaluate_checkpoint, make_evaluator
+from dopr_robot.evaluate.plots import plot_compounding
+from dopr_robot.evaluate.video import BANNER, GAP, record_video, write_video
 from dopr_robot.train import train
 
 HORIZON = 12
@@ -58,6 +63,18 @@ def test_eval_writes_json_with_the_fields_and_a_plot(run_dir: Path, tmp_path: Pa
     assert len(curve["mean"]) == HORIZON + 1 and curve["mean"][0] == 0.0
     assert result["compounding"]["action_error_ratio"]["value"] > 0
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the compounding summaries reports read, under these names
+    divergence = result["compounding"]["time_to_divergence"]
+    assert set(divergence) >= {"mean", "ci", "threshold", "diverged_fraction", "diverged_ci", "horizon"}
+    assert divergence["horizon"] == HORIZON and 0 <= divergence["mean"] <= HORIZON
+    deviation_at = result["compounding"]["deviation_at"]
+    assert list(deviation_at) == ["0.1", "0.25", "0.5", "1.0"]
+    assert [entry["t"] for entry in deviation_at.values()] == [1, 3, 6, 12]
+    assert {"time_to_divergence", "diverged"} <= set(result["records"][0])
+    # what was evaluated, down to the data it was trained on
+    checkpoint = result["checkpoint"]
+    assert checkpoint["step"] == 20 and checkpoint["dataset"]["task"] == "Reach-v0"
+    assert checkpoint["dataset"]["episodes"] == 4
 
 
 def test_video_side_by_side_decodes_with_the_right_frames(run_dir: Path, tmp_path: Path) -> None:
@@ -113,3 +130,92 @@ def test_bad_inputs_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsy
 def test_video_rejects_other_suffixes(run_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["video", "--checkpoint", str(run_dir), "--out", str(tmp_path / "v.avi")]) == 2
     assert "--out must end in .mp4 or .gif" in capsys.readouterr().err
+
+
+def test_record_video_takes_a_panel_size(run_dir: Path, tmp_path: Path) -> None:
+    policy = policy_from_checkpoint(load_checkpoint(run_dir))
+    video = record_video(policy, "Reach-v0", tmp_path / "sized.gif", [DEFAULT_EVAL_SEED],
+                         env_kwargs={"horizon": HORIZON}, size=(64, 40))
+    frames = iio.imread(tmp_path / "sized.gif")
+    assert video["size"] == [64, 40] and frames.shape[:3] == (HORIZON + 1, 40 + BANNER, 2 * 64 + GAP)
+    with pytest.raises(UserError, match="--size must be whole pixels, at least 16x16, got 8x40"):
+        record_video(policy, "Reach-v0", tmp_path / "tiny.gif", [DEFAULT_EVAL_SEED], size=(8, 40))
+
+
+def test_write_video_scales_frames_to_a_size(tmp_path: Path) -> None:
+    frames = [np.full((30, 50, 3), 40 * i, dtype=np.uint8) for i in range(3)]
+    assert write_video(tmp_path / "scaled.gif", [frames], fps=10, size=(100, 60)) == 3
+    assert iio.imread(tmp_path / "scaled.gif").shape[:3] == (3, 60, 100)
+
+
+def test_plot_reads_a_result_without_the_divergence_summaries(run_dir: Path, tmp_path: Path) -> None:
+    result = evaluate_checkpoint(run_dir, episodes=2, num_envs=2).to_dict()
+    for key in ("time_to_divergence", "deviation_at"):
+        del result["compounding"][key]  # a file written before they existed
+    assert plot_compounding(result, tmp_path / "old.png").stat().st_size > 10_000
+
+
+# --- eval and video options are one EvalConfig ---------------------------------------------------
+
+EVAL_FLAGS = ["--episodes", "7", "--seed", "5", "--no-expert", "--no-ema", "--actions-per-chunk", "2",
+              "--size", "64x48", "--fps", "5"]
+EVAL_SETTINGS = dict(episodes=7, seed=5, with_expert=False, use_ema=False, actions_per_chunk=2, size=(64, 48), fps=5)
+
+
+class Captured(Exception):
+    pass
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], dict(num_envs=16)),  # eval's own default
+    ([*EVAL_FLAGS, "--num-envs", "3"], dict(EVAL_SETTINGS, num_envs=3)),
+])
+def test_eval_flags_map_to_an_eval_config(run_dir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
+                                          expected: dict) -> None:
+    import dopr_robot.evaluate as evaluate_module
+    from dopr_robot.config import EvalConfig
+
+    seen = {}
+
+    def capture(checkpoint, **kwargs):
+        seen.update(kwargs)
+        raise Captured
+
+    monkeypatch.setattr(evaluate_module, "evaluate_checkpoint", capture)
+    with pytest.raises(Captured):
+        main(["eval", "--checkpoint", str(run_dir), *args])
+    settings = EvalConfig(**expected)
+    assert seen == dict(task=None, use_ema=settings.use_ema, episodes=settings.episodes, seed=settings.seed,
+                        num_envs=settings.num_envs, actions_per_chunk=settings.actions_per_chunk,
+                        with_expert=settings.with_expert, progress=True)
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], dict(episodes=2)),  # video's own default
+    (EVAL_FLAGS, EVAL_SETTINGS),
+    (["--width", "64"], dict(episodes=2, size=(64, 240))),  # the flags before --size still work
+])
+def test_video_flags_map_to_an_eval_config(run_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           args: list[str], expected: dict) -> None:
+    import dopr_robot.commands.video as video_command
+    from dopr_robot.config import EvalConfig
+
+    seen = []
+    monkeypatch.setattr(video_command, "render", lambda policy, task, out, settings, **kw: seen.append(settings) or {
+        "path": str(out), "episodes": settings.episodes, "frames": 0, "with_expert": settings.with_expert})
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(tmp_path / "v.mp4"), *args]) == 0
+    assert seen == [EvalConfig(**expected)]
+
+
+def test_video_size_sets_the_panel_size(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from dopr_robot.evaluate.video import BANNER, GAP
+
+    out = tmp_path / "sized.mp4"
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--episodes", "1", "--size", "160x120"]) == 0
+    frames = iio.imread(out)
+    assert frames.shape == (HORIZON + 1, 120 + BANNER, 2 * 160 + GAP, 3)  # policy | expert, each 160x120 under its banner
+    assert main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--size", "8x8"]) == 2
+    assert capsys.readouterr().err == "dopr-robot video: error: --size must be at least 16x16 pixels, got 8x8\n"
+    with pytest.raises(SystemExit):
+        main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--size", "big"])
+    assert "expected WIDTHxHEIGHT in pixels like 240x240, got 'big'" in capsys.readouterr().err

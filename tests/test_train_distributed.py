@@ -16,7 +16,7 @@ import demos
 from dopr_robot.checkpoint import load_checkpoint
 
 ARGS = ["train", "--policy", "mlp", "--optimizer", "dopr-adamw", "--steps", "12", "--batch-size", "32",
-        "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "6", "--lr", "3e-3",
+        "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "6", "--log-every", "6", "--lr", "3e-3",
         "--policy-options", '{"width": 32, "depth": 1}', "--no-progress"]
 
 
@@ -46,4 +46,4 @@ def test_two_ranks_match_one_process(tmp_path: Path) -> None:
         torch.testing.assert_close(two["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
     # Rank 0 alone wrote the run's files: as many log lines as the single process.
     lines = [(tmp_path / run / "metrics.jsonl").read_text().count("\n") for run in ("one", "two")]
-    assert lines[0] == lines[1] == 3
+    assert lines[0] == lines[1] == 4  # train loss and validation loss at steps 6 and 12

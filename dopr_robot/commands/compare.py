@@ -1,23 +1,49 @@
-"""dopr-robot compare: tasks x optimizers x seeds -> results.csv, summary.md and plots."""
+"""dopr-robot compare: tasks x optimizers x seeds -> results.csv, summary.md and plots.
+
+Every `train` option is a `compare` option with the same name (``--lr``, ``--ema-decay``,
+``--optimizer-options``), applied to every cell; the evaluation options are ``--eval-*``;
+``--config FILE.json`` takes the nested JSON form that ``DIR/compare_config.json`` holds
+(see :mod:`dopr_robot.compare`).
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from dopr_robot.compare import CompareConfig
-from dopr_robot.config import add_config_arguments, resolve_config
+from dopr_robot.compare import REPLICATION_DIR, REPLICATION_REPORT, CompareConfig
+from dopr_robot.config import add_config_arguments, given_options, resolve_config
+from envs.seeds import REPLICATION, REPLICATION_DEMO_SEED
 
 HELP = "train and evaluate every (task, optimizer, seed); write results.csv, summary.md and plots (resumable)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, CompareConfig)
+    # --eval-num-envs's name before evaluation became a nested EvalConfig; kept working, not listed.
+    parser.add_argument("--num-envs", dest="eval.num_envs", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--replicate", action="store_true",
+                        help=f"rerun the finished comparison in --out with the same settings and training seeds on fresh "
+                             f"demonstrations (reset seeds from {REPLICATION_DEMO_SEED:,}) and fresh evaluation episodes "
+                             f"(from {REPLICATION:,}) into OUT/{REPLICATION_DIR}/; print OUT/{REPLICATION_REPORT} (resumable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    from dopr_robot.compare import compare
+    from dopr_robot.compare import compare, replicate
+    from dopr_robot.errors import UserError
+
+    if args.replicate:
+        given = given_options(CompareConfig, args)
+        extra = [flag for dest, flag in given.items() if dest != "out"] + (["--config"] if args.config else [])
+        if extra:
+            raise UserError(f"--replicate reruns the comparison saved in --out with its own settings: drop {', '.join(extra)}")
+        if "out" not in given:
+            raise UserError("--replicate needs --out DIR, the directory of a finished comparison")
+        report = replicate(args.out, progress=not args.no_progress)
+        print(report.read_text())
+        print(f"replication: {Path(args.out) / REPLICATION_DIR}; both side by side: {report}")
+        return 0
 
     config = resolve_config(CompareConfig, args)
     compare(config, progress=not args.no_progress)

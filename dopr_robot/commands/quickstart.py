@@ -15,8 +15,9 @@ HELP = "collect, train AdamW and DoPr-AdamW (2 seeds), evaluate, print the table
 
 DEFAULT_TASK = "Push-v0"
 # Sized to take a few minutes on 2 CPU cores; `dopr-robot compare` runs the same pipeline at any size.
-SETTINGS = dict(optimizers=["adamw", "dopr-adamw"], seeds=2, demo_episodes=50, steps=1500, batch_size=256,
-                eval_episodes=50, num_envs=10)
+# The JSON form of a CompareConfig (what `compare --config FILE.json` reads), less out and tasks.
+SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo_episodes": 50,
+            "train": {"steps": 1500, "batch_size": 256}, "eval": {"episodes": 50, "num_envs": 10}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,19 +28,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
+    from dopr_robot.commands.video import render
     from dopr_robot.compare import CompareConfig, compare
-    from dopr_robot.evaluate.video import record_video
+    from dopr_robot.config import config_from_dict
 
-    config = CompareConfig(out=str(args.out), tasks=[args.task], **SETTINGS)
+    config = config_from_dict(CompareConfig, {**SETTINGS, "out": str(args.out), "tasks": [args.task]})
     print(f"quickstart: {args.task}, {config.demo_episodes} expert demonstrations, optimizers "
-          f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.steps} training steps each, "
-          f"{config.eval_episodes} closed-loop episodes per run -> {args.out}")
+          f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.train.steps} training steps each, "
+          f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
     compare(config, progress=not args.no_progress)
     print((args.out / "summary.md").read_text())
 
     run_dir = args.out / "runs" / args.task / "dopr-adamw" / "seed0"
-    video = record_video(policy_from_checkpoint(load_checkpoint(run_dir)), args.task, args.out / "rollout.mp4",
-                         [config.eval_seed])
+    video = render(policy_from_checkpoint(load_checkpoint(run_dir)), args.task, args.out / "rollout.mp4",
+                   config.eval, episodes=1)
     print("wrote:")
     for path in [args.out / "summary.md", args.out / "results.csv", *sorted(args.out.glob("*.png")), Path(video["path"])]:
         print(f"  {path}")

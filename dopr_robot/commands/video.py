@@ -3,44 +3,54 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
 
 HELP = "render seeded episodes of a checkpoint's policy beside the expert's (mp4 or gif)"
+
+# The evaluation options, with this command's defaults; a video steps one env at a time.
+DEFAULTS = {"episodes": 2}
+EXCLUDE = ("num_envs",)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="RUN_DIR", help="run directory or its checkpoint.pt")
     parser.add_argument("--out", type=Path, required=True, help="FILE.mp4 or FILE.gif")
     parser.add_argument("--task", default=None, help="task (default: the one the demos came from)")
-    parser.add_argument("--episodes", type=int, default=2, help="episodes, one after another (default 2)")
-    parser.add_argument("--seed", type=int, default=None, help="episode i is reset with seed SEED + i (default 1000000)")
-    parser.add_argument("--width", type=int, default=240, help="panel width in pixels (default 240)")
-    parser.add_argument("--height", type=int, default=240, help="panel height in pixels (default 240)")
-    parser.add_argument("--fps", type=int, default=None, help="frames per second (default: the task's control rate)")
-    parser.add_argument("--actions-per-chunk", type=int, default=1, help="actions executed per predicted chunk (default 1)")
-    parser.add_argument("--no-expert", action="store_true", help="the policy alone")
-    parser.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
+    add_config_arguments(parser, EvalConfig, exclude=EXCLUDE, defaults=DEFAULTS)
+    parser.add_argument("--width", type=int, default=None, help="panel width in pixels (the W of --size)")
+    parser.add_argument("--height", type=int, default=None, help="panel height in pixels (the H of --size)")
+
+
+def render(policy, task: str, out: Path, settings: EvalConfig, *, episodes: int | None = None,
+           env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``record_video`` of the first ``episodes`` (default: all) of ``settings``' episodes."""
+    from dopr_robot.evaluate.video import record_video
+
+    seeds = settings.seeds[: settings.episodes if episodes is None else episodes]
+    return record_video(policy, task, out, seeds, env_kwargs=env_kwargs, actions_per_chunk=settings.actions_per_chunk,
+                        with_expert=settings.with_expert, size=settings.size, fps=settings.fps or None)
 
 
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
     from dopr_robot.errors import UserError
-    from dopr_robot.evaluate import DEFAULT_EVAL_SEED, checkpoint_task
-    from dopr_robot.evaluate.video import SUFFIXES, record_video
+    from dopr_robot.evaluate import checkpoint_task
+    from dopr_robot.evaluate.video import SUFFIXES
 
+    settings = resolve_config(EvalConfig, args, exclude=EXCLUDE, defaults=DEFAULTS)
+    if args.width is not None or args.height is not None:
+        width, height = settings.size
+        settings = replace(settings, size=(args.width or width, args.height or height))
     if args.out.suffix.lower() not in SUFFIXES:
         raise UserError(f"--out must end in .mp4 or .gif, got {args.out}")
-    if args.episodes < 1:
-        raise UserError(f"--episodes must be >= 1, got {args.episodes}")
-    if args.fps is not None and args.fps < 1:
-        raise UserError(f"--fps must be >= 1, got {args.fps}")
     checkpoint = load_checkpoint(args.checkpoint)
     task, env_kwargs = checkpoint_task(checkpoint, args.task)
-    seed = DEFAULT_EVAL_SEED if args.seed is None else args.seed
-    video = record_video(policy_from_checkpoint(checkpoint, use_ema=not args.no_ema), task, args.out,
-                         [seed + i for i in range(args.episodes)], env_kwargs=env_kwargs,
-                         actions_per_chunk=args.actions_per_chunk, with_expert=not args.no_expert,
-                         width=args.width, height=args.height, fps=args.fps)
+    video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema), task, args.out, settings,
+                   env_kwargs=env_kwargs)
     side = "policy | expert" if video["with_expert"] else "policy"
     print(f"wrote {video['path']} ({side}, {video['episodes']} episode(s), {video['frames']} frames)")
     return 0
