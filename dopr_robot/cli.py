@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from dopr_robot import __version__
+from dopr_robot import __version__, threads
 from dopr_robot.errors import UserError
 
 # subcommand -> module in dopr_robot.commands (imported only when needed, so --help stays fast).
@@ -43,8 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         module = _command_module(name)
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        if name != "expert":  # expert train has its own --threads (default 1: it runs in the background)
+            command.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                                 help="intra-op CPU threads (default: the cores free at start, adapting while it "
+                                      "runs; DOPR_ROBOT_THREADS or OMP_NUM_THREADS also fix it)")
     return parser
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        threads.configure(getattr(args, "threads", None))
         return _command_module(args.command).run(args)
     except UserError as err:
         print(f"dopr-robot {args.command}: error: {err}", file=sys.stderr)

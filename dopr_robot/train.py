@@ -25,6 +25,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import demos
+from dopr_robot import threads
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
 from dopr_robot.config import TrainConfig
 from dopr_robot.errors import UserError
@@ -141,6 +142,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             bar.update(1)
 
             if step % config.log_every == 0 or step == config.steps:
+                threads.rebalance()  # give cores back to (or take them from) other jobs on the machine
                 check_finite()
                 last_loss = float(loss_sum) / losses
                 log.write(step=step, train_loss=last_loss, lr=scheduler.get_last_lr()[0],

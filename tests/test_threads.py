@@ -1,0 +1,90 @@
+"""The thread budget: explicit counts win, otherwise a process takes the cores other processes leave free."""
+
+from __future__ import annotations
+
+import pytest
+
+from dopr_robot import threads
+from dopr_robot.cli import main
+
+
+class FakeMachine:
+    """/proc/stat and this process's CPU time, advanced by hand: ``run(wall, others, own)`` in cores."""
+
+    def __init__(self, ticks_per_second: float = 100.0):
+        self.busy = self.total = 0.0
+        self.own = self.wall = 0.0
+        self.ticks = ticks_per_second
+
+    def run(self, wall: float, others: float, own: float, cores: int = 4) -> None:
+        self.wall += wall
+        self.own += own * wall
+        self.busy += (others + own) * wall * self.ticks
+        self.total += cores * wall * self.ticks
+
+    def budget(self, fixed=None, cores: int = 4):
+        applied = []
+        budget = threads.ThreadBudget(fixed, cores=cores, apply=applied.append,
+                                      sample=lambda: (int(self.busy), int(self.total)),
+                                      own_seconds=lambda: self.own, clock=lambda: self.wall,
+                                      ticks_per_second=self.ticks)
+        return budget, applied
+
+
+def test_a_process_takes_the_cores_others_leave_and_follows_them(monkeypatch) -> None:
+    machine = FakeMachine()
+    monkeypatch.setattr(threads.time, "sleep", lambda seconds: machine.run(seconds, others=1.0, own=0.0))
+    budget, applied = machine.budget()
+    assert budget.start() == 3 and applied == [3]  # another job busy on one of 4 cores
+    machine.run(10.0, others=3.0, own=1.0)  # three more jobs started beside it
+    assert budget.rebalance() == 1 and applied == [3, 1]
+    machine.run(10.0, others=0.0, own=1.0)  # they finished
+    assert budget.rebalance() == 4 and applied == [3, 1, 4]
+    machine.run(10.0, others=9.0, own=1.0)  # overloaded: never below one thread
+    assert budget.rebalance() == 1
+
+
+def test_a_fixed_count_never_adapts() -> None:
+    machine = FakeMachine()
+    budget, applied = machine.budget(fixed=2)
+    assert budget.start() == 2 and applied == [2]
+    machine.run(10.0, others=4.0, own=1.0)
+    assert budget.rebalance() == 2 and applied == [2]
+
+
+@pytest.mark.parametrize("explicit, env, expected", [
+    (3, {"DOPR_ROBOT_THREADS": "1", "OMP_NUM_THREADS": "2"}, 3),
+    (None, {"DOPR_ROBOT_THREADS": "1", "OMP_NUM_THREADS": "2"}, 1),
+    (None, {"OMP_NUM_THREADS": "2"}, 2),
+    (None, {}, None),
+    (None, {"OMP_NUM_THREADS": "garbage"}, None),
+])
+def test_who_decides_the_thread_count(monkeypatch, explicit, env, expected) -> None:
+    for name in ("DOPR_ROBOT_THREADS", "OMP_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert threads.requested_threads(explicit) == expected
+
+
+def test_all_means_every_core(monkeypatch) -> None:
+    monkeypatch.setenv("DOPR_ROBOT_THREADS", "all")
+    assert threads.requested_threads(None) == threads.machine_cores()
+
+
+def test_the_cli_rejects_a_bad_thread_count(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tasks", "--threads", "0"])
+    assert exit_info.value.code == 2
+    assert "--threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_the_cli_applies_an_explicit_count(monkeypatch, capsys) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["tasks", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
