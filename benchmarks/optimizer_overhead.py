@@ -94,6 +94,42 @@ def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int,
     return [statistics.median(sample) for sample in samples]
 
 
+def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats: int = 200) -> list[tuple[str, float]]:
+    """Milliseconds of each kernel of DoPr's exact step for one (rows x d_in -> d_out) linear layer with a
+    bias, beside the plain step's matmul of the same size (the unit the floor is counted in)."""
+    from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(rows, d_in, generator=generator)
+    grad = torch.randn(d_out, d_in + 1, generator=generator)
+    sums = InputSums(d_in, homogeneous=True)
+    sums.add_(inputs)
+    sigma = sums.second_moment()
+    scale = torch.ones(())
+    cholesky, _, _ = damped_factor(sigma.clone(), 0.01, scale)
+    inverse = torch.cholesky_inverse(cholesky)
+
+    def ms(function: Callable[[], object]) -> float:
+        for _ in range(10):
+            function()
+        samples = []
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(repeats):
+                function()
+            samples.append((time.perf_counter() - start) / repeats * 1e3)
+        return statistics.median(samples)
+
+    return [
+        ("one matmul of the plain step (rows x d_in x d_out)", ms(lambda: inputs.T @ inputs[:, :d_out])),
+        ("statistics: sum of z z^T (one addmm)", ms(lambda: (sums.zero_(), sums.add_(inputs)))),
+        ("damped Cholesky with device-side checks", ms(lambda: damped_factor(sigma.clone(), 0.01, scale))),
+        ("apply by two triangular solves", ms(lambda: solve_right(grad, cholesky))),
+        ("inverse from the factor (cholesky_inverse)", ms(lambda: torch.cholesky_inverse(cholesky))),
+        ("apply the inverse (one matmul)", ms(lambda: grad @ inverse)),
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
@@ -107,20 +143,26 @@ def main() -> None:
     k = args.refresh_every
     steps = -(-args.steps // k) * k  # whole amortization periods, so refreshes are counted fairly
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; amortized = refresh_every={k}, cov_ema=0.9")
-    print(f"{'model':<12}{'base':<8}{'X ms':>8}{'DoPr ms':>9}{'ratio':>7}{'floor':>7}"
+    print(f"\nper-kernel, one layer 256 -> 256 with bias, batch 256 ({torch.get_num_threads()} threads):")
+    for name, value in kernel_breakdown():
+        print(f"  {name:<52}{value:7.3f} ms")
+    print()
+    print(f"{'model':<12}{'base':<8}{'X ms':>8}{'DoPr ms':>9}{'ratio':>7}{'inverse':>9}{'floor':>7}"
           f"{'amort. ms':>11}{'ratio':>7}{'floor':>7}")
+    print("(DoPr ms, ratio: exact with two triangular solves; inverse: exact ratio applying the inverse as a matmul)")
     for model_name in args.models.split(","):
         build, input_shape, _ = MODELS[model_name]
         floor_exact, floor_amortized = floor_ratios(linear_shapes(build(), input_shape), k)
         for base in args.bases.split(","):
-            plain, exact, amortized = interleaved_ms_per_step(
+            plain, exact, inverse, amortized = interleaved_ms_per_step(
                 [make_train_step(model_name, base),
-                 make_train_step(model_name, f"dopr-{base}"),
+                 make_train_step(model_name, f"dopr-{base}", apply="solve"),
+                 make_train_step(model_name, f"dopr-{base}", apply="inverse"),
                  make_train_step(model_name, f"dopr-{base}", refresh_every=k, cov_ema=0.9)],
                 args.repeats, steps,
             )
-            print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact / plain:>7.2f}{floor_exact:>7.2f}"
-                  f"{amortized:>11.3f}{amortized / plain:>7.2f}{floor_amortized:>7.2f}", flush=True)
+            print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact / plain:>7.2f}{inverse / plain:>9.2f}"
+                  f"{floor_exact:>7.2f}{amortized:>11.3f}{amortized / plain:>7.2f}{floor_amortized:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":

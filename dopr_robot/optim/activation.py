@@ -62,31 +62,28 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
     r"""Cholesky factor of :math:`\tilde\Sigma + \lambda I`, :math:`\lambda = s\,\gamma\,\mathrm{tr}(\tilde\Sigma)/d`,
     with every outcome kept on the device (no host synchronization).
 
+    ``sigma`` is overwritten (its diagonal gets :math:`\lambda`): pass a tensor of your own.
     ``damping_scale`` :math:`s` is the layer's damping multiplier (a 0-d tensor, 1 until a
-    factorization fails). Returns ``(cholesky, usable, failed)``:
+    factorization fails). :math:`\lambda` never falls below :math:`10^{-6}\,\mathrm{tr}/d`, so
+    ``relative_damping=0`` still factors a rank-deficient matrix. Returns ``(cholesky, usable, failed)``:
 
     - ``usable`` (0-d bool): the statistics can be preconditioned with at all (finite, positive
-      trace). Where not, ``cholesky`` is the identity and the caller keeps the raw gradient.
+      trace). Where not, ``cholesky`` is the identity, so applying it leaves the raw gradient.
     - ``failed`` (0-d bool): usable, but the factorization broke down (float32 round-off on a
       near-singular matrix, or a NaN off the diagonal). ``cholesky`` is then the diagonal (Jacobi)
       factor :math:`\mathrm{diag}(\tilde\Sigma + \lambda I)^{1/2}`, which always exists, and the
       caller raises :math:`s` tenfold for the next factorization of this layer.
     """
-    dim = sigma.shape[0]
-    trace = sigma.diagonal().sum()
-    usable = torch.isfinite(trace) & (trace > 0)
-    # Tenfold steps from a small floor, so that damping=0 can recover too.
-    damping = torch.clamp(relative_damping * trace / dim, min=1e-6 * trace / dim) * damping_scale
-    eye = torch.eye(dim, device=sigma.device, dtype=sigma.dtype)
-    damped = torch.where(usable, sigma + damping * eye, eye)
-    factor, info = torch.linalg.cholesky_ex(damped)
-    # A NaN anywhere in the lower triangle reaches the diagonal of the factor: checking the
-    # diagonal catches it at a fraction of the cost of checking the whole matrix.
-    ok = (info == 0) & torch.isfinite(factor.diagonal()).all()
-    failed = usable & ~ok
-    jacobi = torch.diag_embed(damped.diagonal().clamp(min=torch.finfo(sigma.dtype).tiny).sqrt())
-    jacobi = torch.where(torch.isfinite(jacobi), jacobi, eye)
-    return torch.where(ok, factor, jacobi), usable, failed
+    diagonal = sigma.diagonal()
+    mean_eigenvalue = diagonal.sum() / sigma.shape[0]
+    usable = torch.isfinite(mean_eigenvalue) & (mean_eigenvalue > 0)
+    diagonal.add_(mean_eigenvalue.clamp(min=0.0) * max(relative_damping, 1e-6) * damping_scale)
+    factor, info = torch.linalg.cholesky_ex(sigma)
+    # A NaN anywhere in the lower triangle reaches the diagonal of the factor: one sum checks it.
+    ok = (info == 0) & torch.isfinite(factor.diagonal().sum()) & usable
+    jacobi = diagonal.clamp(min=torch.finfo(sigma.dtype).tiny).sqrt().nan_to_num(1.0, 1.0, 1.0)
+    jacobi = torch.where(usable, jacobi, 1.0)  # the identity: no preconditioning without statistics
+    return torch.where(ok, factor, torch.diag_embed(jacobi)), usable, usable & ~ok
 
 
 def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:

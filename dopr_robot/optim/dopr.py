@@ -93,6 +93,10 @@ class DoPr(Optimizer):
         cov_ema: :math:`\beta \in [0, 1)`, running average of the statistics (0: current batch).
         refresh_every: recompute the factorization every k steps (1: every step).
         max_damping_retries: how often a layer's λ may be raised tenfold after failed factorizations.
+        apply: how the exact path applies :math:`(\tilde\Sigma + \lambda I)^{-1}`: ``"solve"`` (two
+            triangular solves with the factor), ``"inverse"`` (the inverse formed from the factor,
+            then one matmul; the damping keeps it well conditioned), or ``"auto"`` (inverse on
+            CUDA, solves elsewhere).
         **base_kwargs: the base optimizer's other arguments (e.g. ``betas``, ``momentum``).
 
     Numerics are counted per layer in ``self.state[weight]`` as device tensors, read by
@@ -110,6 +114,7 @@ class DoPr(Optimizer):
         cov_ema: float = 0.0,
         refresh_every: int = 1,
         max_damping_retries: int = 8,
+        apply: str = "auto",
         **base_kwargs,
     ):
         if not isinstance(model, nn.Module):
@@ -126,11 +131,13 @@ class DoPr(Optimizer):
             raise ValueError(f"Invalid cov_ema: {cov_ema} (must be in [0, 1); 0 uses the current batch)")
         if not (isinstance(refresh_every, int) and refresh_every >= 1):
             raise ValueError(f"Invalid refresh_every: {refresh_every!r} (must be an integer >= 1)")
+        if apply not in ("auto", "solve", "inverse"):
+            raise ValueError(f"Invalid apply: {apply!r} (valid: auto, solve, inverse)")
         if not (isinstance(max_damping_retries, int) and max_damping_retries >= 0):
             raise ValueError(f"Invalid max_damping_retries: {max_damping_retries!r} (must be an integer >= 0)")
 
         defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cov_ema=cov_ema,
-                        refresh_every=refresh_every, max_damping_retries=max_damping_retries)
+                        refresh_every=refresh_every, max_damping_retries=max_damping_retries, apply=apply)
         super().__init__(_params_of(model), defaults)
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
@@ -229,6 +236,15 @@ class DoPr(Optimizer):
         steps_done = self.state[layer.weight].get("step", 0)
         return steps_done % self.param_groups[0]["refresh_every"] == 0
 
+    def _applies_inverse(self, layer: _Layer) -> bool:
+        """Exact path: one matmul with the inverse formed from the factor, or two triangular solves.
+
+        ``auto`` takes the inverse on GPUs (triangular solves are latency-bound there) and the
+        solves on CPUs (as fast or faster with few threads; see benchmarks/optimizer_overhead.py).
+        """
+        choice = self.param_groups[0].get("apply", "auto")
+        return choice == "inverse" or (choice == "auto" and layer.weight.device.type == "cuda")
+
     def _all_reduce_sums(self, layers: list[_Layer]) -> None:
         """Sum the input statistics over ranks, in one collective for all layers."""
         if not (dist.is_available() and dist.is_initialized()) or not layers:
@@ -275,6 +291,7 @@ class DoPr(Optimizer):
                     cov_ema=group["cov_ema"],
                     cache_inverse=group["refresh_every"] > 1,
                     max_damping_retries=group["max_damping_retries"],
+                    apply_inverse=self._applies_inverse(layer),
                 )
                 weight_update, bias_update = preconditioned
                 swapped.append((layer.weight, layer.weight.grad))
@@ -335,55 +352,73 @@ def activation_precondition(
     cov_ema: float,
     cache_inverse: bool,
     max_damping_retries: int,
+    apply_inverse: bool = False,
 ) -> tuple[Tensor, Tensor | None]:
     r"""The AP step for one layer: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`.
 
     ``bias_grad`` is given for a layer with a trained bias (the homogeneous coordinate is then
     folded in), else ``None``. ``sums`` holds this step's input statistics when the factorization
     is refreshed now, else ``None`` (the cached inverse in ``state["inverse"]`` is applied).
-    Updates ``state`` in place (``sigma`` when ``cov_ema > 0``, ``inverse``/``has_inverse`` when
-    ``cache_inverse``, ``damping_scale`` and the counters), all without host synchronization.
-    Returns the (weight, bias) parts of :math:`\tilde M`; where no usable statistics exist they
-    are the raw gradient (``state["skipped"]`` counts those steps).
+    :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the Cholesky
+    factor, or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the
+    inverse formed from the factor. Updates ``state`` in place (``sigma`` when ``cov_ema > 0``,
+    ``inverse``/``has_inverse`` when ``cache_inverse``, ``damping_scale`` and the counters), all
+    without host synchronization. Returns the (weight, bias) parts of :math:`\tilde M`; where no
+    usable statistics exist they are the raw gradient (``state["skipped"]`` counts those steps).
     """
-    grad = weight_grad.float()
-    if bias_grad is not None:
-        grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
-
-    usable = None
+    if (cache_inverse and sums is None and "inverse" not in state) or (not cache_inverse and sums is None):
+        state["skipped"] += 1  # nothing recorded to precondition with (not a failure of the data)
+        return weight_grad, bias_grad
     if sums is not None:
         sigma = sums.second_moment()
         if cov_ema > 0.0:
             previous = state.get("sigma")
             if previous is not None:
                 # A refresh without recorded inputs keeps the running average as it was.
-                blended = previous.float().lerp(sigma, 1.0 - cov_ema)
-                sigma = torch.where(sums.count > 0, blended, previous.float())
+                sigma = torch.where(sums.count > 0, previous.float().lerp(sigma, 1.0 - cov_ema), previous.float())
             state["sigma"] = sigma
+            sigma = sigma.clone()  # damped_factor writes λ into the diagonal
         cholesky, usable, failed = damped_factor(sigma, damping, state["damping_scale"])
         state["damping_retries"] += failed
         state["damping_scale"] = torch.where(
             failed, torch.clamp(state["damping_scale"] * 10.0, max=10.0 ** max_damping_retries), state["damping_scale"])
         if cache_inverse:
-            inverse = torch.cholesky_inverse(cholesky)
-            if "inverse" in state:  # unusable statistics keep the previous inverse
+            inverse = torch.cholesky_inverse(cholesky)  # the identity where the statistics are unusable
+            if "inverse" in state:  # then the previous inverse is kept instead
                 inverse = torch.where(usable, inverse, state["inverse"].float())
                 usable = usable | state["has_inverse"]
             state["inverse"], state["has_inverse"] = inverse, usable
 
-    if (cache_inverse and "inverse" not in state) or (not cache_inverse and sums is None):
-        state["skipped"] += 1  # nothing recorded to precondition with (not a failure of the data)
-        return weight_grad, bias_grad
-    if cache_inverse:
-        update, usable = grad @ state["inverse"].float(), state["has_inverse"]
-    else:
-        update = solve_right(grad, cholesky)
+    # Unusable statistics left an identity factor (or inverse): the update is then the raw gradient,
+    # with no data-dependent branch and no extra pass over the gradient.
+    if cache_inverse or apply_inverse:
+        if cache_inverse:
+            inverse, usable = state["inverse"].float(), state["has_inverse"]
+        else:
+            inverse = torch.cholesky_inverse(cholesky)
+        state["skipped"] += ~usable
+        return _times_inverse(weight_grad, bias_grad, inverse)
     state["skipped"] += ~usable
-    update = torch.where(usable, update, grad)
-
+    grad = weight_grad.float()
+    if bias_grad is not None:
+        grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
+    update = solve_right(grad, cholesky).to(weight_grad.dtype)
     # Contiguous parts: the base's foreach kernels are slower on strided gradients.
-    update = update.to(weight_grad.dtype)
     d_in = weight_grad.shape[1]
     if bias_grad is None:
         return update, None
     return update[:, :d_in].contiguous(), update[:, d_in].contiguous()
+
+
+def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None, inverse: Tensor) -> tuple[Tensor, Tensor | None]:
+    r""":math:`[G_W\ g_b]\,S` by blocks of the inverse :math:`S`, never forming :math:`[G_W\ g_b]`:
+    :math:`M_W = G_W S_{11} + g_b S_{21}` and :math:`m_b = G_W S_{12} + g_b S_{22}` (no concatenation
+    of the gradient, no copies of the result's parts)."""
+    grad = weight_grad.float()
+    if bias_grad is None:
+        return (grad @ inverse).to(weight_grad.dtype), None
+    d_in = weight_grad.shape[1]
+    bias = bias_grad.float()
+    weight_update = torch.addmm(torch.outer(bias, inverse[d_in, :d_in]), grad, inverse[:d_in, :d_in])
+    bias_update = torch.addmv(bias * inverse[d_in, d_in], grad, inverse[:d_in, d_in])
+    return weight_update.to(weight_grad.dtype), bias_update.to(bias_grad.dtype)
