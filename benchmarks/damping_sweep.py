@@ -4,9 +4,9 @@
         [--tasks Reach-v0,Push-v0] [--optimizer dopr-adamw] [--seeds 2] [--steps 2000]
 
 For every damping, ``compare`` trains and evaluates ``optimizer`` on every task (the same
-demonstrations for all dampings). Evaluation uses reset seeds from 2,000,000, disjoint from both
-the demonstrations (0, 1, ...) and the seeds the reported comparisons use (1,000,000, ...), so the
-choice never looks at the numbers it is later judged on. One damping is chosen for all tasks: the
+demonstrations for all dampings). Evaluation uses the tuning reset seeds (``envs.seeds.TUNING``,
+2,000,000 ...), disjoint from the demonstrations and from the seeds reported comparisons use
+(``envs.seeds.POLICY_EVAL``), so the choice never looks at the numbers it is later judged on. One damping is chosen for all tasks: the
 highest success rate averaged over tasks and seeds, ties broken by the lower mean J_traj.
 """
 
@@ -18,9 +18,11 @@ from pathlib import Path
 import numpy as np
 
 import demos
-from dopr_robot.compare import CompareConfig, compare
+from dopr_robot.compare import CompareConfig, compare, train_template
+from dopr_robot.config import EvalConfig
+from envs import seeds
 
-SWEEP_EVAL_SEED = 2_000_000
+SWEEP_EVAL_SEED = seeds.TUNING
 
 
 def main() -> None:
@@ -44,8 +46,8 @@ def main() -> None:
     table = []
     for damping in [float(d) for d in args.dampings.split(",")]:
         config = CompareConfig(out=str(args.out / f"damping-{damping:g}"), tasks=tasks, optimizers=[args.optimizer],
-                               seeds=args.seeds, data=data, steps=args.steps, damping=damping,
-                               eval_episodes=args.eval_episodes, eval_seed=SWEEP_EVAL_SEED)
+                               seeds=args.seeds, data=data, train=train_template(steps=args.steps, damping=damping),
+                               eval=EvalConfig(episodes=args.eval_episodes, seed=SWEEP_EVAL_SEED))
         rows = compare(config, progress=False)
         per_task = {task: (np.mean([r["success_rate"] for r in rows if r["task"] == task]),
                            np.mean([r["j_traj"] for r in rows if r["task"] == task]),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from demos.episode import Episode, validate_episodes
+from demos.history import history_window  # the padding rule evaluation shares
 from envs.errors import UserError
 
 # A dimension whose std over the training episodes is below this is treated as constant: its std is
@@ -137,8 +138,6 @@ class DemoDataset:
         step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         start = np.repeat(starts, lengths)
         length = np.repeat(lengths, lengths)
-
-        from demos.history import history_window  # the padding rule evaluation shares
 
         past, real = history_window(step, history)  # (M, history) steps t-h+1..t clamped at 0, not padding
         future = step[:, None] + np.arange(chunk)[None, :]  # (M, chunk) steps t..t+c-1

@@ -143,7 +143,7 @@ def parse_size(text: str) -> tuple[int, int]:
     """``"160x120"`` -> ``(160, 120)`` (width, height)."""
     match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if match is None:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 240x240, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT in pixels like 320x240, got {text!r}")
     return int(match.group(1)), int(match.group(2))
 
 
@@ -158,7 +158,7 @@ class EvalConfig:
     actions_per_chunk: int = option(1, help="actions executed from each predicted chunk before re-planning (<= chunk)")
     with_expert: bool = option(True, flag="--no-expert", help="skip the expert rollouts and the compounding error")
     use_ema: bool = option(True, flag="--no-ema", help="use the raw weights instead of the EMA")
-    size: tuple = option((240, 240), parse=parse_size, metavar="WxH", help="video panel size in pixels")
+    size: tuple = option((320, 240), parse=parse_size, metavar="WxH", help="video panel size in pixels")
     fps: int = option(0, help="video frames per second (0: the task's control rate)")
 
     def __post_init__(self) -> None:

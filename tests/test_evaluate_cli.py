@@ -218,4 +218,4 @@ def test_video_size_sets_the_panel_size(run_dir: Path, tmp_path: Path, capsys) -
     assert capsys.readouterr().err == "dopr-robot video: error: --size must be at least 16x16 pixels, got 8x8\n"
     with pytest.raises(SystemExit):
         main(["video", "--checkpoint", str(run_dir), "--out", str(out), "--size", "big"])
-    assert "expected WIDTHxHEIGHT in pixels like 240x240, got 'big'" in capsys.readouterr().err
+    assert "expected WIDTHxHEIGHT in pixels like 320x240, got 'big'" in capsys.readouterr().err

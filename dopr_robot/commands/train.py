@@ -36,8 +36,22 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig(**{**base, "out": str(args.resume)})
     else:
         config = resolve_config(TrainConfig, args)
+        _check_dopr_options(config)
     result = train(config, resume=args.resume is not None, overwrite=args.overwrite, progress=not args.no_progress)
     val = f"{result.final_val_loss:.5f}" if result.final_val_loss is not None else "n/a (no validation episodes)"
     print(f"trained {result.step} steps: train loss {result.final_train_loss:.5f}, validation loss {val}")
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _check_dopr_options(config: TrainConfig) -> None:
+    """A single run given DoPr's own options on a plain optimizer: say so (a grid applies them to its
+    dopr-* cells only, so the config itself accepts them)."""
+    from dopr_robot.optim import is_dopr
+    from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+
+    misplaced = sorted(set(config.optimizer_options) & set(DOPR_ONLY_ARGUMENTS))
+    if misplaced and not is_dopr(config.optimizer):
+        raise UserError(f"--optimizer-options {', '.join(misplaced)}: "
+                        f"{'a DoPr option' if len(misplaced) == 1 else 'DoPr options'} that --optimizer "
+                        f"{config.optimizer} would ignore; use --optimizer dopr-{config.optimizer} or drop it")
