@@ -6,14 +6,31 @@ import pytest
 import torch
 from torch import nn
 
-from dopr_robot.optim import OPTIMIZERS, DoPr, MuonWithAdamW, Signum, make_optimizer
+from dopr_robot.cli import main
+from dopr_robot.optim import (OPTIMIZERS, AdaMuonWithAdamW, DoPr, MuonWithAdamW, Signum, describe_registry,
+                               make_optimizer)
 
-EXPECTED_NAMES = ["sgd", "adam", "adamw", "signum", "muon",
-                  "dopr-sgd", "dopr-adam", "dopr-adamw", "dopr-signum", "dopr-muon"]
+EXPECTED_NAMES = ["sgd", "adam", "adamw", "signum", "muon", "adamuon",
+                  "dopr-sgd", "dopr-adam", "dopr-adamw", "dopr-signum", "dopr-muon", "dopr-adamuon"]
 
 
 def test_registry_names() -> None:
     assert list(OPTIMIZERS) == EXPECTED_NAMES
+
+
+def test_optimizers_command_lists_every_name_and_adamuon_coverage(capsys: pytest.CaptureFixture) -> None:
+    table = describe_registry().splitlines()
+    assert [line.split()[0] for line in table] == EXPECTED_NAMES
+    assert main(["optimizers", "--model", "mlp", "--base", "adamuon"]) == 0
+    out = capsys.readouterr().out
+    listed = [line.split()[0] for line in out.splitlines()[:len(EXPECTED_NAMES)]]
+    assert listed == EXPECTED_NAMES
+    assert "AdaMuon (Si et al. 2025) on linear weights, AdamW on the rest" in out
+    assert "dopr-adamuon on the demo 'mlp' model:" in out
+    coverage = {line.split()[0]: line.split(maxsplit=2)[2] for line in out.split("model:\n")[1].splitlines()[1:-1]}
+    assert coverage == {"0.weight": "AP + adamuon", "0.bias": "AP + adamw",
+                        "2.weight": "adamw (raw gradient)", "2.bias": "adamw (raw gradient)",  # the LayerNorm
+                        "3.weight": "AP + adamuon", "3.bias": "AP + adamw"}
 
 
 @pytest.mark.parametrize("name", EXPECTED_NAMES)
@@ -32,10 +49,11 @@ def test_baseline_types() -> None:
     assert type(make_optimizer("adamw", model)) is torch.optim.AdamW
     assert type(make_optimizer("signum", model)) is Signum
     assert type(make_optimizer("muon", model)) is MuonWithAdamW
+    assert type(make_optimizer("adamuon", model)) is AdaMuonWithAdamW
 
 
 def test_unknown_name_lists_the_valid_ones() -> None:
-    with pytest.raises(ValueError, match=r"Unknown optimizer 'lion'; valid names: sgd, adam, adamw, .*dopr-muon"):
+    with pytest.raises(ValueError, match=r"Unknown optimizer 'lion'; valid names: sgd, adam, .*, dopr-adamuon$"):
         make_optimizer("lion", nn.Linear(2, 2))
 
 
@@ -58,7 +76,7 @@ def test_unknown_base_argument_is_a_value_error() -> None:
         (dict(cov_ema=1.0), r"Invalid cov_ema: 1.0 \(must be in \[0, 1\)"),
         (dict(refresh_every=0), r"Invalid refresh_every: 0"),
         (dict(refresh_every=2.5), r"Invalid refresh_every: 2.5"),
-        (dict(base="lion"), r"Unknown base optimizer 'lion'; valid: sgd, adam, adamw, signum, muon"),
+        (dict(base="lion"), r"Unknown base optimizer 'lion'; valid: sgd, adam, adamw, signum, muon, adamuon$"),
     ],
 )
 def test_dopr_validates_its_arguments(kwargs: dict, message: str) -> None:

@@ -6,12 +6,13 @@ This package imports nothing else from the project, so it can be dropped into an
     optimizer = DoPr(model, base="adamw", lr=1e-3, damping=0.01)
 """
 
+from dopr_robot.optim.adamuon import AdaMuon, AdaMuonWithAdamW
 from dopr_robot.optim.dopr import BASE_OPTIMIZERS, DoPr
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.registry import OPTIMIZERS, describe_registry, is_dopr, make_optimizer
 from dopr_robot.optim.signum import Signum
 
 __all__ = [
-    "BASE_OPTIMIZERS", "DoPr", "MuonWithAdamW", "OPTIMIZERS", "Signum",
+    "AdaMuon", "AdaMuonWithAdamW", "BASE_OPTIMIZERS", "DoPr", "MuonWithAdamW", "OPTIMIZERS", "Signum",
     "describe_registry", "is_dopr", "make_optimizer",
 ]

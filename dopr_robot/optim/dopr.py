@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
+from dopr_robot.optim.adamuon import AdaMuonWithAdamW
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
 
@@ -26,6 +27,7 @@ BASE_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "adamw": lambda model, **kw: AdamW(_params_of(model), **kw),
     "signum": lambda model, **kw: Signum(_params_of(model), **kw),
     "muon": lambda model, **kw: MuonWithAdamW(model, **kw),
+    "adamuon": lambda model, **kw: AdaMuonWithAdamW(model, **kw),
 }
 
 
@@ -58,10 +60,11 @@ class DoPr(Optimizer):
 
     where GP is the base optimizer, unmodified, fed :math:`\tilde M` (split into weight and bias
     parts) in place of the raw gradient: AdamW's moments are moments of :math:`\tilde M`, Muon
-    orthogonalizes its momentum of :math:`\tilde M`, Signum takes the sign of its momentum of
-    :math:`\tilde M`, and SGD gives AP alone. Parameters that are not weights of linear layers get
-    the base GP on their raw gradient (AdamW for them when the base is Muon). ``coverage()`` lists
-    which parameter gets what.
+    orthogonalizes its momentum of :math:`\tilde M`, AdaMuon orthogonalizes the sign of its momentum
+    of :math:`\tilde M` and normalizes that by its own second moment, Signum takes the sign of its
+    momentum of :math:`\tilde M`, and SGD gives AP alone. Parameters that are not weights of linear
+    layers get the base GP on their raw gradient (AdamW for them when the base is Muon or AdaMuon).
+    ``coverage()`` lists which parameter gets what.
 
     Statistics come from forward hooks that record only forwards in training mode with gradients
     enabled (``model.eval()``, ``torch.no_grad()`` and ``torch.inference_mode()`` forwards are
@@ -86,10 +89,10 @@ class DoPr(Optimizer):
 
     Args:
         model: the module to optimize; its ``nn.Linear`` layers are hooked at construction.
-        base: the gradient preconditioner: ``"sgd" | "adam" | "adamw" | "signum" | "muon"``.
+        base: the gradient preconditioner: ``"sgd" | "adam" | "adamw" | "signum" | "muon" | "adamuon"``.
         lr: learning rate, passed to the base (schedulers may change ``param_groups[0]["lr"]``).
         damping: relative damping :math:`\gamma > 0` (a fraction of the mean eigenvalue).
-        weight_decay: passed to the base (decoupled for adamw, signum and muon; L2 for sgd, adam).
+        weight_decay: passed to the base (decoupled for adamw, signum, muon and adamuon; L2 for sgd, adam).
         cov_ema: :math:`\beta \in [0, 1)`, running average of the statistics (0: current batch).
         refresh_every: recompute the factorization every k steps (1: every step).
         max_damping_retries: how often a layer's λ may be raised tenfold after failed factorizations.
@@ -173,14 +176,16 @@ class DoPr(Optimizer):
     def _describe_coverage(self, model: nn.Module) -> list[dict[str, str]]:
         ap = {id(layer.weight): layer for layer in self._layers}
         ap.update({id(layer.bias): layer for layer in self._layers if layer.bias is not None})
-        muon_matrices = set()
-        if isinstance(self.base, MuonWithAdamW) and self.base.muon is not None:
-            muon_matrices = {id(p) for p in self.base.muon.param_groups[0]["params"]}
+        # Muon and AdaMuon bases pair a matrix optimizer (linear weights) with AdamW (the rest).
+        matrix_half = {MuonWithAdamW: "muon", AdaMuonWithAdamW: "adamuon"}.get(type(self.base))
+        matrices = set()
+        if matrix_half is not None and getattr(self.base, matrix_half) is not None:
+            matrices = {id(p) for p in getattr(self.base, matrix_half).param_groups[0]["params"]}
         rows = []
         for name, param in model.named_parameters():
             if not param.requires_grad:
                 continue
-            base = "muon" if id(param) in muon_matrices else ("adamw" if self.base_name == "muon" else self.base_name)
+            base = matrix_half if id(param) in matrices else ("adamw" if matrix_half else self.base_name)
             rows.append({
                 "parameter": name,
                 "shape": "x".join(str(s) for s in param.shape) or "scalar",

@@ -18,11 +18,14 @@ OPTIMIZERS: dict[str, tuple[Callable[..., Optimizer], str]] = {
     "adamw": (BASE_OPTIMIZERS["adamw"], "torch.optim.AdamW"),
     "signum": (BASE_OPTIMIZERS["signum"], "sign of momentum (Signum), decoupled weight decay"),
     "muon": (BASE_OPTIMIZERS["muon"], "torch.optim.Muon on linear weights, AdamW on the rest"),
+    "adamuon": (BASE_OPTIMIZERS["adamuon"], "AdaMuon (Si et al. 2025) on linear weights, AdamW on the rest"),
     "dopr-sgd": (lambda model, **kw: DoPr(model, base="sgd", **kw), "AP alone (unstable ablation)"),
     "dopr-adam": (lambda model, **kw: DoPr(model, base="adam", **kw), "AP, then Adam"),
     "dopr-adamw": (lambda model, **kw: DoPr(model, base="adamw", **kw), "AP, then AdamW"),
     "dopr-signum": (lambda model, **kw: DoPr(model, base="signum", **kw), "AP, then Signum"),
     "dopr-muon": (lambda model, **kw: DoPr(model, base="muon", **kw), "AP, then Muon (AdamW off linear weights)"),
+    "dopr-adamuon": (lambda model, **kw: DoPr(model, base="adamuon", **kw),
+                     "AP, then AdaMuon (AdamW off linear weights)"),
 }
 
 # Arguments only DoPr takes; a baseline given one of them is a configuration mistake.
