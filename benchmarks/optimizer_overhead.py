@@ -6,7 +6,11 @@ every step; amortized: statistics and factorization every k steps, a cached inve
 matmul per step), their ratio, and the arithmetic floor of that ratio computed from the layer
 shapes (see docs: a measured ratio below the floor means the measurement is wrong).
 
-    python benchmarks/optimizer_overhead.py [--threads 2] [--repeats 5] [--refresh-every 10]
+    python benchmarks/optimizer_overhead.py [--threads 2] [--repeats 5] [--refresh-every 10] [--device cuda]
+
+``--device`` puts the models, the data and the optimizer state on that device (``auto``: CUDA when
+available); on CUDA every timing waits for the device (``torch.cuda.synchronize()``) before the clock
+is read, so queued kernels are counted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from dopr_robot.devices import resolve_device
 from dopr_robot.optim import make_optimizer
 from dopr_robot.optimizer_demo import SelfAttentionBlock
 
@@ -61,15 +66,16 @@ def floor_ratios(shapes: list[tuple[int, int, int, bool]], refresh_every: int) -
     return exact, amortized
 
 
-def make_train_step(model_name: str, optimizer_name: str, **kwargs) -> Callable[[], None]:
-    """A closure running one training step on fixed data (the same model init for every optimizer)."""
+def make_train_step(model_name: str, optimizer_name: str, device: torch.device = torch.device("cpu"),
+                    **kwargs) -> Callable[[], None]:
+    """A closure running one training step on fixed data on ``device`` (the same model init for every optimizer)."""
     build, input_shape, target_shape = MODELS[model_name]
     torch.manual_seed(0)
-    model = build()
+    model = build().to(device)
     optimizer = make_optimizer(optimizer_name, model, lr=1e-4, **kwargs)
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(input_shape, generator=generator)
-    targets = torch.randn(target_shape, generator=generator)
+    inputs = torch.randn(input_shape, generator=generator).to(device)
+    targets = torch.randn(target_shape, generator=generator).to(device)
 
     def train_step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -79,33 +85,44 @@ def make_train_step(model_name: str, optimizer_name: str, **kwargs) -> Callable[
     return train_step
 
 
-def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int, steps: int) -> list[float]:
-    """Median ms per step of each closure; repeats alternate between them so drift hits all alike."""
+def synchronizer(device: torch.device) -> Callable[[], None]:
+    """Waits for the work queued on ``device`` (nothing to wait for on the CPU)."""
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int, steps: int,
+                            sync: Callable[[], None] = lambda: None) -> list[float]:
+    """Median ms per step of each closure; repeats alternate between them so drift hits all alike.
+    ``sync`` waits for the device before each clock reading."""
     for train_step in train_steps:
         for _ in range(10):
             train_step()
     samples: list[list[float]] = [[] for _ in train_steps]
     for _ in range(repeats):
         for train_step, sample in zip(train_steps, samples):
+            sync()
             start = time.perf_counter()
             for _ in range(steps):
                 train_step()
+            sync()
             sample.append((time.perf_counter() - start) / steps * 1e3)
     return [statistics.median(sample) for sample in samples]
 
 
-def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats: int = 200) -> list[tuple[str, float]]:
+def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats: int = 200,
+                     device: torch.device = torch.device("cpu")) -> list[tuple[str, float]]:
     """Milliseconds of each kernel of DoPr's exact step for one (rows x d_in -> d_out) linear layer with a
     bias, beside the plain step's matmul of the same size (the unit the floor is counted in)."""
     from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
 
     generator = torch.Generator().manual_seed(0)
-    inputs = torch.randn(rows, d_in, generator=generator)
-    grad = torch.randn(d_out, d_in + 1, generator=generator)
-    sums = InputSums(d_in, homogeneous=True)
+    inputs = torch.randn(rows, d_in, generator=generator).to(device)
+    grad = torch.randn(d_out, d_in + 1, generator=generator).to(device)
+    sums = InputSums(d_in, homogeneous=True, device=device)
     sums.add_(inputs)
     sigma = sums.second_moment()
-    scale = torch.ones(())
+    scale = torch.ones((), device=device)
+    sync = synchronizer(device)
     cholesky, _, _ = damped_factor(sigma.clone(), 0.01, scale)
     inverse = torch.cholesky_inverse(cholesky)
 
@@ -114,9 +131,11 @@ def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats
             function()
         samples = []
         for _ in range(5):
+            sync()
             start = time.perf_counter()
             for _ in range(repeats):
                 function()
+            sync()
             samples.append((time.perf_counter() - start) / repeats * 1e3)
         return statistics.median(samples)
 
@@ -137,14 +156,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
     parser.add_argument("--refresh-every", type=int, default=10, help="k for the amortized variant")
     parser.add_argument("--models", default="mlp,transformer")
-    parser.add_argument("--bases", default="adamw,muon,signum")
+    parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
+    parser.add_argument("--bases", default="adamw,muon,adamuon,signum")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
     k = args.refresh_every
     steps = -(-args.steps // k) * k  # whole amortization periods, so refreshes are counted fairly
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; amortized = refresh_every={k}, cov_ema=0.9")
-    print(f"\nper-kernel, one layer 256 -> 256 with bias, batch 256 ({torch.get_num_threads()} threads):")
-    for name, value in kernel_breakdown():
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"torch {torch.__version__}, {where}; amortized = refresh_every={k}, cov_ema=0.9")
+    print(f"\nper-kernel, one layer 256 -> 256 with bias, batch 256 ({where}):")
+    for name, value in kernel_breakdown(device=device):
         print(f"  {name:<52}{value:7.3f} ms")
     print()
     print(f"{'model':<12}{'base':<8}{'X ms':>8}{'DoPr ms':>9}{'ratio':>7}{'inverse':>9}{'floor':>7}"
@@ -155,11 +177,11 @@ def main() -> None:
         floor_exact, floor_amortized = floor_ratios(linear_shapes(build(), input_shape), k)
         for base in args.bases.split(","):
             plain, exact, inverse, amortized = interleaved_ms_per_step(
-                [make_train_step(model_name, base),
-                 make_train_step(model_name, f"dopr-{base}", apply="solve"),
-                 make_train_step(model_name, f"dopr-{base}", apply="inverse"),
-                 make_train_step(model_name, f"dopr-{base}", refresh_every=k, cov_ema=0.9)],
-                args.repeats, steps,
+                [make_train_step(model_name, base, device),
+                 make_train_step(model_name, f"dopr-{base}", device, apply="solve"),
+                 make_train_step(model_name, f"dopr-{base}", device, apply="inverse"),
+                 make_train_step(model_name, f"dopr-{base}", device, refresh_every=k, cov_ema=0.9)],
+                args.repeats, steps, synchronizer(device),
             )
             print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact / plain:>7.2f}{inverse / plain:>9.2f}"
                   f"{floor_exact:>7.2f}{amortized:>11.3f}{amortized / plain:>7.2f}{floor_amortized:>7.2f}", flush=True)

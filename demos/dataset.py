@@ -245,10 +245,21 @@ class WindowDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return int(self.obs_index.shape[0])
 
+    @property
+    def device(self) -> torch.device:
+        return self.obs.device
+
+    def to(self, device: torch.device | str) -> WindowDataset:
+        """The same windows with their tensors on ``device`` (a GPU batch is then gathered there, no
+        host-to-device copy of the data per batch); ``episode_index`` and ``step`` stay NumPy."""
+        moved = (self.obs, self.actions, self.obs_index, self.obs_mask, self.action_index, self.action_mask)
+        return WindowDataset(*(tensor.to(device) for tensor in moved), episode_index=self.episode_index, step=self.step)
+
     def batch(self, indices: torch.Tensor | np.ndarray | list[int]) -> dict[str, torch.Tensor]:
         """Items ``indices`` stacked: ``obs`` ``(B, history, D)``, ``obs_mask`` ``(B, history)``,
-        ``actions`` ``(B, chunk, A)``, ``action_mask`` ``(B, chunk)``."""
-        indices = torch.as_tensor(indices, dtype=torch.long)
+        ``actions`` ``(B, chunk, A)``, ``action_mask`` ``(B, chunk)``, on the windows' device (indices
+        already there cost no copy)."""
+        indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
         return {
             "obs": self.obs[self.obs_index[indices]],
             "obs_mask": self.obs_mask[indices],

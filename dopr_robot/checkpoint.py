@@ -10,9 +10,16 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     ema             EMA policy state_dict (or None when the EMA is off)
     optimizer       optimizer state_dict (DoPr: statistics, cached factors, base state)
     scheduler       learning-rate scheduler state_dict
-    rng             {"torch": global CPU RNG state, "sampler": batch-order generator state}
+    rng             {"torch": global CPU RNG state, "sampler": batch-order generator state,
+                     "cuda": the CUDA generator's state (runs on a GPU only)}
     dataset         {"source", "task", "env_kwargs", "obs_keys", "obs_dim", "act_dim", "episodes", ...}
     best            {"val_loss", "step"} or None
+
+Tensors are written from the CPU, whatever device trained, so any machine reads the file (a plain
+``torch.load`` on a CPU-only machine too); loading puts them back where the model and the optimizer
+live (``load_state_dict`` copies into the module's tensors, and torch's optimizers move their state
+to their parameters' device), so a resume on the same device is bit-exact and one on another device
+works.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 import torch
 
 from dopr_robot.atomic import atomic_path
+from dopr_robot.devices import resolve_device
 from dopr_robot.errors import UserError
 from policies import Policy, make_policy
 
@@ -31,9 +39,21 @@ CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same directory, then rename over ``path``."""
+    """``torch.save`` (every tensor moved to the CPU) to a temporary file in the same directory, then
+    rename over ``path``."""
     with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+        torch.save(_on_cpu(obj), tmp)
+
+
+def _on_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor in its dicts, lists and tuples on the CPU (CPU tensors are not copied)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {key: _on_cpu(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(value) for value in obj)
+    return obj
 
 
 def checkpoint_path(run_or_file: str | Path) -> Path:
@@ -58,10 +78,13 @@ def load_checkpoint(run_or_file: str | Path) -> dict[str, Any]:
     return checkpoint
 
 
-def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True) -> Policy:
-    """Rebuild the policy in eval mode, with the EMA weights when present and asked for."""
+def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True,
+                           device: str | torch.device = "cpu") -> Policy:
+    """Rebuild the policy in eval mode on ``device`` (a device name, ``auto`` included, or a
+    ``torch.device``), with the EMA weights when present and asked for."""
+
     spec = checkpoint["policy"]
     policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"], **spec["config"])
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
     policy.load_state_dict(weights)
-    return policy.eval()
+    return policy.to(resolve_device(device)).eval()

@@ -54,6 +54,9 @@ def nested(config_class: type, *, factory: Callable[[], Any] | None = None, pref
                            "why_excluded": why_excluded})
 
 
+# Mixed-precision modes of training (``TrainConfig.amp``).
+AMP_MODES = ("none", "bf16")
+
 # Training cadences that default to a fraction of the run: 0 means ``max(1, steps // divisor)``.
 DERIVED_FROM_STEPS = {"val_every": 10, "checkpoint_every": 4, "log_every": 40}
 
@@ -65,6 +68,8 @@ class TrainConfig:
     ``val_every``, ``checkpoint_every`` and ``log_every`` default to 0, a fraction of ``steps``
     (:data:`DERIVED_FROM_STEPS`), resolved here: the saved config.json holds the number, and
     ``dataclasses.replace(config, steps=...)`` keeps it (pass 0 again to derive it anew).
+    Where a run executes is not part of it (``train(config, device=...)``, see
+    :mod:`dopr_robot.devices`): a run resumes on another device; ``amp`` changes the numerics, so it is.
     """
 
     data: str = option(help="demonstrations: a file from `collect`, a robomimic-layout HDF5 file, or a Minari dataset id/path")
@@ -89,8 +94,13 @@ class TrainConfig:
     checkpoint_every: int = option(0, help="write RUN_DIR/checkpoint.pt every N steps and at the end (0: steps // 4)")
     log_every: int = option(0, help="append the mean training loss to metrics.jsonl every N steps (0: steps // 40)")
     seed: int = option(0, help="seed for initialization, batch order and dropout")
+    amp: str = option("none", help=f"mixed precision: {' | '.join(AMP_MODES)} (bf16: the network's forward and "
+                                   "backward under torch.autocast in bfloat16; weights, loss and DoPr's statistics "
+                                   "stay float32)")
 
     def __post_init__(self) -> None:
+        if self.amp not in AMP_MODES:
+            raise UserError(f"--amp {self.amp!r} is not a precision; valid: {', '.join(AMP_MODES)}")
         if self.policy not in POLICIES:
             raise UserError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
         if self.optimizer not in OPTIMIZERS:

@@ -1,4 +1,4 @@
-"""torchrun with 2 CPU ranks (gloo) trains to the same weights as 1 process on the same global batch."""
+"""torchrun with 2 CPU ranks (gloo, --device cpu) trains to the same weights as 1 process on the same global batch."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ from dopr_robot.checkpoint import load_checkpoint
 
 ARGS = ["train", "--policy", "mlp", "--optimizer", "dopr-adamw", "--steps", "12", "--batch-size", "32",
         "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "6", "--log-every", "6", "--lr", "3e-3",
-        "--policy-options", '{"width": 32, "depth": 1}', "--no-progress"]
+        "--policy-options", '{"width": 32, "depth": 1}', "--no-progress",
+        "--device", "cpu"]  # gloo on CPUs, also on a GPU machine (test_device.py runs NCCL on two GPUs)
 
 
 def free_port() -> int:

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
+from dopr_robot.devices import add_device_argument
 
 HELP = ("roll a checkpoint's policy out on seeded episodes (and the expert from the same initial states): "
         "success rate, return, compounding error, beside the run's validation loss")
@@ -20,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=None,
                         help="result JSON (default: eval.json in the run directory)")
     add_config_arguments(parser, EvalConfig, defaults=DEFAULTS)
+    add_device_argument(parser)
     parser.add_argument("--videos", type=int, default=0, metavar="V",
                         help="also save the first V episodes as a video (OUT with .mp4; --size, --fps)")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
@@ -43,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, task=args.task, use_ema=settings.use_ema, episodes=settings.episodes,
                                  seed=settings.seed, num_envs=settings.num_envs,
                                  actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, device=args.device)
     data = result.to_dict()
     write_json(data, out)
     print(result.table())
@@ -57,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         from dopr_robot.commands.video import render
 
         checkpoint = load_checkpoint(args.checkpoint)
-        video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema), result.task,
+        video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device), result.task,
                        out.with_suffix(".mp4"), settings, episodes=args.videos, env_kwargs=result.env_kwargs)
         print(f"wrote {video['path']} ({video['episodes']} episode(s), {video['frames']} frames)")
     return 0

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from dopr_robot.devices import add_device_argument
+
 HELP = "collect, train AdamW and DoPr-AdamW (2 seeds), evaluate, print the table, write plots and a video"
 
 DEFAULT_TASK = "Push-v0"
@@ -24,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory (default runs/quickstart)")
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_device_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -31,16 +34,20 @@ def run(args: argparse.Namespace) -> int:
     from dopr_robot.commands.video import render
     from dopr_robot.compare import CompareConfig, compare
     from dopr_robot.config import config_from_dict
+    from dopr_robot.devices import resolve_device
+    from dopr_robot.grid import Execution
+
+    resolve_device(args.device)  # a device this machine lacks fails before any work
 
     config = config_from_dict(CompareConfig, {**SETTINGS, "out": str(args.out), "tasks": [args.task]})
     print(f"quickstart: {args.task}, {config.demo_episodes} expert demonstrations, optimizers "
           f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.train.steps} training steps each, "
           f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
-    compare(config, progress=not args.no_progress)
+    compare(config, progress=not args.no_progress, execution=Execution(device=args.device))
     print((args.out / "summary.md").read_text())
 
     run_dir = args.out / "runs" / args.task / "dopr-adamw" / "seed0"
-    video = render(policy_from_checkpoint(load_checkpoint(run_dir)), args.task, args.out / "rollout.mp4",
+    video = render(policy_from_checkpoint(load_checkpoint(run_dir), device=args.device), args.task, args.out / "rollout.mp4",
                    config.eval, episodes=1)
     print("wrote:")
     for path in [args.out / "summary.md", args.out / "results.csv", *sorted(args.out.glob("*.png")), Path(video["path"])]:

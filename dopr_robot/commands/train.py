@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from dopr_robot.config import TrainConfig, add_config_arguments, resolve_config
+from dopr_robot.devices import add_device_argument
 from dopr_robot.errors import UserError
 
 HELP = "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"
@@ -17,6 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint, with its saved config")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
+    add_device_argument(parser)  # not a config field: a run resumes on another device
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -37,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(TrainConfig, args)
         _check_dopr_options(config)
-    result = train(config, resume=args.resume is not None, overwrite=args.overwrite, progress=not args.no_progress)
+    result = train(config, resume=args.resume is not None, overwrite=args.overwrite, progress=not args.no_progress,
+                   device=args.device)
     val = f"{result.final_val_loss:.5f}" if result.final_val_loss is not None else "n/a (no validation episodes)"
     print(f"trained {result.step} steps: train loss {result.final_train_loss:.5f}, validation loss {val}")
     print(f"run directory: {result.run_dir}")

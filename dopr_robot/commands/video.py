@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
+from dopr_robot.devices import add_device_argument
 
 HELP = "render seeded episodes of a checkpoint's policy beside the expert's (mp4 or gif)"
 
@@ -23,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, EvalConfig, exclude=EXCLUDE, defaults=DEFAULTS)
     parser.add_argument("--width", type=int, default=None, help="panel width in pixels (the W of --size)")
     parser.add_argument("--height", type=int, default=None, help="panel height in pixels (the H of --size)")
+    add_device_argument(parser)
 
 
 def render(policy, task: str, out: Path, settings: EvalConfig, *, episodes: int | None = None,
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out must end in .mp4 or .gif, got {args.out}")
     checkpoint = load_checkpoint(args.checkpoint)
     task, env_kwargs = checkpoint_task(checkpoint, args.task)
-    video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema), task, args.out, settings,
+    video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device), task, args.out, settings,
                    env_kwargs=env_kwargs)
     side = "policy | expert" if video["with_expert"] else "policy"
     print(f"wrote {video['path']} ({side}, {video['episodes']} episode(s), {video['frames']} frames)")

@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.evaluation import EvalResult, evaluate
 
@@ -46,15 +48,16 @@ def validation_record(run_or_file: str | Path, checkpoint: dict[str, Any]) -> di
 
 
 def evaluate_checkpoint(run_or_file: str | Path, task: str | None = None, use_ema: bool = True,
-                        **kwargs: Any) -> EvalResult:
-    """Load a checkpoint (run directory or file), evaluate it, and attach its validation loss and a
+                        device: str | torch.device = "auto", **kwargs: Any) -> EvalResult:
+    """Load a checkpoint (run directory or file) onto ``device`` (``auto``: CUDA when available;
+    the environments stay on the CPU), evaluate it, and attach its validation loss and a
     record of it: path, step, EMA or not, policy, optimizer, history, chunk, and ``dataset`` (what
     training stored about its data: episodes, splits, source, task, collection metadata)."""
     from dopr_robot.checkpoint import checkpoint_path, load_checkpoint, policy_from_checkpoint
 
     checkpoint = load_checkpoint(run_or_file)
     task, env_kwargs = checkpoint_task(checkpoint, task)
-    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema)
+    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device)
     result = evaluate(policy, task, env_kwargs=env_kwargs, **kwargs)
     result.validation = validation_record(run_or_file, checkpoint)
     result.checkpoint = {"path": str(checkpoint_path(run_or_file)), "step": checkpoint.get("step"),

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The GPU check in one command (about 5 minutes on one H200): the CUDA tests, training steps/s on
+# CUDA and on the CPU, and DoPr's per-step overhead on CUDA; everything is printed.
+#
+# Setup, once, in a fresh checkout on a machine with an NVIDIA GPU (pip's default index gives the
+# CUDA build of torch there):
+#   python3 -m venv .venv && .venv/bin/pip install -q torch==2.13.0 -e ".[test]"
+# Then, from anywhere:
+#   bash benchmarks/gpu_check.sh                  # PYTHON=/other/python bash benchmarks/gpu_check.sh
+#
+# Exit status: 0 when every part passed, 1 otherwise (the later parts run even when an earlier one failed).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+export PYTHONUNBUFFERED=1
+export MUJOCO_GL=disable  # nothing here renders: a headless machine without EGL or GLFW libraries runs it too
+failed=()
+
+part() {  # part NAME COMMAND...: run it, time it, remember a failure
+    echo
+    echo "=== $1"
+    local name=$1 started=$SECONDS
+    shift
+    "$@" || failed+=("$name")
+    echo "--- $name: $((SECONDS - started)) s"
+}
+
+echo "=== machine"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+"$PYTHON" -c 'import torch; print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}, "
+                                  f"{torch.cuda.device_count()} GPU(s) visible")
+assert torch.cuda.is_available(), "torch sees no CUDA device: this check needs one (and a CUDA build of torch)"' || exit 1
+
+# Every test of test_device.py (the CUDA ones run here; -rs would name any that skipped), the
+# optimizer's own CUDA test, and the gloo torchrun test (it must keep passing on a GPU machine).
+part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py \
+    "tests/test_optim_no_sync.py::test_cuda_step_makes_no_host_synchronization" tests/test_train_distributed.py
+part "training steps/s, CUDA and CPU" "$PYTHON" benchmarks/train_speed.py --devices cuda,cpu --steps 200
+part "DoPr overhead on CUDA" "$PYTHON" benchmarks/optimizer_overhead.py --device cuda --repeats 5 --steps 30
+
+echo
+if [ ${#failed[@]} -eq 0 ]; then
+    echo "GPU check passed"
+else
+    echo "GPU check FAILED: ${failed[*]}"
+    exit 1
+fi
