@@ -5,6 +5,12 @@
 
 Under ``torchrun`` (WORLD_SIZE > 1) each rank takes its slice of the same global batch, DDP averages
 the gradients, DoPr all-reduces its statistics, and rank 0 alone writes files.
+
+Everything a step touches lives on the run's device (``train(..., device=)``): the policy with its
+normalizers, the EMA copy, the optimizer state (DoPr's statistics, factors and counters included)
+and the training and validation windows; the seeded batch sampler stays on the CPU (the batch order
+is the same on every device) and only its indices travel, without a host wait. Under torchrun with
+CUDA each rank takes ``cuda:LOCAL_RANK`` and NCCL, on the CPU gloo.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +34,7 @@ import demos
 from dopr_robot import threads
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
 from dopr_robot.config import TrainConfig
+from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
 from policies import Policy, make_policy
@@ -51,16 +58,23 @@ class RunResult:
 
 
 def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False,
-          overwrite: bool = False, evaluate_every: int = 0, progress: bool = True) -> RunResult:
-    """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``."""
-    rank, world = _init_distributed()
+          overwrite: bool = False, evaluate_every: int = 0, progress: bool = True,
+          device: str | torch.device = "auto") -> RunResult:
+    """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``.
+
+    ``device`` (``auto``: CUDA when available) is where the run executes; not part of the config, so
+    a run resumes on another device (bit-exact on the same one). The returned policy is on it.
+    """
+    device = _run_device(device)
+    rank, world = _init_distributed(device)
     run_dir = Path(config.out)
     dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
     _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
     if rank == 0:
         _prepare_run_dir(run_dir, config, resume, overwrite)
-    train_windows = dataset.windows("train", history=config.history, chunk=config.chunk)
-    valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk) if dataset.valid_indices else None
+    train_windows = dataset.windows("train", history=config.history, chunk=config.chunk).to(device)
+    valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk).to(device) \
+        if dataset.valid_indices else None
     if config.batch_size % world:
         raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
 
@@ -69,9 +83,12 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     stats = dataset.normalization()
     policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
     policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
+    policy.to(device)  # initialized on the CPU: the same initial weights on every device
     # The EMA copy is made before the optimizer hooks the policy's layers, so it carries no hooks.
     ema = WeightEMA(policy, config.ema_decay) if config.ema_decay > 0 else None
-    model = nn.parallel.DistributedDataParallel(policy) if world > 1 else policy
+    model = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else policy
+    forward = _mixed_precision(model, device, config.amp)
     optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
     sampler = torch.Generator().manual_seed(config.seed)
@@ -86,6 +103,8 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         torch.set_rng_state(checkpoint["rng"]["torch"])
+        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)  # dropout on the GPU
         sampler.set_state(checkpoint["rng"]["sampler"])
         step, best = checkpoint["step"], checkpoint["best"]
         if rank == 0:
@@ -94,12 +113,12 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     def save_checkpoint() -> None:
         check_finite()  # a checkpoint is only ever written from finite weights
         if rank == 0:
-            save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best), run_dir / CHECKPOINT_NAME)
+            save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best, device),
+                        run_dir / CHECKPOINT_NAME)
 
     # The loss stays on the device between log points: reading it each step would make the host wait
     # for the device every step. NaN/Inf is tracked on the device too (the first bad step) and read
     # where the loop syncs anyway: when it logs, validates or writes a checkpoint.
-    device = next(policy.parameters()).device
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
 
@@ -124,8 +143,8 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     try:
         while step < config.steps:
             indices = torch.randint(len(train_windows), (config.batch_size,), generator=sampler)
-            batch = train_windows.batch(indices.chunk(world)[rank])
-            loss = policy.loss(batch, forward=model)
+            batch = train_windows.batch(copy_to(indices.chunk(world)[rank], device))
+            loss = policy.loss(batch, forward=forward)
             detached = loss.detach().double()
             first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(detached), step + 1, first_bad_step)
             loss_sum += detached
@@ -151,10 +170,11 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
                 loss_sum.zero_()
                 losses = 0
             if valid_windows is not None and (step % config.val_every == 0 or step == config.steps):
-                val_loss = validation_loss(eval_policy, valid_windows)
+                val = validation_metrics(eval_policy, valid_windows)  # val_loss (+ val_flow_loss for flow policies)
+                val_loss = val["val_loss"]
                 if best is None or val_loss < best["val_loss"]:
                     best = {"val_loss": val_loss, "step": step}
-                log.write(step=step, val_loss=val_loss, val_loss_raw=validation_loss(policy, valid_windows))
+                log.write(step=step, **val, val_loss_raw=validation_loss(policy, valid_windows))
             if evaluator is not None and evaluate_every > 0 and (step % evaluate_every == 0 or step == config.steps):
                 log.write(step=step, **evaluator(eval_policy.eval(), step))
                 # Without the EMA, eval_policy is the policy being trained: back to training mode, or
@@ -169,17 +189,26 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
 
 
 @torch.no_grad()
-def validation_loss(policy: Policy, windows, batch_size: int = 1024) -> float:
-    """The BC loss over every window of the held-out episodes (eval mode; the mode is restored)."""
+def validation_metrics(policy: Policy, windows, batch_size: int = 1024, seed: int = 0) -> dict[str, float]:
+    """``policy.validation_metrics`` over every window of the held-out episodes (eval mode; the mode
+    is restored): ``val_loss``, the BC loss (for a flow policy the error of sampled actions, and its
+    flow-matching loss as ``val_flow_loss``). Noise comes from a generator seeded ``seed`` on every
+    call, so a sampling policy's numbers compare across steps (and the global RNG is left alone)."""
     was_training = policy.training
     policy.eval()
-    total, count = 0.0, 0
+    generator = torch.Generator().manual_seed(seed)
+    totals: dict[str, torch.Tensor] = {}
     for start in range(0, len(windows), batch_size):
-        indices = torch.arange(start, min(start + batch_size, len(windows)))
-        total += policy.loss(windows.batch(indices)).item() * len(indices)
-        count += len(indices)
+        indices = torch.arange(start, min(start + batch_size, len(windows)), device=windows.device)
+        for key, value in policy.validation_metrics(windows.batch(indices), generator).items():
+            totals[key] = totals.get(key, 0.0) + value.double() * len(indices)
     policy.train(was_training)
-    return total / max(count, 1)
+    return {key: float(total) / max(len(windows), 1) for key, total in totals.items()}
+
+
+def validation_loss(policy: Policy, windows, batch_size: int = 1024) -> float:
+    """``val_loss`` of :func:`validation_metrics`."""
+    return validation_metrics(policy, windows, batch_size)["val_loss"]
 
 
 class WeightEMA:
@@ -265,7 +294,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
     if resume:
         if not (run_dir / CHECKPOINT_NAME).exists():
             raise UserError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}")
-        saved = json.loads(config_file.read_text())
+        # A field added since the run was saved (amp, ...) counts as its default.
+        saved = {**_field_defaults(), **json.loads(config_file.read_text())}
         if saved != json.loads(config.to_json()):
             changed = sorted(k for k in saved if saved[k] != asdict(config).get(k))
             raise UserError(f"cannot resume {run_dir} with a different config (changed: {', '.join(changed)}); "
@@ -285,7 +315,16 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
     config_file.write_text(config.to_json() + "\n")
 
 
-def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best) -> dict[str, Any]:
+def _field_defaults() -> dict[str, Any]:
+    """TrainConfig's declared defaults in JSON form (its required fields left out)."""
+    return {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(TrainConfig)
+            if f.default is not MISSING or f.default_factory is not MISSING}
+
+
+def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best, device) -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state(), "sampler": sampler.get_state()}
+    if device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(device)
     return {
         "format": FORMAT,
         "step": step,
@@ -297,7 +336,7 @@ def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler
         "ema_updates": ema.updates if ema is not None else 0,
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {"torch": torch.get_rng_state(), "sampler": sampler.get_state()},
+        "rng": rng,
         "dataset": {"source": str(dataset.source), "task": dataset.task, "env_kwargs": dataset.env_kwargs,
                     "obs_keys": list(dataset.obs_keys), "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
                     "episodes": len(dataset), "train_episodes": len(dataset.train_indices),
@@ -314,11 +353,34 @@ def _json_safe(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str))
 
 
-def _init_distributed() -> tuple[int, int]:
+def _run_device(device: str | torch.device) -> torch.device:
+    """``device`` resolved for this process: under torchrun (WORLD_SIZE > 1) CUDA means cuda:LOCAL_RANK."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    resolved = resolve_device(device, local_rank=int(os.environ.get("LOCAL_RANK", "0")) if world > 1 else None)
+    if resolved.type == "cuda" and world > 1:
+        torch.cuda.set_device(resolved)  # NCCL's device for this rank
+    return resolved
+
+
+def _init_distributed(device: torch.device) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _mixed_precision(model: nn.Module, device: torch.device, amp: str) -> Callable[..., torch.Tensor]:
+    """The network call of the loss. ``amp="bf16"``: under ``torch.autocast`` in bfloat16 (the
+    backward follows the forward's dtypes), the output back in float32, so the loss is computed in
+    float32; weights stay float32, and DoPr's hooks cast the layer inputs they record to float32."""
+    if amp == "none":
+        return model
+
+    def autocast_forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return model(*args, **kwargs).float()
+
+    return autocast_forward
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

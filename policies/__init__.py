@@ -11,6 +11,7 @@ from dataclasses import fields
 from typing import Any
 
 from policies.base import Policy
+from policies.flow import FlowMLPConfig, FlowMLPPolicy, FlowPolicy, FlowTransformerConfig, FlowTransformerPolicy
 from policies.mlp import MLPConfig, MLPPolicy
 from policies.normalizer import Normalizer
 from policies.transformer import TransformerConfig, TransformerPolicy
@@ -19,6 +20,8 @@ from policies.transformer import TransformerConfig, TransformerPolicy
 POLICIES: dict[str, tuple[type[Policy], type]] = {
     "mlp": (MLPPolicy, MLPConfig),
     "transformer": (TransformerPolicy, TransformerConfig),
+    "flow-mlp": (FlowMLPPolicy, FlowMLPConfig),  # the trunks above with a flow-matching head (policies/flow.py)
+    "flow-transformer": (FlowTransformerPolicy, FlowTransformerConfig),
 }
 
 
@@ -40,5 +43,6 @@ def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: 
     return policy_class(obs_dim, act_dim, history, chunk, config=config_class(**config))
 
 
-__all__ = ["POLICIES", "MLPConfig", "MLPPolicy", "Normalizer", "Policy", "TransformerConfig",
+__all__ = ["POLICIES", "FlowMLPConfig", "FlowMLPPolicy", "FlowPolicy", "FlowTransformerConfig",
+           "FlowTransformerPolicy", "MLPConfig", "MLPPolicy", "Normalizer", "Policy", "TransformerConfig",
            "TransformerPolicy", "make_policy", "policy_config_fields"]

@@ -180,7 +180,7 @@ class ExpertAsPolicy(Policy):
         super().__init__(obs_dim, act_dim, 1, 1)
         self.expert = expert
 
-    def predict(self, obs_history: torch.Tensor) -> torch.Tensor:
+    def predict(self, obs_history: torch.Tensor, generator=None) -> torch.Tensor:
         return torch.as_tensor(self.expert.act(obs_history[:, -1].numpy()))[:, None, :]
 
 

@@ -26,6 +26,7 @@ import torch
 import envs
 from demos.history import history_indices
 from dopr_robot.atomic import write_json_atomic
+from dopr_robot.devices import module_device
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.metrics import (
     closed_loop_summary,
@@ -221,9 +222,9 @@ def _compounding(policy: Policy, expert, policy_runs: list[Trajectory], expert_r
     policy_at_expert = _split(policy_actions(policy, expert_states), expert_states)
     expert_at_policy = _split(expert.act(np.concatenate(policy_states)), policy_states)
     expert_at_expert = _split(expert.act(np.concatenate(expert_states)), expert_states)
-    obs_mean = policy.obs_normalizer.mean.double().numpy()
-    obs_std = policy.obs_normalizer.std.double().numpy()
-    act_std = policy.action_normalizer.std.double().numpy()
+    obs_mean = policy.obs_normalizer.mean.double().cpu().numpy()
+    obs_std = policy.obs_normalizer.std.double().cpu().numpy()
+    act_std = policy.action_normalizer.std.double().cpu().numpy()
     per_episode = []
     for i, (p, e) in enumerate(zip(policy_runs, expert_runs)):
         result = episode_compounding(p, e, obs_mean, obs_std, act_std, policy_at_policy[i], expert_at_policy[i],
@@ -251,14 +252,19 @@ def _split(rows: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
 
 
 @torch.no_grad()
-def policy_actions(policy: Policy, observations: list[np.ndarray], batch_size: int = 4096) -> np.ndarray:
+def policy_actions(policy: Policy, observations: list[np.ndarray], batch_size: int = 4096, seed: int = 0) -> np.ndarray:
     """The policy's action now (first chunk row, a fresh prediction) at every step of each observation
     sequence ``(T_i, D)``, with the history padded by the sequence's first observation as in training
-    (:func:`demos.history.history_indices`); ``(sum T_i, A)``."""
+    (:func:`demos.history.history_indices`); ``(sum T_i, A)``. Batches run on the policy's device
+    and the actions come back in one copy. A policy that samples draws from one generator seeded
+    ``seed``: the same states give the same actions, whatever ``num_envs`` visited them with."""
+    device = module_device(policy)
+    generator = torch.Generator().manual_seed(seed)
     histories = [obs[history_indices(len(obs), policy.history)] for obs in observations]  # (T_i, H, D) each
     histories = torch.as_tensor(np.concatenate(histories), dtype=torch.float32)
-    out = [policy.predict(histories[start:start + batch_size])[:, 0] for start in range(0, len(histories), batch_size)]
-    return torch.cat(out).double().numpy()
+    out = [policy.predict(histories[start:start + batch_size].to(device), generator=generator)[:, 0]
+           for start in range(0, len(histories), batch_size)]
+    return torch.cat(out).double().cpu().numpy()
 
 
 def _check_spaces(make_env: Callable[[], Any], policy: Policy, task: str) -> None:

@@ -23,12 +23,13 @@ and :class:`ExpertController` (the task's scripted/SB3 expert, batched).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Callable, Protocol, Sequence
 
 import gymnasium
 import numpy as np
 import torch
 
+from dopr_robot.devices import module_device
 from dopr_robot.errors import UserError
 from policies import Policy
 
@@ -59,8 +60,9 @@ class Trajectory:
 class Controller(Protocol):
     """Batched actor over the K slots of a vector env."""
 
-    def reset(self, slots: np.ndarray, obs: np.ndarray) -> None:
-        """Slots ``slots`` (bool ``(K,)``) start new episodes; ``obs`` ``(K, D)`` holds their first observations."""
+    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
+        """Slots ``slots`` (bool ``(K,)``) start new episodes; ``obs`` ``(K, D)`` holds their first observations,
+        ``seeds`` (length K) the reset seed of each slot's episode."""
 
     def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
         """Actions ``(K, A)`` for observations ``(K, D)``; rows of inactive slots may be anything finite."""
@@ -72,7 +74,7 @@ class ExpertController:
     def __init__(self, expert, act_dim: int):
         self.expert, self.act_dim = expert, act_dim
 
-    def reset(self, slots: np.ndarray, obs: np.ndarray) -> None:
+    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
         pass
 
     def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -89,22 +91,35 @@ class PolicyController:
     :mod:`demos.history`, with which training windows and ``policy_actions`` index; a test holds
     this incremental buffer to :func:`demos.history.history_indices`. A new chunk is predicted for a
     slot when its episode starts or after it has executed ``actions_per_chunk`` actions of the
-    current one; slots that need one share one batched ``policy.predict`` call.
+    current one; slots that need one share one batched ``policy.predict`` call, on the policy's
+    device: the histories go there in one copy and the chunks come back in one (the buffers, like
+    the environments, stay on the host).
+
+    A policy that samples (:mod:`policies.flow`) draws each episode's noise from a generator of its
+    own, seeded with the episode's reset seed when it starts, and each row of a batched predict from
+    its slot's generator: an episode's samples do not depend on which episodes share the batch, so
+    results do not depend on ``num_envs``. Deterministic policies ignore the generators.
     """
 
     def __init__(self, policy: Policy, num_envs: int, actions_per_chunk: int = 1):
         check_actions_per_chunk(actions_per_chunk, policy.chunk)
         self.policy, self.actions_per_chunk = policy, actions_per_chunk
+        self.device = module_device(policy)
         self.history = np.zeros((num_envs, policy.history, policy.obs_dim), dtype=np.float32)  # (K, H, D) raw
         self.plan = np.zeros((num_envs, policy.chunk, policy.act_dim), dtype=np.float32)  # (K, C, A)
         self.executed = np.full(num_envs, actions_per_chunk)  # actions taken from the current plan
         self.fresh = np.zeros(num_envs, dtype=bool)  # history just filled by reset(): act() must not append
         self.slots = np.arange(num_envs)
+        # Each slot's sampling noise, seeded by its episode's reset seed (None: torch's global RNG).
+        self.generators: list[torch.Generator | None] = [None] * num_envs
 
-    def reset(self, slots: np.ndarray, obs: np.ndarray) -> None:
+    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
         self.history[slots] = obs[slots, None, :]
         self.executed[slots] = self.actions_per_chunk
         self.fresh |= slots
+        for i in np.flatnonzero(slots):
+            seed = None if seeds is None else seeds[i]
+            self.generators[i] = None if seed is None else torch.Generator().manual_seed(int(seed))
 
     def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
         advance = ~self.fresh  # slots whose newest observation is not in the history yet
@@ -114,14 +129,19 @@ class PolicyController:
         self.fresh[:] = False
         need = active & (self.executed >= self.actions_per_chunk)
         if need.all():  # the usual case: every slot re-plans, no gather needed
-            self.plan[:] = self.policy.predict(torch.from_numpy(self.history)).numpy()
+            self.plan[:] = self._predict(self.history, self.generators)
             self.executed[:] = 0
         elif need.any():
-            self.plan[need] = self.policy.predict(torch.from_numpy(self.history[need])).numpy()
+            self.plan[need] = self._predict(self.history[need], [self.generators[i] for i in np.flatnonzero(need)])
             self.executed[need] = 0
         actions = self.plan[self.slots, np.minimum(self.executed, self.policy.chunk - 1)]
         self.executed[active] += 1
         return actions
+
+    def _predict(self, history: np.ndarray, generators: list[torch.Generator | None]) -> np.ndarray:
+        """Chunks ``(B, C, A)`` for raw histories ``(B, H, D)``: one batched forward on the policy's
+        device, row i's noise (if any) from ``generators[i]``."""
+        return self.policy.predict(torch.from_numpy(history).to(self.device), generator=generators).cpu().numpy()
 
 
 def check_actions_per_chunk(actions_per_chunk: int, chunk: int) -> None:
@@ -196,7 +216,7 @@ def _run(vec, controller: Controller, seeds: list[int], render: bool, on_episode
                 running[i].obs.append(np.array(obs[i]))
                 if render:
                     running[i].frames.append(vec.envs[i].render())
-        controller.reset(slots, obs)
+        controller.reset(slots, obs, reset_seeds)
         return obs
 
     obs = start(np.ones(k, dtype=bool))
