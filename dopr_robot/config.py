@@ -109,6 +109,10 @@ class TrainConfig:
         if unknown:
             raise UserError(f"policy {self.policy!r} has no option(s) {', '.join(unknown)}; "
                             f"valid: {', '.join(policy_config_fields(self.policy))}")
+        try:  # the policy config's own checks (e.g. width >= 1), before anything is written
+            POLICIES[self.policy][1](**self.policy_options)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"--policy-options {json.dumps(self.policy_options)}: {err}") from None
         for name in ("steps", "batch_size", "history", "chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

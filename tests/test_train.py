@@ -139,6 +139,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(reach_d
         (["--optimizer", "lion"], "unknown optimizer 'lion'; valid: sgd, adam, adamw"),
         (["--steps", "0"], "--steps must be >= 1, got 0"),
         (["--policy-options", '{"layers": 2}'], "policy 'mlp' has no option(s) layers"),
+        (["--policy-options", '{"width": 0}'], '--policy-options {"width": 0}: invalid MLP config'),
         (["--optimizer-options", '{"refresh_every": 10}'],
          "--optimizer-options refresh_every: a DoPr option that --optimizer adamw would ignore; use --optimizer dopr-adamw"),
     ],
