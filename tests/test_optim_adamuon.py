@@ -231,7 +231,7 @@ def test_state_dict_resume_is_bit_identical(name: str, options: dict, tmp_path) 
 
 def test_loading_a_foreign_state_dict_is_refused() -> None:
     model = nn.Linear(2, 2)
-    with pytest.raises(ValueError, match="Not an AdaMuonWithAdamW state dict"):
+    with pytest.raises(ValueError, match="Not a state dict of AdaMuonWithAdamW"):
         AdaMuonWithAdamW(model).load_state_dict(torch.optim.AdamW(model.parameters()).state_dict())
 
 

@@ -22,13 +22,13 @@ Sources read (nothing copied):
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.optim import AdamW, Optimizer
+from torch.optim import Optimizer
 
-from dopr_robot.optim.muon import linear_weights_and_rest
+from dopr_robot.optim.muon import MatrixWithAdamW
 
 # Keller Jordan's quintic Newton–Schulz coefficients, used by torch.optim.Muon and by the AdaMuon
 # authors alike; they push every singular value into roughly [0.7, 1.2] in 5 steps.
@@ -221,7 +221,7 @@ def newton_schulz(matrix: Tensor, steps: int) -> Tensor:
     return x.T if tall else x
 
 
-class AdaMuonWithAdamW(Optimizer):
+class AdaMuonWithAdamW(MatrixWithAdamW):
     r"""AdaMuon on linear-layer weights, AdamW (same lr, weight decay and eps) on everything else.
 
     The pairing of :class:`MuonWithAdamW`, with :class:`AdaMuon` in place of ``torch.optim.Muon``:
@@ -238,6 +238,8 @@ class AdaMuonWithAdamW(Optimizer):
             and AdamW's; the same role and the same default, 1e-8).
     """
 
+    matrix_name = "adamuon"
+
     def __init__(
         self,
         model: nn.Module,
@@ -249,47 +251,8 @@ class AdaMuonWithAdamW(Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"AdaMuonWithAdamW takes the model (an nn.Module), got {type(model).__name__}")
-        matrices, rest = linear_weights_and_rest(model)
-        super().__init__(matrices + rest, dict(lr=lr, weight_decay=weight_decay))
-        self.adamuon = (
-            AdaMuon(matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                    ns_steps=ns_steps, eps=eps)
-            if matrices else None
-        )
-        self.adamw = AdamW(rest, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps) if rest else None
+        super().__init__(model, lr, weight_decay, betas, eps, momentum=momentum, nesterov=nesterov,
+                         ns_steps=ns_steps, eps=eps)
 
-    def _parts(self) -> Iterable[Optimizer]:
-        return [opt for opt in (self.adamuon, self.adamw) if opt is not None]
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        # Schedulers and users change this optimizer's group; the two halves follow it.
-        lr, weight_decay = self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
-        for part in self._parts():
-            part.param_groups[0]["lr"] = lr
-            part.param_groups[0]["weight_decay"] = weight_decay
-            part.step()
-        return loss
-
-    def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["adamuon"] = self.adamuon.state_dict() if self.adamuon is not None else None
-        state["adamw"] = self.adamw.state_dict() if self.adamw is not None else None
-        return state
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        state_dict = dict(state_dict)
-        if "adamuon" not in state_dict or "adamw" not in state_dict:
-            raise ValueError("Not an AdaMuonWithAdamW state dict: the 'adamuon' and 'adamw' entries are missing")
-        adamuon_state, adamw_state = state_dict.pop("adamuon"), state_dict.pop("adamw")
-        super().load_state_dict(state_dict)
-        if self.adamuon is not None:
-            self.adamuon.load_state_dict(adamuon_state)
-        if self.adamw is not None:
-            self.adamw.load_state_dict(adamw_state)
+    def _build_matrix(self, matrices: list[nn.Parameter], **kwargs) -> Optimizer:
+        return AdaMuon(matrices, **kwargs)

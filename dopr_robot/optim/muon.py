@@ -38,47 +38,32 @@ def linear_weights_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[
     return linear, rest
 
 
-class MuonWithAdamW(Optimizer):
-    r"""Muon on linear-layer weights, AdamW (same lr and weight decay) on everything else.
+class MatrixWithAdamW(Optimizer):
+    """A matrix optimizer on linear-layer weights, AdamW (same lr and weight decay) on everything else.
 
-    Muon (torch.optim.Muon): :math:`B_t = \mu B_{t-1} + G_t`, update
-    :math:`O_t = \mathrm{NewtonSchulz}(G_t + \mu B_t)` (Nesterov), then
-    :math:`W \leftarrow (1 - \eta\lambda) W - \eta'\, O_t` with :math:`\eta'` from ``adjust_lr_fn``.
-    The default ``adjust_lr_fn="match_rms_adamw"`` scales Muon's step to AdamW's update RMS, so one
-    learning rate serves both halves (and the learning rate tuned for AdamW carries over).
-
-    Args:
-        model: the module whose parameters are optimized.
-        lr, weight_decay: shared by both halves.
-        momentum, nesterov, ns_steps, adjust_lr_fn: Muon's (see torch.optim.Muon).
-        betas, eps: AdamW's, for the non-matrix parameters.
+    The shared half of :class:`MuonWithAdamW` and ``AdaMuonWithAdamW``: subclasses name their matrix
+    optimizer (``matrix_name``, also the attribute that holds it and its key in ``state_dict``) and
+    build it (``_build_matrix``); the split of parameters, the step (both halves follow this
+    optimizer's lr and weight decay, as schedulers set them) and saving are here.
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_steps: int = 5,
-        adjust_lr_fn: str | None = "match_rms_adamw",
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ):
+    matrix_name = "matrix"
+
+    def __init__(self, model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float],
+                 adamw_eps: float, **matrix_kwargs):
         if not isinstance(model, nn.Module):
-            raise ValueError(f"MuonWithAdamW takes the model (an nn.Module), got {type(model).__name__}")
+            raise ValueError(f"{type(self).__name__} takes the model (an nn.Module), got {type(model).__name__}")
         matrices, rest = linear_weights_and_rest(model)
         super().__init__(matrices + rest, dict(lr=lr, weight_decay=weight_decay))
-        self.muon = (
-            Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=momentum, nesterov=nesterov,
-                 ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
-            if matrices else None
-        )
-        self.adamw = AdamW(rest, lr=lr, weight_decay=weight_decay, betas=betas, eps=eps) if rest else None
+        matrix = self._build_matrix(matrices, lr=lr, weight_decay=weight_decay, **matrix_kwargs) if matrices else None
+        setattr(self, self.matrix_name, matrix)
+        self.adamw = AdamW(rest, lr=lr, weight_decay=weight_decay, betas=betas, eps=adamw_eps) if rest else None
+
+    def _build_matrix(self, matrices: list[nn.Parameter], **kwargs) -> Optimizer:
+        raise NotImplementedError
 
     def _parts(self) -> Iterable[Optimizer]:
-        return [opt for opt in (self.muon, self.adamw) if opt is not None]
+        return [opt for opt in (getattr(self, self.matrix_name), self.adamw) if opt is not None]
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -96,15 +81,56 @@ class MuonWithAdamW(Optimizer):
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["muon"] = self.muon.state_dict() if self.muon is not None else None
+        matrix = getattr(self, self.matrix_name)
+        state[self.matrix_name] = matrix.state_dict() if matrix is not None else None
         state["adamw"] = self.adamw.state_dict() if self.adamw is not None else None
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
-        muon_state, adamw_state = state_dict.pop("muon"), state_dict.pop("adamw")
+        if self.matrix_name not in state_dict or "adamw" not in state_dict:
+            raise ValueError(f"Not a state dict of {type(self).__name__}: the '{self.matrix_name}' and 'adamw' "
+                             "entries are missing")
+        matrix_state, adamw_state = state_dict.pop(self.matrix_name), state_dict.pop("adamw")
         super().load_state_dict(state_dict)
-        if self.muon is not None:
-            self.muon.load_state_dict(muon_state)
+        if getattr(self, self.matrix_name) is not None:
+            getattr(self, self.matrix_name).load_state_dict(matrix_state)
         if self.adamw is not None:
             self.adamw.load_state_dict(adamw_state)
+
+
+class MuonWithAdamW(MatrixWithAdamW):
+    r"""Muon on linear-layer weights, AdamW (same lr and weight decay) on everything else.
+
+    Muon (torch.optim.Muon): momentum :math:`B_t = \mu B_{t-1} + (1 - \mu) G_t` (torch's EMA form),
+    update :math:`O_t = \mathrm{NewtonSchulz}((1 - \mu) G_t + \mu B_t)` (Nesterov), then
+    :math:`W \leftarrow (1 - \eta\lambda) W - \eta'\, O_t` with :math:`\eta'` from ``adjust_lr_fn``.
+    The default ``adjust_lr_fn="match_rms_adamw"`` scales Muon's step to AdamW's update RMS, so one
+    learning rate serves both halves (and the learning rate tuned for AdamW carries over).
+
+    Args:
+        model: the module whose parameters are optimized.
+        lr, weight_decay: shared by both halves.
+        momentum, nesterov, ns_steps, adjust_lr_fn: Muon's (see torch.optim.Muon).
+        betas, eps: AdamW's, for the non-matrix parameters.
+    """
+
+    matrix_name = "muon"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        momentum: float = 0.95,
+        nesterov: bool = True,
+        ns_steps: int = 5,
+        adjust_lr_fn: str | None = "match_rms_adamw",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
+        super().__init__(model, lr, weight_decay, betas, eps, momentum=momentum, nesterov=nesterov,
+                         ns_steps=ns_steps, adjust_lr_fn=adjust_lr_fn)
+
+    def _build_matrix(self, matrices: list[nn.Parameter], **kwargs) -> Optimizer:
+        return Muon(matrices, **kwargs)
