@@ -11,7 +11,8 @@ Every cell of a task trains on the same demonstrations with the same settings (o
 the grid's template), apart from the optimizer and the seed, and is evaluated with the same
 ``EvalConfig`` on the same evaluation seeds. Seed k initializes the policy identically for every
 optimizer, so DoPr-X and X are compared pairwise, seed by seed. A killed ``compare`` resumes:
-finished cells are skipped, a cell with a checkpoint continues from it.
+finished cells are skipped, a cell with a checkpoint continues from it. Cells run one at a time, in
+local worker processes or as Ray tasks (:mod:`dopr_robot.grid`), with the same results.
 
 The JSON form (``--config FILE.json``, and what ``compare_config.json`` holds)::
 
@@ -33,8 +34,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 import demos
 import envs
 from dopr_robot.atomic import write_json_atomic
@@ -42,6 +41,7 @@ from dopr_robot.checkpoint import CHECKPOINT_NAME
 from dopr_robot.config import EvalConfig, TrainConfig, config_from_dict, config_items, config_to_dict, nested, option
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint
+from dopr_robot.grid import Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS
 from dopr_robot.report import write_replication_report, write_report
 from envs import seeds as seed_ranges
@@ -129,33 +129,38 @@ def _span(seeds: range) -> str:
     return f"{seeds.start:,}..{seeds.stop - 1:,}"
 
 
-def compare(config: CompareConfig, progress: bool = True) -> list[dict[str, Any]]:
-    """Run every missing cell, then write the report. Returns the result rows."""
-    from dopr_robot.train import train
-
+def compare(config: CompareConfig, progress: bool = True, execution: Execution = Execution()) -> list[dict[str, Any]]:
+    """Run every missing cell (one at a time, in local processes or on Ray: ``execution``), then
+    write the report. Returns the result rows."""
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_comparison(config, out / CONFIG_FILE)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
     data = {task: _demonstrations(config, task, out, progress) for task in config.tasks}
-    bar = tqdm(config.cells(), desc="compare", disable=not progress)
-    settings = config.eval
-    for task, optimizer, seed in bar:
-        run_dir = config.run_dir(task, optimizer, seed)
-        if (run_dir / "eval.json").exists():
-            continue
-        bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
-        started = time.perf_counter()
-        resume = (run_dir / CHECKPOINT_NAME).exists()
-        train(config.cell_config(optimizer, seed, data[task], run_dir), resume=resume, overwrite=not resume, progress=False)
-        result = evaluate_checkpoint(run_dir, task=task, use_ema=settings.use_ema, episodes=settings.episodes,
-                                     seed=settings.seed, num_envs=settings.num_envs,
-                                     actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert)
-        record = result.to_dict()
-        record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
-                          "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
-        write_json_atomic(run_dir / "eval.json", record)
+    missing = [cell for cell in config.cells() if not (config.run_dir(*cell) / "eval.json").exists()]
+    run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
     return write_report(out)
+
+
+def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str = "auto") -> None:
+    """One cell: train on ``device`` (resuming from its checkpoint when there is one), evaluate, and
+    write its eval.json atomically (the cell is done when that file exists). Top-level, so that
+    worker processes and Ray tasks can import it."""
+    from dopr_robot.train import train
+
+    run_dir = config.run_dir(task, optimizer, seed)
+    settings = config.eval
+    started = time.perf_counter()
+    resume = (run_dir / CHECKPOINT_NAME).exists()
+    train(config.cell_config(optimizer, seed, data, run_dir), resume=resume, overwrite=not resume, progress=False,
+          device=device)
+    result = evaluate_checkpoint(run_dir, task=task, use_ema=settings.use_ema, device=device, episodes=settings.episodes,
+                                 seed=settings.seed, num_envs=settings.num_envs,
+                                 actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert)
+    record = result.to_dict()
+    record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
+                      "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
+    write_json_atomic(run_dir / "eval.json", record)
 
 
 def load_compare_config(out: str | Path) -> CompareConfig:
@@ -237,7 +242,7 @@ def replication_config(original: CompareConfig) -> CompareConfig:
                    eval=replace(original.eval, seed=seed_ranges.REPLICATION + offset))
 
 
-def replicate(out: str | Path, progress: bool = True) -> Path:
+def replicate(out: str | Path, progress: bool = True, execution: Execution = Execution()) -> Path:
     """Rerun the finished comparison in ``out`` as :func:`replication_config` says (resumable like
     any grid), then write ``out/replication.md`` beside it (both results side by side); return its path."""
     out = Path(out)
@@ -248,7 +253,7 @@ def replicate(out: str | Path, progress: bool = True) -> Path:
         raise UserError(f"{out} holds an unfinished comparison ({len(unfinished)} of {len(original.cells())} runs not "
                         f"evaluated yet): finish it with `dopr-robot compare --config {out / CONFIG_FILE} --out {out}`, "
                         "then replicate it")
-    compare(config, progress=progress)
+    compare(config, progress=progress, execution=execution)
     report = out / REPLICATION_REPORT
     write_replication_report(out, Path(config.out), report)
     return report

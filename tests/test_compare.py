@@ -131,7 +131,7 @@ def test_config_errors(tmp_path: Path, overrides: dict, message: str) -> None:
 NON_DEFAULT = {"policy": "transformer", "policy_options": {"d_model": 16, "n_layers": 1, "n_heads": 2, "mlp_ratio": 1},
                "history": 2, "chunk": 2, "steps": 6, "batch_size": 8, "lr": 3e-4, "ema_decay": 0.0,
                "optimizer_options": {"refresh_every": 2}, "obs_keys": ["flat"], "val_every": 3,
-               "checkpoint_every": 3, "log_every": 2}
+               "checkpoint_every": 3, "log_every": 2, "amp": "bf16"}
 
 
 def _non_default(f) -> object:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from dopr_robot.compare import REPLICATION_DIR, REPLICATION_REPORT, CompareConfig
 from dopr_robot.config import add_config_arguments, given_options, resolve_config
+from dopr_robot.devices import add_device_argument
+from dopr_robot.grid import LOCAL_RAY, RAY_INSTALL, Execution
 from envs.seeds import REPLICATION, REPLICATION_DEMO_SEED
 
 HELP = "train and evaluate every (task, optimizer, seed); write results.csv, summary.md and plots (resumable)"
@@ -27,12 +29,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"demonstrations (reset seeds from {REPLICATION_DEMO_SEED:,}) and fresh evaluation episodes "
                              f"(from {REPLICATION:,}) into OUT/{REPLICATION_DIR}/; print OUT/{REPLICATION_REPORT} (resumable)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # How the cells run, not what they compute: never saved, never part of the resume check.
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run N cells at once in local processes, each with --threads threads (default: "
+                             "cores // N) and, with several GPUs, a GPU of its own; the same results as one at a time")
+    parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                        help="run each cell as a Ray task on the cluster at ADDRESS (HEAD:6379, or auto), or on a "
+                             "local Ray on this machine when no ADDRESS is given; each asks for --threads CPUs "
+                             "(default 1) and, on cuda, one GPU. On several nodes --out must be a path on a "
+                             f"filesystem every node mounts at the same place (needs Ray: {RAY_INSTALL})")
+    add_device_argument(parser)  # where every cell trains and evaluates: an Execution setting, not a grid one
 
 
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.compare import compare, replicate
     from dopr_robot.errors import UserError
 
+    execution = _execution(args)
     if args.replicate:
         given = given_options(CompareConfig, args)
         extra = [flag for dest, flag in given.items() if dest != "out"] + (["--config"] if args.config else [])
@@ -40,15 +53,28 @@ def run(args: argparse.Namespace) -> int:
             raise UserError(f"--replicate reruns the comparison saved in --out with its own settings: drop {', '.join(extra)}")
         if "out" not in given:
             raise UserError("--replicate needs --out DIR, the directory of a finished comparison")
-        report = replicate(args.out, progress=not args.no_progress)
+        report = replicate(args.out, progress=not args.no_progress, execution=execution)
         print(report.read_text())
         print(f"replication: {Path(args.out) / REPLICATION_DIR}; both side by side: {report}")
         return 0
 
     config = resolve_config(CompareConfig, args)
-    compare(config, progress=not args.no_progress)
+    compare(config, progress=not args.no_progress, execution=execution)
     out = Path(config.out)
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plots: "
           f"{', '.join(str(p) for p in sorted(out.glob('*.png')))}")
     return 0
+
+
+def _execution(args: argparse.Namespace) -> Execution:
+    """--workers or --ray, with --threads per cell and the cells' --device, as an Execution."""
+    from dopr_robot.errors import UserError
+
+    device = getattr(args, "device", "auto")
+    if args.ray is not None:
+        if args.workers != 1:
+            raise UserError("--workers runs cells in local processes, --ray on a Ray cluster: give one of them")
+        return Execution("ray", address=args.ray, threads=args.threads, device=device)
+    executor = "processes" if args.workers > 1 else "serial"
+    return Execution(executor, workers=args.workers, threads=args.threads, device=device)

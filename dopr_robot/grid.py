@@ -1,0 +1,224 @@
+"""How the cells of a grid run: one after another, in local worker processes, or as Ray tasks.
+
+``compare`` decides *what* runs (the cells without an eval.json) and hands them here with the cell
+body: a top-level function ``cell(config, task, optimizer, seed, data, device)`` that trains,
+evaluates and writes the cell's eval.json atomically (:func:`dopr_robot.compare.run_cell`). Every
+cell is seeded on its own, so the executor changes the wall time, not the results: the same files
+and the same numbers (given the same intra-op thread count per cell: a matmul may round differently
+with more threads).
+
+- ``serial``: in this process, in grid order; the first failure stops the grid, as a kill would.
+- ``processes``: ``workers`` spawned local processes, each with ``threads`` intra-op threads
+  (default: its share of the cores, cores // workers) and, on a machine with several GPUs and a
+  device without an index (``auto``, ``cuda``), a GPU of its own (``CUDA_VISIBLE_DEVICES``,
+  round-robin over the visible GPUs). Workers are spawned, not forked: a script that calls
+  ``compare`` with this executor needs the ``if __name__ == "__main__":`` guard.
+- ``ray``: one Ray task per cell on the cluster at ``address`` (``"local"``: a Ray instance started
+  here on this machine's cores; a Ray already initialized in this process is used as it is). A task
+  asks for ``threads`` CPUs (default 1) and one GPU when the device is ``cuda`` (or ``auto`` on a
+  cluster that has GPUs); Ray gives it that GPU as ``cuda``. A task lost with its worker or node is
+  rerun by Ray (``max_retries``) and resumes from the cell's last checkpoint. Cells write under the
+  grid's directory, so on several nodes it must be on a filesystem every node mounts at the same
+  path, and every node needs the same dopr-robot installed.
+
+With ``processes`` and ``ray`` a failed cell does not stop the others: each failure is printed as it
+happens, and when every cell has ended they are raised together in one UserError naming each cell.
+Finished cells keep their eval.json, so running the same command again runs only the missing ones.
+
+Execution settings are not grid settings: they are never saved and never part of the resume check,
+so a grid started one way can be finished another.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import multiprocessing
+import os
+import sys
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from dopr_robot import threads
+from dopr_robot.errors import UserError
+
+EXECUTORS = ("serial", "processes", "ray")
+RAY_INSTALL = 'pip install "dopr-robot[ray]"'
+LOCAL_RAY = "local"  # ray.init's own word for "start a new Ray instance on this machine"
+# Reruns of a Ray task whose worker process or node died (a cell that raises is not rerun).
+RAY_MAX_RETRIES = 3
+
+Cell = tuple[str, str, int]  # (task, optimizer, seed)
+# cell(config, task, optimizer, seed, data, device): top-level, so worker processes can import it.
+CellBody = Callable[[Any, str, str, int, Path, str], None]
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How the cells run (not what they compute): the command line's --workers, --ray, --threads, --device."""
+
+    executor: str = "serial"  # one of EXECUTORS
+    workers: int = 1  # processes: cells at once
+    address: str = LOCAL_RAY  # ray: the cluster (HEAD:6379, "auto") or "local"
+    threads: int | None = None  # intra-op threads per cell (None: processes cores // workers, ray 1)
+    device: str = "auto"  # where each cell trains and evaluates (--device: auto | cpu | cuda | cuda:N)
+
+    def __post_init__(self) -> None:
+        if self.executor not in EXECUTORS:
+            raise UserError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
+        if self.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {self.workers}")
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.executor == "ray" and importlib.util.find_spec("ray") is None:  # before any work
+            raise UserError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
+        if self.executor == "ray" and self.device.startswith("cuda:"):
+            raise UserError(f"--device {self.device}: Ray gives each cell its own GPU; use --device cuda (or auto)")
+
+
+def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path],
+              execution: Execution = Execution(), progress: bool = True, done: int = 0) -> None:
+    """Run ``cell(config, task, optimizer, seed, data[task], device)`` for each of ``cells`` as
+    ``execution`` says, with a progress bar that starts at ``done`` (cells finished before) and
+    advances as cells finish. Raises a UserError naming every failed cell (``processes``, ``ray``)."""
+    bar = tqdm(total=done + len(cells), initial=done, desc="compare", disable=not progress)
+    try:
+        if execution.executor == "serial" or not cells:
+            for task, optimizer, seed in cells:
+                bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
+                cell(config, task, optimizer, seed, data[task], execution.device)
+                bar.update()
+            return
+        run = _in_processes if execution.executor == "processes" else _on_ray
+        failures = run(cell, config, cells, data, execution, bar)
+    finally:
+        bar.close()
+    if failures:
+        lines = "\n".join(f"  {_name(c)}: {_describe(error)}" for c, error in failures)
+        raise UserError(f"{len(failures)} of {len(cells)} cells failed (the others finished and are kept; the same "
+                        f"command runs only the missing cells):\n{lines}")
+
+
+def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path], execution: Execution,
+                  bar: tqdm) -> list[tuple[Cell, BaseException]]:
+    workers = min(execution.workers, len(cells))
+    per_cell = threads.requested_threads(execution.threads) or max(1, threads.machine_cores() // execution.workers)
+    context = multiprocessing.get_context("spawn")  # a fork of a process that ran torch is unsafe
+    slots = context.Queue()  # worker i takes slot i: its GPU
+    for slot in range(workers):
+        slots.put(slot)
+    failures = []
+    # A device with an index is the user's choice for every cell; otherwise each worker gets a GPU.
+    gpus = [] if ":" in execution.device else _visible_gpus()
+    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                               initargs=(slots, gpus, per_cell))
+    try:
+        futures = {pool.submit(cell, config, *c, data[c[0]], execution.device): c for c in cells}
+        for future in as_completed(futures):
+            c = futures[future]
+            error = future.exception()
+            if error is not None:
+                failures.append((c, error))
+                _report_failure(c, error, bar)
+            bar.set_postfix_str(f"{_name(c)} {'failed' if error else 'done'}")
+            bar.update()
+    except BaseException:  # Ctrl-C: do not wait for the queued cells
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return failures
+
+
+def _start_worker(slots: Any, gpus: list[str], thread_count: int) -> None:
+    """A worker process's setup, before it imports torch: its GPU and its thread budget."""
+    slot = slots.get()
+    if len(gpus) > 1:  # one GPU per worker: --device cuda (or auto) then means this one
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
+    os.environ["OMP_NUM_THREADS"] = str(thread_count)
+    threads.configure(thread_count)
+
+
+def _visible_gpus() -> list[str]:
+    """The GPUs this process may use, as ``CUDA_VISIBLE_DEVICES`` entries (none without CUDA)."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = [name.strip() for name in visible.split(",") if name.strip()] if visible else [str(i) for i in range(count)]
+    return names[:count]
+
+
+def _on_ray(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path], execution: Execution,
+            bar: tqdm) -> list[tuple[Cell, BaseException]]:
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}") from None
+    per_cell = threads.requested_threads(execution.threads) or 1
+    started_here = not ray.is_initialized()
+    if started_here:
+        if execution.address == LOCAL_RAY:
+            ray.init(address=LOCAL_RAY, num_cpus=max(per_cell, threads.machine_cores()))
+        else:
+            ray.init(address=execution.address)
+    on_gpu = execution.device == "cuda" or (execution.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0)
+    remote = ray.remote(_ray_cell).options(num_cpus=per_cell, num_gpus=1 if on_gpu else 0, max_retries=RAY_MAX_RETRIES)
+    failures, pending = [], {}
+    try:
+        for c in cells:
+            pending[remote.remote(cell, config, *c, data[c[0]], execution.device, per_cell, os.getcwd())] = c
+        while pending:
+            finished, _ = ray.wait(list(pending), num_returns=1)
+            for ref in finished:
+                c = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                    error = None
+                except ray.exceptions.RayError as err:  # the cell raised, or its worker died past the retries
+                    error = err.cause if isinstance(err, ray.exceptions.RayTaskError) and err.cause else err
+                    failures.append((c, error))
+                    _report_failure(c, error, bar, remote_traceback=str(err))
+                bar.set_postfix_str(f"{_name(c)} {'failed' if error else 'done'}")
+                bar.update()
+    except BaseException:  # Ctrl-C: stop the cells still running or queued
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+    return failures
+
+
+def _ray_cell(cell: CellBody, config: Any, task: str, optimizer: str, seed: int, data: Path, device: str,
+              thread_count: int, cwd: str) -> None:
+    """One cell in a Ray worker: the driver's thread budget and working directory, then the cell."""
+    if os.path.isdir(cwd):  # relative paths (--out, --data) mean what they meant to the driver
+        os.chdir(cwd)
+    elif not Path(config.out).is_absolute():
+        raise UserError(f"this Ray node has no {cwd}, the directory --out {config.out} is relative to: "
+                        "give --out as an absolute path on a filesystem every node mounts")
+    threads.configure(thread_count)
+    cell(config, task, optimizer, seed, data, device)
+
+
+def _name(c: Cell) -> str:
+    task, optimizer, seed = c
+    return f"{task} {optimizer} seed {seed}"
+
+
+def _describe(error: BaseException) -> str:
+    return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+
+
+def _report_failure(c: Cell, error: BaseException, bar: tqdm, remote_traceback: str | None = None) -> None:
+    """One line for a user's error; the worker's traceback for anything else."""
+    if isinstance(error, UserError):
+        detail = str(error)
+    else:
+        detail = remote_traceback or "".join(traceback.format_exception(error)).rstrip()
+    bar.write(f"compare: {_name(c)} failed: {detail}", file=sys.stderr)

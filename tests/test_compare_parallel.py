@@ -1,0 +1,159 @@
+"""compare --workers and --ray (dopr_robot.grid): the same numbers as the grid run one cell at a time,
+a failed cell named while the others finish, resuming across executors, Ray rerunning the cell of a
+worker that died, and the install hint without Ray."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dopr_robot.cli import main
+from dopr_robot.compare import CompareConfig, compare, run_cell, train_template
+from dopr_robot.config import EvalConfig
+from dopr_robot.errors import UserError
+from dopr_robot.grid import Execution, run_cells
+
+TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo_episodes=3,
+            train=train_template(steps=10, batch_size=16, policy_options={"width": 16, "depth": 1}),
+            eval=EvalConfig(episodes=2, num_envs=2))
+# The same grid on the command line.
+TINY_ARGS = ["--tasks", "Reach-v0", "--optimizers", "adamw,dopr-adamw", "--seeds", "2", "--demo-episodes", "3",
+             "--steps", "10", "--batch-size", "16", "--policy-options", '{"width": 16, "depth": 1}',
+             "--eval-episodes", "2", "--eval-num-envs", "2", "--no-progress"]
+RAY_REASON = 'compare --ray needs ray (pip install "dopr-robot[ray]")'
+
+
+def numbers(out: Path) -> list[dict[str, str]]:
+    """results.csv without the wall times (the only column that may differ between executors)."""
+    with open(out / "results.csv") as f:
+        return [{key: value for key, value in row.items() if key != "wall_time_s"} for row in csv.DictReader(f)]
+
+
+def eval_files(out: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in sorted(out.glob("runs/*/*/seed*/eval.json"))}
+
+
+def block(out: Path, optimizer: str, seed: int) -> Path:
+    """A stray file in a cell's run directory: training refuses it (not a run), so the cell fails."""
+    stray = out / "runs" / "Reach-v0" / optimizer / f"seed{seed}" / "notes.txt"
+    stray.parent.mkdir(parents=True)
+    stray.write_text("not a run\n")
+    return stray
+
+
+@pytest.fixture
+def one_thread():
+    """The thread count the workers get (--threads 1): results are bitwise equal at equal thread counts."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def serial(tmp_path_factory) -> Path:
+    """The tiny grid run one cell at a time, in this process, with one thread."""
+    out = tmp_path_factory.mktemp("serial")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        compare(CompareConfig(out=str(out), **TINY), progress=False)
+    finally:
+        torch.set_num_threads(before)
+    return out
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray instance for the module (it takes seconds to start); the grid uses it as it is."""
+    ray = pytest.importorskip("ray", reason=RAY_REASON)
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=100 * 2**20)
+    yield ray
+    ray.shutdown()
+
+
+def test_workers_give_the_serial_numbers_name_a_failed_cell_and_resume(tmp_path: Path, serial: Path, one_thread,
+                                                                       capsys) -> None:
+    out = tmp_path / "grid"
+    stray = block(out, "adamw", 1)
+    assert main(["compare", "--out", str(out), *TINY_ARGS, "--workers", "2", "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "compare: Reach-v0 adamw seed 1 failed: " in err  # as it happened
+    assert "dopr-robot compare: error: 1 of 4 cells failed (the others finished and are kept" in err
+    assert f"\n  Reach-v0 adamw seed 1: {stray.parent} is not empty and holds no run" in err
+    finished = eval_files(out)
+    assert len(finished) == 3  # the other cells ran to the end
+    saved = json.loads((out / "compare_config.json").read_text())
+    assert not {"workers", "ray", "threads", "device"} & set(saved)  # execution settings, not grid settings
+
+    stray.unlink()
+    compare(CompareConfig(out=str(out), **TINY), progress=False)  # finished one cell at a time
+    assert {path: mtime for path, mtime in eval_files(out).items() if path in finished} == finished
+    assert len(eval_files(out)) == 4
+    assert numbers(out) == numbers(serial)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workers", "0"], "--workers must be >= 1, got 0"),
+    (["--workers", "2", "--ray"], "--workers runs cells in local processes, --ray on a Ray cluster: give one of them"),
+])
+def test_execution_refusals(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    assert main(["compare", "--out", str(tmp_path / "grid"), *TINY_ARGS, *args]) == 2
+    assert capsys.readouterr().err == f"dopr-robot compare: error: {message}\n"
+    assert not (tmp_path / "grid").exists()
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails, as without the package
+    assert main(["compare", "--out", str(tmp_path / "grid"), *TINY_ARGS, "--ray"]) == 2
+    assert capsys.readouterr().err == ('dopr-robot compare: error: --ray needs Ray, which is not installed: '
+                                       'pip install "dopr-robot[ray]"\n')
+    assert not (tmp_path / "grid").exists()  # refused before any work
+
+
+def test_ray_gives_the_serial_numbers(local_ray, tmp_path: Path, serial: Path) -> None:
+    compare(CompareConfig(out=str(tmp_path), **TINY), progress=False, execution=Execution("ray", threads=1))
+    assert numbers(tmp_path) == numbers(serial)
+    for cell in CompareConfig(out=str(tmp_path), **TINY).cells():  # the same run directories, the same settings
+        run = Path("runs", cell[0], cell[1], f"seed{cell[2]}", "config.json")
+        ray_config, serial_config = (json.loads((out / run).read_text()) for out in (tmp_path, serial))
+        assert {k: v for k, v in ray_config.items() if k not in ("data", "out")} == \
+               {k: v for k, v in serial_config.items() if k not in ("data", "out")}
+
+
+def test_a_failed_ray_grid_reruns_only_its_missing_cells(local_ray, tmp_path: Path) -> None:
+    config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["dopr-adamw"]})
+    stray = block(tmp_path, "dopr-adamw", 0)
+    with pytest.raises(UserError, match=r"1 of 2 cells failed .*\n  Reach-v0 dopr-adamw seed 0: .* holds no run"):
+        compare(config, progress=False, execution=Execution("ray", threads=1))
+    finished = eval_files(tmp_path)
+    assert [path.parent.name for path in finished] == ["seed1"]
+
+    stray.unlink()
+    rows = compare(config, progress=False, execution=Execution("ray", threads=1))
+    assert len(rows) == 2
+    assert {path: mtime for path, mtime in eval_files(tmp_path).items() if path in finished} == finished
+
+
+def die_once(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str) -> None:
+    """The cell body, but its first try kills its worker process (as a lost node would)."""
+    marker = Path(config.out) / "died-once"
+    if not marker.exists():
+        marker.touch()
+        os._exit(1)
+    run_cell(config, task, optimizer, seed, data, device)
+
+
+def test_ray_reruns_the_cell_of_a_worker_that_died(local_ray, tmp_path: Path, serial: Path) -> None:
+    local_ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import tests/
+    config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["adamw"], "seeds": 1})
+    run_cells(die_once, config, config.cells(), {"Reach-v0": serial / "data" / "Reach-v0.hdf5"},
+              Execution("ray", threads=1), progress=False)
+    assert (tmp_path / "died-once").exists()
+    assert (config.run_dir("Reach-v0", "adamw", 0) / "eval.json").exists()
