@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "eval": "eval",
     "video": "video",
     "compare": "compare",
+    "sweep": "sweep",
 }
 
 

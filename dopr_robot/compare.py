@@ -7,16 +7,27 @@
     DIR/results.csv, DIR/summary.md, DIR/*.png written from the eval.json files alone (dopr_robot.report)
     DIR/replication/, DIR/replication.md       after ``--replicate``: the same grid on fresh data
 
+With several demonstration counts (``demo_episodes: [10, 25, 50]``) each count is a comparison of its
+own, laid out as above, in ``DIR/demos<N>/`` (resumable, replicable one by one; collected from the
+same reset seeds, so a smaller count's demonstrations are the first episodes of a larger one's), and
+``DIR`` holds the grid's ``compare_config.json``, the runs of every count in one ``results.csv``, a
+``summary.md`` with each count's paired DoPr-X - X differences side by side, and the figures over
+counts (:func:`dopr_robot.report.write_counts_report`).
+
 Every cell of a task trains on the same demonstrations with the same settings (one ``TrainConfig``,
 the grid's template), apart from the optimizer and the seed, and is evaluated with the same
-``EvalConfig`` on the same evaluation seeds. Seed k initializes the policy identically for every
-optimizer, so DoPr-X and X are compared pairwise, seed by seed. A killed ``compare`` resumes:
-finished cells are skipped, a cell with a checkpoint continues from it. Cells run one at a time, in
-local worker processes or as Ray tasks (:mod:`dopr_robot.grid`), with the same results.
+``EvalConfig`` on the same evaluation seeds. Only where ``optimizer_settings`` says so does an
+optimizer get its own learning rate, weight decay, damping, optimizer options, warmup or gradient
+clip (:data:`PER_OPTIMIZER`): the values a sweep chose for it (``dopr-robot sweep``). Seed k
+initializes the policy identically for every optimizer, so DoPr-X and X are compared pairwise, seed
+by seed. A killed ``compare`` resumes: finished cells are skipped, a cell with a checkpoint continues
+from it. Cells run one at a time, in local worker processes or as Ray tasks (:mod:`dopr_robot.grid`),
+with the same results.
 
 The JSON form (``--config FILE.json``, and what ``compare_config.json`` holds)::
 
     {"out": "runs/cmp", "tasks": ["Push-v0"], "optimizers": ["adamw", "dopr-adamw"], "seeds": 5,
+     "optimizer_settings": {"dopr-adamw": {"damping": 0.1}}, "first_seed": 0,
      "data": {}, "demo_episodes": 50, "demo_noise": 0.0, "demo_seed": 0,
      "train": {"steps": 2000, "lr": 0.001, "ema_decay": 0.995, "optimizer_options": {}, ...},
      "eval": {"episodes": 50, "seed": 1000000, "num_envs": 8, ...}}
@@ -38,12 +49,24 @@ import demos
 import envs
 from dopr_robot.atomic import write_json_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME
-from dopr_robot.config import EvalConfig, TrainConfig, config_from_dict, config_items, config_to_dict, nested, option
+from dopr_robot.config import (
+    EvalConfig,
+    TrainConfig,
+    check_value_type,
+    config_from_dict,
+    config_items,
+    config_to_dict,
+    count_or_counts,
+    json_object_or_file,
+    nested,
+    option,
+)
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint
 from dopr_robot.grid import Execution, run_cells
-from dopr_robot.optim import OPTIMIZERS
-from dopr_robot.report import write_replication_report, write_report
+from dopr_robot.optim import OPTIMIZERS, is_dopr
+from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+from dopr_robot.report import write_counts_report, write_replication_report, write_report
 from envs import seeds as seed_ranges
 
 CONFIG_FILE = "compare_config.json"
@@ -52,6 +75,10 @@ REPLICATION_REPORT = "replication.md"
 
 # TrainConfig fields that differ from cell to cell: compare fills them.
 PER_CELL = ("data", "out", "optimizer", "seed")
+# TrainConfig fields that optimizer_settings may set for one optimizer (what a sweep tunes per optimizer).
+PER_OPTIMIZER = ("lr", "weight_decay", "damping", "optimizer_options", "warmup_steps", "grad_clip")
+# With several demonstration counts, count N is the comparison in DIR/demos<N>/.
+DEMO_COUNT_DIR = "demos{}"
 
 
 def train_template(**options: Any) -> TrainConfig:
@@ -65,9 +92,18 @@ class CompareConfig:
     out: str = option(help="output directory (data/, runs/, results.csv, summary.md, plots)")
     tasks: list = option(["Reach-v0", "Push-v0"], help="tasks to compare on")
     optimizers: list = option(["adamw", "dopr-adamw"], help="optimizers (registry names)")
-    seeds: int = option(5, help="training seeds per (task, optimizer): 0 .. seeds-1")
+    optimizer_settings: dict = option(
+        {}, parse=json_object_or_file, metavar="JSON|FILE",
+        help="per optimizer, its own values of " + ", ".join(PER_OPTIMIZER) + " over the training template's, as "
+             'JSON or a JSON file (e.g. a sweep\'s optimizer_settings.json): \'{"muon": {"lr": 0.02}, '
+             '"dopr-muon": {"lr": 0.02, "damping": 0.1}}\'; optimizer_options are merged into the template\'s')
+    seeds: int = option(5, help="training seeds per (task, optimizer): first_seed .. first_seed + seeds - 1")
+    first_seed: int = option(0, help="the first training seed")
     data: dict = option({}, help='existing demonstrations per task as JSON, e.g. \'{"Push-v0": "push.hdf5"}\'')
-    demo_episodes: int = option(50, help="episodes to collect per task (when no --data is given)")
+    demo_episodes: int | list = option(
+        50, parse=count_or_counts, metavar="N[,N...]",
+        help=f"episodes to collect per task (when no --data is given); several (10,25,50): one comparison per count "
+             f"in OUT/{DEMO_COUNT_DIR.format('<N>')}/ and a summary over counts in OUT/")
     demo_noise: float = option(0.0, help="noise injection at collection (action noise std)")
     demo_seed: int = option(seed_ranges.DEMO_SEED, help="demonstration i of every task is collected from reset seed DEMO_SEED + i")
     train: TrainConfig = nested(
@@ -87,24 +123,34 @@ class CompareConfig:
             raise UserError(f"unknown task(s) {', '.join(bad)}; valid: {', '.join(known_tasks)}")
         if not self.tasks or not self.optimizers:
             raise UserError("need at least one task and one optimizer")
-        for name in ("seeds", "demo_episodes"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seeds < 1:
+            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
+        if self.first_seed < 0:
+            raise UserError(f"--first-seed must be >= 0, got {self.first_seed}")
+        counts = self.demo_counts()
+        if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
+            raise UserError(f"--demo-episodes must be a count >= 1 or a list of them, got {self.demo_episodes!r}")
+        if len(set(counts)) < len(counts):
+            raise UserError(f"--demo-episodes lists a count twice: {self.demo_episodes!r}")
         extra = sorted(set(self.data) - set(self.tasks))
         if extra:
             raise UserError(f"--data names task(s) {', '.join(extra)} that are not in --tasks")
+        if self.data and isinstance(self.demo_episodes, list):
+            raise UserError(f"--data gives the demonstrations, so it cannot be used with several --demo-episodes "
+                            f"({', '.join(map(str, counts))}): collect them (drop --data) or give one count")
         placeholder = train_template()
         set_here = [f"{name}={getattr(self.train, name)!r}" for name in PER_CELL
                     if getattr(self.train, name) != getattr(placeholder, name)]
         if set_here:
             raise UserError(f"the training template sets {', '.join(set_here)}, which compare sets for each cell: "
                             "build it with train_template(...) and use CompareConfig's data, out, optimizers and seeds")
+        self._check_optimizer_settings()
         for optimizer in self.optimizers:  # TrainConfig checks the options against each optimizer of the grid
             self.cell_config(optimizer, 0, Path(""), Path(""))
-        demo = range(self.demo_seed, self.demo_seed + self.demo_episodes)
+        demo = range(self.demo_seed, self.demo_seed + max(counts))
         allowed = [seed_ranges.ranges()[name] for name in ("demonstrations", "replication demonstrations")]
         if not any(r.start <= demo.start and demo.stop <= r.stop for r in allowed):
-            raise UserError(f"--demo-seed {self.demo_seed} with --demo-episodes {self.demo_episodes} collects from reset "
+            raise UserError(f"--demo-seed {self.demo_seed} with --demo-episodes {max(counts)} collects from reset "
                             f"seeds {_span(demo)}, outside the demonstration seeds {_span(allowed[0])} "
                             f"({_span(allowed[1])} for --replicate; see envs/seeds.py)")
         evaluation = range(self.eval.seed, self.eval.seed + self.eval.episodes)
@@ -112,17 +158,60 @@ class CompareConfig:
             raise UserError(f"the evaluation seeds {_span(evaluation)} overlap the demonstration seeds {_span(demo)}: "
                             "evaluate on episodes the policy was not trained on (--eval-seed)")
 
+    def _check_optimizer_settings(self) -> None:
+        """optimizer_settings names registry optimizers (not necessarily all in the grid) and only
+        PER_OPTIMIZER fields, each of TrainConfig's type; each entry's TrainConfig is then built and
+        checked by TrainConfig itself."""
+        unknown = [name for name in self.optimizer_settings if name not in OPTIMIZERS]
+        if unknown:
+            raise UserError(f"optimizer_settings names unknown optimizer(s) {', '.join(unknown)}; "
+                            f"valid: {', '.join(OPTIMIZERS)}")
+        for name, settings in self.optimizer_settings.items():
+            where = f"optimizer_settings.{name}"
+            if not isinstance(settings, dict):
+                raise UserError(f"{where} must be a JSON object of settings like {{\"lr\": 0.001}}, got {settings!r}")
+            other = [key for key in settings if key not in PER_OPTIMIZER]
+            if other:
+                raise UserError(f"{where} sets {', '.join(other)}, which cannot differ between optimizers; "
+                                f"per-optimizer settings: {', '.join(PER_OPTIMIZER)}")
+            for key, value in settings.items():
+                check_value_type(TrainConfig, key, value, f"{where}.{key}")
+            dopr_only = sorted(set(settings.get("optimizer_options", {})) & set(DOPR_ONLY_ARGUMENTS))
+            if "damping" in settings:
+                dopr_only.insert(0, "damping")
+            if dopr_only and not is_dopr(name):
+                raise UserError(f"{where} sets {', '.join(dopr_only)}, which only dopr-* optimizers use; {name} is not one")
+            try:
+                self.cell_config(name, 0, Path(""), Path(""))
+            except UserError as err:
+                raise UserError(f"{where}: {err}") from None
+
+    def demo_counts(self) -> list[int]:
+        """The demonstration counts: one, or the several of a grid over counts."""
+        return list(self.demo_episodes) if isinstance(self.demo_episodes, list) else [self.demo_episodes]
+
+    def by_demo_count(self) -> dict[int, "CompareConfig"]:
+        """With several counts: count -> the comparison of that count (in DIR/demos<N>/), else {}."""
+        if not isinstance(self.demo_episodes, list):
+            return {}
+        return {n: replace(self, out=str(Path(self.out) / DEMO_COUNT_DIR.format(n)), demo_episodes=n)
+                for n in sorted(self.demo_episodes)}
+
     def cells(self) -> list[tuple[str, str, int]]:
         """Every (task, optimizer, seed), in the order they run."""
         return [(task, optimizer, seed) for task in self.tasks for optimizer in self.optimizers
-                for seed in range(self.seeds)]
+                for seed in range(self.first_seed, self.first_seed + self.seeds)]
 
     def run_dir(self, task: str, optimizer: str, seed: int) -> Path:
         return Path(self.out) / "runs" / task / optimizer / f"seed{seed}"
 
     def cell_config(self, optimizer: str, seed: int, data: Path, out: Path) -> TrainConfig:
-        """The one place where cells differ: optimizer, seed, and (per task) the data."""
-        return replace(self.train, data=str(data), out=str(out), optimizer=optimizer, seed=seed)
+        """The one place where cells differ: optimizer (with its optimizer_settings), seed, and (per
+        task) the data."""
+        settings = dict(self.optimizer_settings.get(optimizer, {}))
+        if "optimizer_options" in settings:
+            settings["optimizer_options"] = {**self.train.optimizer_options, **settings["optimizer_options"]}
+        return replace(self.train, data=str(data), out=str(out), optimizer=optimizer, seed=seed, **settings)
 
 
 def _span(seeds: range) -> str:
@@ -132,11 +221,17 @@ def _span(seeds: range) -> str:
 def compare(config: CompareConfig, progress: bool = True, execution: Execution = Execution()) -> list[dict[str, Any]]:
     """Run every missing cell (one at a time, in local processes or on Ray: ``execution``), then
     write the report. Returns the result rows."""
+    check_experts(config)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     _check_same_comparison(config, out / CONFIG_FILE)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
-    data = {task: _demonstrations(config, task, out, progress) for task in config.tasks}
+    if isinstance(config.demo_episodes, list):  # one comparison per count, then the summary over counts
+        counts = config.by_demo_count()
+        for count in counts.values():
+            compare(count, progress=progress, execution=execution)
+        return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
+    data = {task: demonstrations(config, task, out, progress) for task in config.tasks}
     missing = [cell for cell in config.cells() if not (config.run_dir(*cell) / "eval.json").exists()]
     run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
     return write_report(out)
@@ -199,15 +294,48 @@ GROWABLE = ("tasks", "optimizers", "seeds", "eval.num_envs", "out")
 def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     if not saved_file.exists():
         return
-    saved = config_items(load_compare_config(saved_file.parent))
+    saved_config = load_compare_config(saved_file.parent)
+    saved = config_items(saved_config)
+    # A grid over demonstration counts may add counts (each count's directory checks its own settings).
+    growable = GROWABLE
+    if isinstance(config.demo_episodes, list) and isinstance(saved_config.demo_episodes, list):
+        growable += ("demo_episodes",)
     changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
-               if name not in GROWABLE and saved.get(name) != value]
+               if name not in (*growable, "optimizer_settings") and saved.get(name) != value]
+    changed += _changed_optimizer_settings(saved_config, config)
     if changed:
         raise UserError(f"{saved_file.parent} holds a comparison made with other settings (changed: {', '.join(changed)}); "
                         "use a new --out directory")
 
 
-def _demonstrations(config: CompareConfig, task: str, out: Path, progress: bool) -> Path:
+def _changed_optimizer_settings(saved: CompareConfig, config: CompareConfig) -> list[str]:
+    """``optimizer_settings.<name>.<field> (old -> new)`` where an optimizer of both grids gets
+    another value of a field either one's optimizer_settings sets (a changed template value is
+    reported as ``train.<field>``; settings of optimizers new to the grid are new cells' business)."""
+    changed = []
+    for name in (n for n in config.optimizers if n in saved.optimizers):
+        before, after = (c.cell_config(name, 0, Path(""), Path("")) for c in (saved, config))
+        for key in sorted({*saved.optimizer_settings.get(name, {}), *config.optimizer_settings.get(name, {})}):
+            if getattr(before, key) != getattr(after, key):
+                changed.append(f"optimizer_settings.{name}.{key} ({getattr(before, key)!r} -> {getattr(after, key)!r})")
+    return changed
+
+
+def check_experts(config: CompareConfig) -> None:
+    """Before any work: every task whose demonstrations compare collects has an expert to collect them."""
+    for task in (t for t in config.tasks if t not in config.data):
+        spec = envs.task_spec(task)
+        if spec.available:
+            continue
+        how = ""
+        if spec.expert_kind == "sb3":
+            how = (f"; demonstrations are collected with the task's expert: train one (`dopr-robot expert train --task "
+                   f"{task} --algo sac --steps N --out RUN`, continued with --resume) and export it (`dopr-robot "
+                   "expert export --run RUN`), or give demonstrations with --data")
+        raise UserError(f"task {task} is unavailable: {spec.unavailable_reason}{how}")
+
+
+def demonstrations(config: CompareConfig, task: str, out: Path, progress: bool) -> Path:
     """The task's demonstration file: given with --data, or collected once into DIR/data/."""
     if task in config.data:
         path = Path(config.data[task])
@@ -247,6 +375,10 @@ def replicate(out: str | Path, progress: bool = True, execution: Execution = Exe
     any grid), then write ``out/replication.md`` beside it (both results side by side); return its path."""
     out = Path(out)
     original = load_compare_config(out)
+    if isinstance(original.demo_episodes, list):
+        first = Path(original.out) / DEMO_COUNT_DIR.format(sorted(original.demo_episodes)[0])
+        raise UserError(f"{out} holds one comparison per demonstration count ({', '.join(map(str, original.demo_counts()))}); "
+                        f"replicate them one by one: `dopr-robot compare --out {first} --replicate`, ...")
     config = replication_config(original)
     unfinished = [cell for cell in original.cells() if not (original.run_dir(*cell) / "eval.json").exists()]
     if unfinished:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar, get_type_hints
+from typing import Any, Callable, Iterator, TypeVar, Union, get_args, get_origin, get_type_hints
 
 from torch import nn
 
@@ -226,14 +227,18 @@ def _options(config_class: type, exclude: tuple[str, ...] = (), prefix: str = ""
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, *, exclude: tuple[str, ...] = (),
-                         defaults: dict[str, Any] | None = None) -> None:
+                         defaults: dict[str, Any] | None = None, config_file: bool = True) -> None:
     """One option per field, nested configs' fields included; defaults are left unset so that given
-    options can be told apart. ``exclude`` leaves top-level fields off this command line;
+    options can be told apart. ``exclude`` leaves fields off this command line (top-level names, or
+    dotted names of nested fields: ``train.lr``);
     ``defaults`` (dotted names) replaces field defaults for this command: pass the same to
-    :func:`resolve_config`."""
+    :func:`resolve_config`. ``config_file``: add ``--config FILE.json`` (a command that takes two
+    configs adds it for one of them)."""
     defaults = defaults or {}
     groups: dict[str | None, Any] = {None: parser}
     for dest, flag, f, kind, group in _options(config_class, exclude):
+        if dest in exclude:
+            continue
         if group not in groups:
             groups[group] = parser.add_argument_group(group)
         target = groups[group]
@@ -251,14 +256,15 @@ def add_config_arguments(parser: argparse.ArgumentParser, config_class: type, *,
             parse = {dict: _json_object, list: _comma_list}.get(kind, kind)
         metavar = f.metadata.get("metavar") or {dict: "JSON", list: "A,B"}.get(kind) or f.name.upper()
         target.add_argument(flag, dest=dest, type=parse, default=argparse.SUPPRESS, metavar=metavar, help=help_text)
-    parser.add_argument("--config", type=Path, default=None, metavar="FILE.json",
-                        help="read options from a JSON file (options given here override it)")
+    if config_file:
+        parser.add_argument("--config", type=Path, default=None, metavar="FILE.json",
+                            help="read options from a JSON file (options given here override it)")
 
 
 def given_options(config_class: type, args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> dict[str, str]:
     """``dotted name -> flag`` for the options of ``config_class`` given on the command line."""
     present = vars(args)
-    return {dest: flag for dest, flag, _, _, _ in _options(config_class, exclude) if dest in present}
+    return {dest: flag for dest, flag, _, _, _ in _options(config_class, exclude) if dest in present and dest not in exclude}
 
 
 def resolve_config(config_class: type[C], args: argparse.Namespace, *, exclude: tuple[str, ...] = (),
@@ -398,10 +404,16 @@ _EXPECTED = {
 }
 
 
-def _check_type(value: Any, kind: type, name: str) -> None:
-    expected, ok = _EXPECTED[kind]
-    if not ok(value):
+def _check_type(value: Any, kind: Any, name: str) -> None:
+    kinds = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)  # int | list: either
+    if not any(_EXPECTED[k][1](value) for k in kinds):
+        expected = " or ".join(_EXPECTED[k][0] for k in kinds)
         raise UserError(f"{name} must be {expected}, got {value!r}")
+
+
+def check_value_type(config_class: type, name: str, value: Any, where: str) -> None:
+    """Raise a UserError, naming ``where``, unless ``value`` has the type of ``config_class.name``."""
+    _check_type(value, get_type_hints(config_class)[name], where)
 
 
 def _json_object(text: str) -> dict:
@@ -416,3 +428,34 @@ def _json_object(text: str) -> dict:
 
 def _comma_list(text: str) -> list:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def number_list(text: str) -> list:
+    """``"1e-3,3e-3"`` -> ``[0.001, 0.003]`` (a command-line list of numbers)."""
+    try:
+        return [float(item) for item in _comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas like 1e-4,3e-4, got {text!r}") from None
+
+
+def count_or_counts(text: str) -> int | list:
+    """``"50"`` -> ``50``; ``"10,25,50"`` -> ``[10, 25, 50]``."""
+    items = _comma_list(text)
+    if not items or not all(item.isdigit() for item in items):
+        raise argparse.ArgumentTypeError(f"expected a count like 50 or counts separated by commas like 10,25,50, got {text!r}")
+    return int(items[0]) if len(items) == 1 and "," not in text else [int(item) for item in items]
+
+
+def json_object_or_file(text: str) -> dict:
+    """A JSON object given inline (``'{"adamw": {"lr": 0.001}}'``) or as the path of a JSON file."""
+    if text.lstrip().startswith("{"):
+        return _json_object(text)
+    try:
+        value = json.loads(Path(text).read_text())
+    except OSError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object or the path of a JSON file: {err}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise argparse.ArgumentTypeError(f"{text} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"{text} must hold a JSON object, got {type(value).__name__}")
+    return value

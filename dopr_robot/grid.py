@@ -23,6 +23,8 @@ with more threads).
 
 With ``processes`` and ``ray`` a failed cell does not stop the others: each failure is printed as it
 happens, and when every cell has ended they are raised together in one UserError naming each cell.
+Either way a failure of the cells themselves (not of the setup around them) is a :class:`CellsFailed`,
+so that a caller running many grids (``dopr-robot sweep``) can record it and go on.
 Finished cells keep their eval.json, so running the same command again runs only the missing ones.
 
 Execution settings are not grid settings: they are never saved and never part of the resume check,
@@ -55,6 +57,15 @@ RAY_MAX_RETRIES = 3
 Cell = tuple[str, str, int]  # (task, optimizer, seed)
 # cell(config, task, optimizer, seed, data, device): top-level, so worker processes can import it.
 CellBody = Callable[[Any, str, str, int, Path, str], None]
+
+
+class CellsFailed(UserError):
+    """Cells of a grid failed (training diverged, a bad file, ...): the message names them. Serially
+    the first failure stops the grid and its message is the cell's own."""
+
+    def __init__(self, message: str, cells: list[Cell]) -> None:
+        super().__init__(message)
+        self.cells = cells
 
 
 @dataclass(frozen=True)
@@ -90,7 +101,10 @@ def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Pa
         if execution.executor == "serial" or not cells:
             for task, optimizer, seed in cells:
                 bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
-                cell(config, task, optimizer, seed, data[task], execution.device)
+                try:
+                    cell(config, task, optimizer, seed, data[task], execution.device)
+                except UserError as err:  # a user's error in the cell (e.g. training diverged): kept as it reads
+                    raise CellsFailed(str(err), [(task, optimizer, seed)]) from err
                 bar.update()
             return
         run = _in_processes if execution.executor == "processes" else _on_ray
@@ -99,8 +113,8 @@ def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Pa
         bar.close()
     if failures:
         lines = "\n".join(f"  {_name(c)}: {_describe(error)}" for c, error in failures)
-        raise UserError(f"{len(failures)} of {len(cells)} cells failed (the others finished and are kept; the same "
-                        f"command runs only the missing cells):\n{lines}")
+        raise CellsFailed(f"{len(failures)} of {len(cells)} cells failed (the others finished and are kept; the same "
+                          f"command runs only the missing cells):\n{lines}", [c for c, _ in failures])
 
 
 def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path], execution: Execution,

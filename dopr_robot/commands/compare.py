@@ -3,7 +3,7 @@
 Every `train` option is a `compare` option with the same name (``--lr``, ``--ema-decay``,
 ``--optimizer-options``), applied to every cell; the evaluation options are ``--eval-*``;
 ``--config FILE.json`` takes the nested JSON form that ``DIR/compare_config.json`` holds
-(see :mod:`dopr_robot.compare`).
+(see :mod:`dopr_robot.compare`); ``--demo-episodes 10,25,50`` runs one comparison per count.
 """
 
 from __future__ import annotations
@@ -28,6 +28,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"rerun the finished comparison in --out with the same settings and training seeds on fresh "
                              f"demonstrations (reset seeds from {REPLICATION_DEMO_SEED:,}) and fresh evaluation episodes "
                              f"(from {REPLICATION:,}) into OUT/{REPLICATION_DIR}/; print OUT/{REPLICATION_REPORT} (resumable)")
+    add_execution_arguments(parser)
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
+    """--no-progress, --workers, --ray and --device: how a grid's cells run (compare, sweep)."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     # How the cells run, not what they compute: never saved, never part of the resume check.
     parser.add_argument("--workers", type=int, default=1, metavar="N",
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from dopr_robot.compare import compare, replicate
     from dopr_robot.errors import UserError
 
-    execution = _execution(args)
+    execution = execution_from_args(args)
     if args.replicate:
         given = given_options(CompareConfig, args)
         extra = [flag for dest, flag in given.items() if dest != "out"] + (["--config"] if args.config else [])
@@ -64,10 +69,12 @@ def run(args: argparse.Namespace) -> int:
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plots: "
           f"{', '.join(str(p) for p in sorted(out.glob('*.png')))}")
+    for count in config.by_demo_count().values():
+        print(f"{count.demo_episodes} demonstrations: {Path(count.out) / 'summary.md'}")
     return 0
 
 
-def _execution(args: argparse.Namespace) -> Execution:
+def execution_from_args(args: argparse.Namespace) -> Execution:
     """--workers or --ray, with --threads per cell and the cells' --device, as an Execution."""
     from dopr_robot.errors import UserError
 

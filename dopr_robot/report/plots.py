@@ -1,8 +1,9 @@
 """The report's figures, each complete on its own: title, axis units, intervals, and a caption
 saying how many seeds, episodes per run and which evaluation seeds it shows.
 
-One panel per task; each optimizer keeps one colour for its base and its DoPr variant (solid line /
-circles for the base, dashed line / triangles for DoPr), listed base beside variant.
+One panel per task (the terminal-reward and validation-vs-return figures: per task and demonstration
+count); each optimizer keeps one colour for its base and its DoPr variant (solid line / circles /
+filled bars for the base, dashed line / triangles / hatched bars for DoPr), listed base beside variant.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from dopr_robot.atomic import atomic_path
-from dopr_robot.report.results import deviation_curve, optimizer_order, validation_curve
-from dopr_robot.report.statistics import run_band
+from dopr_robot.report.results import deviation_curve, episode_values, optimizer_order, validation_curve
+from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap, run_band
+from dopr_robot.report.tables import METRICS, demo_count, paired_difference
 
 BAND = "band: 95% percentile bootstrap over runs (B=2000)"
+RETURN = next(m for m in METRICS if m.column == "mean_return")
 
 
 def plot_validation_vs_success(rows: list[dict[str, Any]], path: str | Path) -> None:
@@ -88,6 +91,107 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
             _legend(ax)
     _caption(fig, rows, BAND)
     _save(fig, path)
+
+
+def plot_terminal_reward(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """The paper's figure: mean closed-loop return per base optimizer, the base and its DoPr variant
+    side by side with 95% cluster-bootstrap intervals, and the paired difference DoPr-X - X with its
+    paired interval above each pair; one panel per task and demonstration count."""
+    fig, axes = _count_figure(rows, "Terminal reward: mean closed-loop return, base optimizer vs DoPr")
+    styles = _styles(rows)
+    bases = list(dict.fromkeys(_base(name) for name in styles))
+    width = 0.38
+    for (task, count), ax in axes.items():
+        panel = [r for r in rows if r["task"] == task and demo_count(r) == count]
+        labels = []
+        for i, base in enumerate(bases):
+            tops = []
+            for offset, name in ((-width / 2, base), (width / 2, f"dopr-{base}")):
+                interval = _mean_return(r for r in panel if r["optimizer"] == name)
+                if interval is None:
+                    continue
+                mean, low, high = interval
+                color = styles[name]["color"]
+                dopr = name.startswith("dopr-")
+                ax.bar(i + offset, mean, width=width, color=color, alpha=0.45 if dopr else 0.9, hatch="//" if dopr else None,
+                       edgecolor=color, linewidth=1.2)
+                ax.errorbar(i + offset, mean, yerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], fmt="none",
+                            ecolor="black", capsize=4, linewidth=1)
+                tops.append(max(high, 0.0))
+            difference = paired_difference(panel, base, f"dopr-{base}", RETURN)
+            if difference.seeds and len(tops) == 2:
+                labels.append((i, max(tops), f"Δ {difference.cell().replace(' [', chr(10) + '[')}"))
+        for i, top, text in labels:  # the paired difference above each pair
+            ax.annotate(text, xy=(i, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+        low, high = ax.get_ylim()
+        ax.set_ylim(low, high + 0.15 * (high - low))  # room for the Δ labels
+        ax.set_xticks(range(len(bases)), bases)
+        ax.set(title=_panel_title(task, count), xlabel="gradient preconditioner X (filled bar: X, hatched: DoPr-X)",
+               ylabel="mean closed-loop return (sum of rewards per episode)")
+    _caption(fig, rows, f"bars: mean over training seeds of each run's mean return; error bars: 95% cluster bootstrap "
+                        f"over seeds and episodes (B={BOOTSTRAP_RESAMPLES}); Δ: paired DoPr-X - X over seed pairs and "
+                        "shared episodes with its 95% interval")
+    _save(fig, path)
+
+
+def plot_validation_vs_return(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """One point per run, validation loss against mean closed-loop return (base circles, DoPr
+    triangles): a lower validation loss need not mean a higher return. One panel per task and
+    demonstration count."""
+    fig, axes = _count_figure(rows, "Validation loss vs closed-loop return (one point per run)")
+    styles = _styles(rows)
+    for (task, count), ax in axes.items():
+        losses = []
+        for optimizer, style in styles.items():
+            runs = [r for r in rows if r["task"] == task and demo_count(r) == count and r["optimizer"] == optimizer
+                    and r["val_loss"] is not None and r["mean_return"] is not None]
+            if not runs:
+                continue
+            losses += [r["val_loss"] for r in runs]
+            ax.plot([r["val_loss"] for r in runs], [r["mean_return"] for r in runs], linestyle="none",
+                    marker=style["marker"], color=style["color"], markersize=7, alpha=0.85, label=optimizer)
+        positive = [v for v in losses if v > 0]
+        if positive and max(positive) / min(positive) > 20:
+            ax.set_xscale("log")
+        ax.set(title=_panel_title(task, count), xlabel="validation loss (MSE per action dim, normalized actions)",
+               ylabel="mean closed-loop return per run")
+        _legend(ax)
+    _caption(fig, rows, "each point: one run's validation loss (EMA weights, held-out episodes) and mean return over "
+                        "its evaluation episodes; circles: base optimizers, triangles: DoPr")
+    _save(fig, path)
+
+
+def _base(name: str) -> str:
+    return name[len("dopr-"):] if name.startswith("dopr-") else name
+
+
+def _mean_return(runs: Any) -> tuple[float, float, float] | None:
+    """(mean over runs of each run's mean return, 95% cluster-bootstrap interval), or None without runs."""
+    per_seed = [episode_values(r, "return") for r in runs]
+    if not per_seed or any(values is None for values in per_seed):
+        return None
+    return cluster_bootstrap([list(values.values()) for values in per_seed])
+
+
+def _panel_title(task: str, count: Any) -> str:
+    return f"{task}, {count} demonstrations" if count is not None else task
+
+
+def _count_figure(rows: list[dict[str, Any]], title: str):
+    """One panel per (task, demonstration count): tasks down, counts across."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    counts = sorted({demo_count(r) for r in rows}, key=lambda n: (not isinstance(n, int), str(n)))
+    fig, axes = plt.subplots(len(tasks), len(counts), figsize=(max(6.5, 5.2 * len(counts)), 0.6 + 4.9 * len(tasks)),
+                             squeeze=False, layout="constrained")
+    strip = 0.6 / (0.6 + 4.9 * len(tasks)) + 0.02  # the caption's strip at the bottom, about 0.6 inch
+    fig.get_layout_engine().set(rect=(0.0, strip, 1.0, 1.0 - strip))
+    fig.suptitle(title)
+    return fig, {(task, count): axes[i][j] for i, task in enumerate(tasks) for j, count in enumerate(counts)}
 
 
 def _figure(rows: list[dict[str, Any]], title: str):

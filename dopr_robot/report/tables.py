@@ -1,5 +1,6 @@
 """The report's tables: results.csv, summary.md (per task: settings, optimizers, paired
-differences DoPr-X - X) and the replication table of two comparisons.
+differences DoPr-X - X), the summary over demonstration counts (each count's paired differences
+side by side) and the replication table of two comparisons.
 
 Which interval each cell shows is decided per metric (:data:`METRICS`): metrics with a value per
 episode get the cluster bootstrap over seeds and episodes, metrics with one value per run the
@@ -115,6 +116,56 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# Several demonstration counts: each count's comparison, side by side.
+
+COUNT_METRICS = ["mean_return", "success_rate", "val_loss"]
+
+
+def demo_count(row: dict[str, Any]) -> Any:
+    """The number of demonstration episodes the run trained on (from its checkpoint's dataset record)."""
+    return row["demo_episodes"]
+
+
+def counts_markdown(rows: list[dict[str, Any]], directories: dict[int, str]) -> str:
+    """summary.md of a grid over demonstration counts: per task and metric (return, success, validation
+    loss), every optimizer and every paired difference DoPr-X - X at each count, side by side.
+    ``directories``: count -> the directory (relative to this summary) of that count's comparison."""
+    counts = sorted({demo_count(r) for r in rows}, key=lambda n: (not isinstance(n, int), str(n)))
+    heading = " | ".join(f"{n} demos" for n in counts)
+    links = ", ".join(f"[{n} demos]({directories[n]}/summary.md)" for n in counts if n in directories)
+    lines = ["# Comparison over demonstration counts", "",
+             f"Each count is a full comparison in its own directory, with the settings its runs used and every metric: "
+             f"{links}. Here, per task, each count side by side: per optimizer, and the paired difference DoPr-X - X "
+             "seed by seed (same demonstrations, initial weights, batch order and evaluation reset seeds). "
+             f"[b] = {BOOTSTRAP_NAME} (paired: seed pairs, then the episodes both runs played); [t] = 95% t-interval "
+             f"over seeds (≥ {MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{per-seed values}}). "
+             "Figures: terminal_reward.png (return per base optimizer, base beside DoPr), "
+             "val_loss_vs_return.png (one point per run).", ""]
+    metrics = [m for m in METRICS if m.column in COUNT_METRICS]
+    metrics.sort(key=lambda m: COUNT_METRICS.index(m.column))
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        optimizers = optimizer_order(r["optimizer"] for r in task_rows)
+        by_count = {n: [r for r in task_rows if demo_count(r) == n] for n in counts}
+        lines += [f"## {task}", ""]
+        for metric in metrics:
+            lines += [f"### {_heading(metric)}", "", f"| | {heading} |", "|---|" + "---|" * len(counts)]
+            for optimizer in optimizers:
+                cells = []
+                for n in counts:
+                    runs = [r for r in by_count[n] if r["optimizer"] == optimizer]
+                    cells.append(f"{optimizer_cell(runs, metric)} ({len(runs)} seeds)" if runs else "—")
+                lines.append(f"| {optimizer} | " + " | ".join(cells) + " |")
+            for base, dopr in dopr_pairs(optimizers):
+                cells = []
+                for n in counts:
+                    difference = paired_difference(by_count[n], base, dopr, metric)
+                    cells.append(f"**{difference.cell()}** ({difference.seeds} pairs)" if difference.seeds else "—")
+                lines.append(f"| {dopr} - {base} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
 def dopr_pairs(optimizers: list[str]) -> list[tuple[str, str]]:
     """(X, DoPr-X) for every base X present together with its DoPr variant."""
     return [(name[len("dopr-"):], name) for name in optimizers
@@ -193,13 +244,17 @@ def paired_difference(task_rows: list[dict[str, Any]], base: str, dopr: str, met
 
 def settings_line(task_rows: list[dict[str, Any]]) -> str:
     """What the task's runs used, read from each run's eval.json (checkpoint, dataset, evaluation) and
-    config.json; a value the runs disagree on is shown with the runs holding each value."""
+    config.json; a value the runs disagree on is shown with the runs holding each value, except that
+    the settings a grid may give each optimizer (lr, weight decay, warmup, grad clip, optimizer options,
+    damping) are listed per optimizer when each optimizer's runs agree."""
     dopr_rows = [r for r in task_rows if r["optimizer"].startswith("dopr-")]
     config = lambda key: lambda r: (r["_config"] or {}).get(key)  # noqa: E731
     dataset = lambda key: lambda r: (r["_dataset"] or {}).get(key)  # noqa: E731
     metadata = lambda key: lambda r: ((r["_dataset"] or {}).get("metadata") or {}).get(key)  # noqa: E731
     checkpoint = lambda key: lambda r: r["_checkpoint"].get(key)  # noqa: E731
     agreed = lambda getter, rows=task_rows: _agreed(rows, getter)  # noqa: E731
+    # What a grid's optimizer_settings may set: shown per optimizer when the optimizers differ on it
+    per_optimizer = lambda getter, rows=task_rows: _agreed(rows, getter, per_optimizer=True)  # noqa: E731
     first_seed, episodes = _agreed(task_rows, lambda r: r["eval_seed"]), _agreed(task_rows, lambda r: r["eval_episodes"])
     last_seed = ""
     if _is_int(first_seed) and _is_int(episodes):
@@ -208,11 +263,11 @@ def settings_line(task_rows: list[dict[str, Any]]) -> str:
         f"policy `{agreed(checkpoint('policy'))}` (history {agreed(checkpoint('history'))}, chunk "
         f"{agreed(checkpoint('chunk'))}, options {agreed(config('policy_options'))}, EMA weights "
         f"{agreed(checkpoint('use_ema'))})",
-        f"{agreed(checkpoint('step'))} training steps, batch {agreed(config('batch_size'))}, lr {agreed(config('lr'))}, "
-        f"weight decay {agreed(config('weight_decay'))}, warmup {agreed(config('warmup_steps'))}, grad clip "
-        f"{agreed(config('grad_clip'))}, EMA decay {agreed(config('ema_decay'))}, optimizer options "
-        f"{agreed(config('optimizer_options'))}"
-        + (f", DoPr damping {agreed(config('damping'), dopr_rows)}" if dopr_rows else ""),
+        f"{agreed(checkpoint('step'))} training steps, batch {agreed(config('batch_size'))}, lr "
+        f"{per_optimizer(config('lr'))}, weight decay {per_optimizer(config('weight_decay'))}, warmup "
+        f"{per_optimizer(config('warmup_steps'))}, grad clip {per_optimizer(config('grad_clip'))}, EMA decay "
+        f"{agreed(config('ema_decay'))}, optimizer options {per_optimizer(config('optimizer_options'))}"
+        + (f", DoPr damping {per_optimizer(config('damping'), dopr_rows)}" if dopr_rows else ""),
         f"demonstrations: {agreed(dataset('episodes'))} episodes ({agreed(dataset('train_episodes'))} train, "
         f"{agreed(dataset('valid_episodes'))} validation) from `{agreed(dataset('source'))}`, expert "
         f"{agreed(metadata('expert_kind'))}, noise {agreed(metadata('noise'))}, collection seeds from "
@@ -222,15 +277,21 @@ def settings_line(task_rows: list[dict[str, Any]]) -> str:
     return "Settings (read from the runs' eval.json and config.json): " + "; ".join(parts) + "."
 
 
-def _agreed(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any]) -> str:
+def _agreed(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any], per_optimizer: bool = False) -> str:
     """The one value all ``rows`` hold ("unknown" where a file does not say), or, when they differ,
-    every value with the runs that hold it."""
+    every value with the runs that hold it; with ``per_optimizer``, when every optimizer's runs agree
+    but the optimizers do not, each optimizer's value ("per optimizer: adamw 0.001, muon 0.02")."""
     holders: dict[str, list[str]] = {}
     for row in rows:
         value = getter(row)
         holders.setdefault("unknown" if value is None else _plain(value), []).append(f"{row['optimizer']} seed {row['seed']}")
     if len(holders) <= 1:
         return next(iter(holders), "unknown")
+    if per_optimizer:
+        optimizers = optimizer_order(r["optimizer"] for r in rows)
+        each = {name: _agreed([r for r in rows if r["optimizer"] == name], getter) for name in optimizers}
+        if not any(value.startswith("**runs disagree") for value in each.values()):
+            return "per optimizer: " + ", ".join(f"{name} {value}" for name, value in each.items())
     return "**runs disagree:** " + " vs ".join(f"{value} ({', '.join(runs)})" for value, runs in holders.items())
 
 
