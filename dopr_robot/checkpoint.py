@@ -79,12 +79,18 @@ def load_checkpoint(run_or_file: str | Path) -> dict[str, Any]:
 
 
 def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True,
-                           device: str | torch.device = "cpu") -> Policy:
+                           device: str | torch.device = "cpu", flow_steps: int = 0) -> Policy:
     """Rebuild the policy in eval mode on ``device`` (a device name, ``auto`` included, or a
-    ``torch.device``), with the EMA weights when present and asked for."""
+    ``torch.device``), with the EMA weights when present and asked for; ``flow_steps > 0`` sets a
+    flow policy's number of Euler steps (a regressor has none: a clear error)."""
 
     spec = checkpoint["policy"]
     policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"], **spec["config"])
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
     policy.load_state_dict(weights)
+    if flow_steps:
+        if not hasattr(policy, "flow_steps"):
+            raise UserError(f"--flow-steps sets a flow policy's sampler; this checkpoint holds policy {spec['name']!r}, "
+                            "a regressor: drop --flow-steps")
+        policy.flow_steps = flow_steps
     return policy.to(resolve_device(device)).eval()

@@ -114,6 +114,9 @@ class CompareConfig:
                               help="closed-loop evaluation of every run: the `eval` options, as --eval-*")
 
     def __post_init__(self) -> None:
+        if self.eval.flow_steps and not self.train.policy.startswith("flow-"):
+            raise UserError(f"--eval-flow-steps sets a flow policy's sampler; --policy {self.train.policy} is a "
+                            "regressor: drop --eval-flow-steps")
         unknown = [name for name in self.optimizers if name not in OPTIMIZERS]
         if unknown:
             raise UserError(f"unknown optimizer(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
@@ -251,7 +254,8 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
           device=device)
     result = evaluate_checkpoint(run_dir, task=task, use_ema=settings.use_ema, device=device, episodes=settings.episodes,
                                  seed=settings.seed, num_envs=settings.num_envs,
-                                 actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert)
+                                 actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert,
+                                 flow_steps=settings.flow_steps)
     record = result.to_dict()
     record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
                       "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}

@@ -175,6 +175,7 @@ class EvalConfig:
     use_ema: bool = option(True, flag="--no-ema", help="use the raw weights instead of the EMA")
     size: tuple = option((320, 240), parse=parse_size, metavar="WxH", help="video panel size in pixels")
     fps: int = option(0, help="video frames per second (0: the task's control rate)")
+    flow_steps: int = option(0, help="Euler steps of a flow policy's sampler (0: the number it was trained with)")
 
     def __post_init__(self) -> None:
         for name in ("episodes", "num_envs", "actions_per_chunk"):
@@ -184,6 +185,8 @@ class EvalConfig:
             raise UserError(f"--seed must be >= 0, got {self.seed}")
         if self.fps < 0:
             raise UserError(f"--fps must be >= 0 (0: the task's rate), got {self.fps}")
+        if self.flow_steps < 0:
+            raise UserError(f"--flow-steps must be >= 0 (0: the policy's own), got {self.flow_steps}")
         size = tuple(self.size)  # a JSON file gives a list
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
             raise UserError(f"--size must be WIDTHxHEIGHT in pixels, got {self.size!r}")

@@ -187,7 +187,7 @@ def test_eval_flags_map_to_an_eval_config(run_dir: Path, monkeypatch: pytest.Mon
     settings = EvalConfig(**expected)
     assert seen == dict(task=None, use_ema=settings.use_ema, episodes=settings.episodes, seed=settings.seed,
                         num_envs=settings.num_envs, actions_per_chunk=settings.actions_per_chunk,
-                        with_expert=settings.with_expert, progress=True, device="auto")
+                        with_expert=settings.with_expert, progress=True, device="auto", flow_steps=settings.flow_steps)
 
 
 @pytest.mark.parametrize("args, expected", [

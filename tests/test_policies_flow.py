@@ -422,3 +422,23 @@ def test_cli_trains_and_evaluates_a_flow_policy(reach_demos: Path, tmp_path: Pat
     assert result["checkpoint"]["policy"] == "flow-transformer" and len(result["records"]) == 2
     assert result["validation"]["val_loss"] == logged(run_dir, "val_loss")[-1]
     assert "success rate" in capsys.readouterr().out
+
+
+def test_flow_steps_at_evaluation_time(tmp_path) -> None:
+    """`eval --flow-steps N` samples with N Euler steps (recorded in eval.json); a regressor refuses it."""
+    import json
+
+    import demos
+    from dopr_robot.cli import main
+
+    data = tmp_path / "reach.hdf5"
+    demos.collect("Reach-v0", 3, data, seed=0, progress=False)
+    for policy in ("flow-mlp", "mlp"):
+        assert main(["train", "--data", str(data), "--out", str(tmp_path / policy), "--policy", policy, "--steps", "4",
+                     "--batch-size", "8", "--policy-options", '{"width": 16, "depth": 1}', "--no-progress"]) == 0
+    out = tmp_path / "eval.json"
+    assert main(["eval", "--checkpoint", str(tmp_path / "flow-mlp"), "--episodes", "2", "--num-envs", "2",
+                 "--flow-steps", "3", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["checkpoint"]["flow_steps"] == 3
+    assert main(["eval", "--checkpoint", str(tmp_path / "mlp"), "--episodes", "2", "--flow-steps", "3",
+                 "--no-progress"]) == 2

@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, task=args.task, use_ema=settings.use_ema, episodes=settings.episodes,
                                  seed=settings.seed, num_envs=settings.num_envs,
                                  actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert,
-                                 progress=not args.no_progress, device=args.device)
+                                 progress=not args.no_progress, device=args.device, flow_steps=settings.flow_steps)
     data = result.to_dict()
     write_json(data, out)
     print(result.table())
@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         from dopr_robot.commands.video import render
 
         checkpoint = load_checkpoint(args.checkpoint)
-        video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device), result.task,
+        video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device,
+                                                   flow_steps=settings.flow_steps), result.task,
                        out.with_suffix(".mp4"), settings, episodes=args.videos, env_kwargs=result.env_kwargs)
         print(f"wrote {video['path']} ({video['episodes']} episode(s), {video['frames']} frames)")
     return 0

@@ -51,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--out must end in .mp4 or .gif, got {args.out}")
     checkpoint = load_checkpoint(args.checkpoint)
     task, env_kwargs = checkpoint_task(checkpoint, args.task)
-    video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device), task, args.out, settings,
+    video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device,
+                                                flow_steps=settings.flow_steps), task, args.out, settings,
                    env_kwargs=env_kwargs)
     side = "policy | expert" if video["with_expert"] else "policy"
     print(f"wrote {video['path']} ({side}, {video['episodes']} episode(s), {video['frames']} frames)")

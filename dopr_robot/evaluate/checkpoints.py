@@ -48,7 +48,7 @@ def validation_record(run_or_file: str | Path, checkpoint: dict[str, Any]) -> di
 
 
 def evaluate_checkpoint(run_or_file: str | Path, task: str | None = None, use_ema: bool = True,
-                        device: str | torch.device = "auto", **kwargs: Any) -> EvalResult:
+                        device: str | torch.device = "auto", flow_steps: int = 0, **kwargs: Any) -> EvalResult:
     """Load a checkpoint (run directory or file) onto ``device`` (``auto``: CUDA when available;
     the environments stay on the CPU), evaluate it, and attach its validation loss and a
     record of it: path, step, EMA or not, policy, optimizer, history, chunk, and ``dataset`` (what
@@ -57,12 +57,12 @@ def evaluate_checkpoint(run_or_file: str | Path, task: str | None = None, use_em
 
     checkpoint = load_checkpoint(run_or_file)
     task, env_kwargs = checkpoint_task(checkpoint, task)
-    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device)
+    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device, flow_steps=flow_steps)
     result = evaluate(policy, task, env_kwargs=env_kwargs, **kwargs)
     result.validation = validation_record(run_or_file, checkpoint)
     result.checkpoint = {"path": str(checkpoint_path(run_or_file)), "step": checkpoint.get("step"),
                          "use_ema": use_ema and checkpoint.get("ema") is not None,
                          "policy": checkpoint["policy"]["name"], "optimizer": checkpoint["config"].get("optimizer"),
                          "history": checkpoint["policy"]["history"], "chunk": checkpoint["policy"]["chunk"],
-                         "dataset": checkpoint.get("dataset")}
+                         "dataset": checkpoint.get("dataset"), "flow_steps": getattr(policy, "flow_steps", None)}
     return result
