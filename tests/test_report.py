@@ -336,3 +336,10 @@ def test_replication_report_on_two_grids(tmp_path: Path) -> None:
     assert row[3].startswith("+0 [+0, +0]") and row[4:] == ["no", "no", "does not replicate"]
     row = table_row(write_replication_report(null, original, tmp_path / "r3.md"), "dopr-adamw - adamw")
     assert row[-1] == "inconclusive"
+
+
+def test_floating_point_residue_of_a_bootstrap_bound_prints_as_zero() -> None:
+    from dopr_robot.report.tables import _format
+
+    assert _format(0.096, -5.55e-18, 0.192, signed=True) == "+0.096 [+0, +0.192]"
+    assert _format(1e-14, 1e-15, 2e-14) == "1e-14 [1e-15, 2e-14]"  # a genuinely tiny interval is kept

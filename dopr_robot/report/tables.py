@@ -391,5 +391,11 @@ def _with_per_seed(mean: float, values: Sequence[float], signed: bool = False) -
 def _format(mean: float, low: float, high: float, signed: bool = False) -> str:
     if not math.isfinite(mean):
         return "n/a"
-    fmt = (lambda v: f"{v:+.3g}") if signed else (lambda v: f"{v:.3g}")
+    scale = max(abs(v) for v in (mean, low, high) if math.isfinite(v))
+
+    def fmt(value: float) -> str:
+        # Floating-point residue of a resampled mean (e.g. -5.6e-18 for 0.096 - 0.096) is zero.
+        value = 0.0 if abs(value) <= 1e-12 * scale else value
+        return f"{value:+.3g}" if signed else f"{value:.3g}"
+
     return fmt(mean) if not math.isfinite(low) else f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
