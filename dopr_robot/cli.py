@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"dopr-robot {args.command}: error: {err}", file=sys.stderr)
         return 2
+    finally:
+        threads.release()
 
 
 if __name__ == "__main__":

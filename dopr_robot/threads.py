@@ -137,14 +137,28 @@ def requested_threads(explicit: int | None) -> int | None:
 
 
 _budget: ThreadBudget | None = None
+_threads_before: int | None = None
 
 
 def configure(explicit: int | None = None) -> ThreadBudget:
-    """Set this process's budget (the CLI calls it once, before any command runs)."""
-    global _budget
+    """Set this process's budget (the CLI calls it before a command runs, :func:`release` after)."""
+    global _budget, _threads_before
+    import torch
+
+    if _budget is None:
+        _threads_before = torch.get_num_threads()
     _budget = ThreadBudget(requested_threads(explicit))
     _budget.start()
     return _budget
+
+
+def release() -> None:
+    """Forget the budget and give torch back the thread count it had before :func:`configure`, so
+    that code running after a command in the same process (a test, a notebook) is not rebalanced."""
+    global _budget, _threads_before
+    if _budget is not None and _threads_before is not None:
+        _set_torch_threads(_threads_before)
+    _budget, _threads_before = None, None
 
 
 def rebalance() -> int | None:

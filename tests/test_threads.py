@@ -79,12 +79,13 @@ def test_the_cli_rejects_a_bad_thread_count(capsys) -> None:
     assert "--threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
 
 
-def test_the_cli_applies_an_explicit_count(monkeypatch, capsys) -> None:
+def test_the_cli_applies_an_explicit_count_and_gives_it_back(monkeypatch, capsys) -> None:
     import torch
 
     before = torch.get_num_threads()
-    try:
-        assert main(["tasks", "--threads", "1"]) == 0
-        assert torch.get_num_threads() == 1
-    finally:
-        torch.set_num_threads(before)
+    seen = []
+    monkeypatch.setattr("dopr_robot.commands.tasks.run", lambda args: seen.append(torch.get_num_threads()) or 0)
+    assert main(["tasks", "--threads", "1"]) == 0
+    assert seen == [1]
+    # After the command the process is as before: no budget rebalances later library calls.
+    assert torch.get_num_threads() == before and threads.rebalance() is None
