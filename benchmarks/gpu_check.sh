@@ -35,6 +35,7 @@ assert torch.cuda.is_available(), "torch sees no CUDA device: this check needs o
 # optimizer's own CUDA test, and the gloo torchrun test (it must keep passing on a GPU machine).
 part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py \
     "tests/test_optim_no_sync.py::test_cuda_step_makes_no_host_synchronization" tests/test_train_distributed.py
+part "flow policy on CUDA" "$PYTHON" benchmarks/flow_cuda_check.py
 part "training steps/s, CUDA and CPU" "$PYTHON" benchmarks/train_speed.py --devices cuda,cpu --steps 200
 part "DoPr overhead on CUDA" "$PYTHON" benchmarks/optimizer_overhead.py --device cuda --repeats 5 --steps 30
 
