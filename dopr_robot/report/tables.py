@@ -62,7 +62,9 @@ LEGEND = [
     "resampled with replacement, then episodes within each resampled seed; clipped to the metric's range].",
     f"- **[t]** one number per run: mean over seeds [95% t-interval over seeds], shown with at least "
     f"{MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{the per-seed values}}.",
-    "- *validation loss*: on held-out expert episodes (EMA weights). Everything else is closed-loop on "
+    "- *validation loss*: on held-out expert episodes (EMA weights): the mean squared error of the policy's "
+    "actions against the expert's in normalized units — a regressor's prediction, a flow policy's sampled "
+    "actions (its flow-matching loss is logged as val_flow_loss in metrics.jsonl). Everything else is closed-loop on "
     "the evaluation episodes. *J_traj*: summed capped state+action deviation from the expert rolled out "
     "from the same initial state. *time to divergence*: first step at which the state deviation from the "
     "expert exceeds the evaluation's threshold; an episode that never does counts as the length of its "
