@@ -224,6 +224,7 @@ class WeightEMA:
         self.module.requires_grad_(False)
         self.decay, self.updates = decay, 0
         self._averaged = [*self.module.parameters(), *self.module.buffers()]
+        self._floating = [i for i, tensor in enumerate(self._averaged) if tensor.is_floating_point()]
 
     @torch.no_grad()
     def update(self, policy: Policy) -> None:
@@ -231,8 +232,8 @@ class WeightEMA:
         if self.updates == 0:
             torch._foreach_copy_(self._averaged, current)
         else:
-            floating = [(a, c) for a, c in zip(self._averaged, current) if a.is_floating_point()]
-            torch._foreach_lerp_([a for a, _ in floating], [c for _, c in floating], 1.0 - self.decay)
+            torch._foreach_lerp_([self._averaged[i] for i in self._floating], [current[i] for i in self._floating],
+                                 1.0 - self.decay)
         self.updates += 1
 
 
