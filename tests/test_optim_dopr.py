@@ -359,8 +359,10 @@ def _two_layer_model() -> nn.Sequential:
 
 def _reference_base(name: str, model: nn.Module, settings: dict) -> torch.optim.Optimizer:
     """The unmodified base optimizer over ``model``, built without DoPr's registry."""
-    from dopr_robot.optim import MuonWithAdamW
+    from dopr_robot.optim import AdaMuonWithAdamW, MuonWithAdamW
 
+    if name == "adamuon":
+        return AdaMuonWithAdamW(model, **settings)
     if name == "adamw":
         return torch.optim.AdamW(model.parameters(), **settings)
     if name == "signum":
@@ -372,12 +374,13 @@ def _reference_base(name: str, model: nn.Module, settings: dict) -> torch.optim.
     ("adamw", dict(lr=3e-2, betas=(0.8, 0.95), eps=1e-7, weight_decay=0.1)),
     ("muon", dict(lr=2e-2, weight_decay=0.05, momentum=0.9)),
     ("signum", dict(lr=1e-2, momentum=0.8, weight_decay=0.05)),
+    ("adamuon", dict(lr=2e-2, weight_decay=0.05, momentum=0.9)),
 ])
 def test_every_base_follows_itself_fed_the_reference_ap_gradient(base: str, settings: dict) -> None:
     """DoPr-X over several steps = X stepped on G̃(Σ̃+λI)⁻¹ computed in float64 from each layer's inputs."""
     torch.manual_seed(3)
     model = _two_layer_model()
-    twin = copy.deepcopy(model)
+    twin, initial = copy.deepcopy(model), copy.deepcopy(model)
     damping = 0.05
     optimizer = DoPr(model, base=base, damping=damping, **settings)
     reference = _reference_base(base, twin, settings)
@@ -401,6 +404,7 @@ def test_every_base_follows_itself_fed_the_reference_ap_gradient(base: str, sett
         reference.step()
     for mine, theirs in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+    assert (model[0].weight - initial[0].weight).abs().max() > 0.01  # the steps moved the weights
 
 
 def test_cov_ema_follows_its_formula() -> None:
