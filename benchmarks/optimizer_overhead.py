@@ -120,7 +120,7 @@ def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats
     grad = torch.randn(d_out, d_in + 1, generator=generator).to(device)
     sums = InputSums(d_in, homogeneous=True, device=device)
     sums.add_(inputs)
-    sigma = sums.second_moment()
+    sigma = sums.second_moment()[0]
     scale = torch.ones((), device=device)
     sync = synchronizer(device)
     cholesky, _, _ = damped_factor(sigma.clone(), 0.01, scale)

@@ -219,9 +219,9 @@ def test_bf16_autocast_trains_with_float32_dopr_statistics(reach_demos: Path, tm
     seen = []
     add = InputSums.add_
 
-    def recording_add(self, inputs):
+    def recording_add(self, inputs, index=0):
         seen.append((inputs.dtype, self.outer.dtype))
-        add(self, inputs)
+        add(self, inputs, index)
 
     monkeypatch.setattr(InputSums, "add_", recording_add)
     config = tiny_config(reach_demos, tmp_path / "run", amp="bf16", steps=40,

@@ -139,7 +139,7 @@ def test_attention_tokens_are_folded_into_the_batch() -> None:
     optimizer = DoPr(model, base="adamw")
     model(torch.randn(3, 8, 17)).sum().backward()
     qkv = next(layer for layer in optimizer._layers if layer.name == "1.qkv")
-    assert float(qkv.sums.count) == 3 * 8 and float(qkv.sums.outer[-1, -1]) == 3 * 8
+    assert float(qkv.sums.count[qkv.index]) == 3 * 8 and float(qkv.sums.outer[qkv.index, -1, -1]) == 3 * 8
 
 
 def test_tied_weight_gets_base_only() -> None:
@@ -238,9 +238,10 @@ def test_failed_factorizations_raise_the_layer_damping_and_are_counted(monkeypat
         calls.append(1)
         sigma = real(self)
         if len(calls) <= 2:  # the first two factorizations meet an indefinite matrix
-            sigma = sigma - 2.0 * torch.trace(sigma) * torch.eye(sigma.shape[0])
-            sigma.diagonal().abs_()
-            sigma[0, 1] = sigma[1, 0] = 10.0 * torch.trace(sigma)
+            trace = torch.trace(sigma[0])
+            sigma = sigma - 2.0 * trace * torch.eye(sigma.shape[-1])
+            sigma.diagonal(dim1=-2, dim2=-1).abs_()
+            sigma[0, 0, 1] = sigma[0, 1, 0] = 10.0 * torch.trace(sigma[0])
         return sigma
 
     monkeypatch.setattr(InputSums, "second_moment", breaking_second_moment)
@@ -350,7 +351,7 @@ def test_remove_hooks_stops_recording() -> None:
     optimizer = DoPr(layer)
     optimizer.remove_hooks()
     layer(torch.randn(4, 3)).sum().backward()
-    assert float(optimizer._layers[0].sums.count) == 0
+    assert float(optimizer._layers[0].sums.count.sum()) == 0
 
 
 def _two_layer_model() -> nn.Sequential:
@@ -434,12 +435,13 @@ def test_cov_ema_follows_its_formula() -> None:
 
 
 @pytest.mark.parametrize("damping", [1e-3, 1e-2])
-def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(damping: float) -> None:
+@pytest.mark.parametrize("d_in", [63, 200])
+def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(damping: float, d_in: int) -> None:
     """Inputs whose covariance has condition number > 1e6: the damped system is well conditioned (at
     most d/γ), so forming the inverse from the factor loses no accuracy against two triangular solves;
     both stay close to float64 (their error is the float32 statistics', the same for both)."""
     torch.manual_seed(7)
-    d_in, d_out, n = 63, 32, 512
+    d_out, n = 32, 512
     scales = torch.logspace(0, -3, d_in)  # covariance eigenvalues from 1 down to 1e-6
     inputs = torch.randn(n, d_in) @ torch.linalg.qr(torch.randn(d_in, d_in))[0] * scales + 0.5
     targets = torch.randn(n, d_out)
@@ -457,4 +459,5 @@ def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs
         got = before - torch.cat([layer.weight, layer.bias[:, None]], dim=1).detach().double()
         errors[apply] = np.linalg.norm(got.numpy() - expected) / np.linalg.norm(expected)
     assert errors["inverse"] < 1.1 * errors["solve"] + 1e-6, errors
-    assert max(errors.values()) < (1e-3 if damping < 1e-2 else 2e-4), errors
+    # The damped condition number, and so the float32 error, grows with the width (at most d/γ).
+    assert max(errors.values()) < (1e-3 if damping < 1e-2 else 2e-4) * (d_in + 1) / 64, errors

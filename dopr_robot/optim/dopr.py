@@ -32,14 +32,16 @@ BASE_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
 
 
 class _Layer:
-    """A covered ``nn.Linear``: its parameters, its input sums and its forward-hook handle."""
+    """A covered ``nn.Linear``: its parameters, its row ``index`` in the stacked input sums of the layers
+    of its width, and its forward-hook handle."""
 
-    def __init__(self, name: str, module: nn.Linear, homogeneous: bool):
+    def __init__(self, name: str, module: nn.Linear, homogeneous: bool, sums: InputSums, index: int):
         self.name = name
         self.module = module
         self.weight = module.weight
         self.bias = module.bias if homogeneous else None
-        self.sums = InputSums(module.in_features, homogeneous, module.weight.device)
+        self.sums = sums
+        self.index = index
         self.handle: torch.utils.hooks.RemovableHandle | None = None
 
 
@@ -144,32 +146,42 @@ class DoPr(Optimizer):
         super().__init__(_params_of(model), defaults)
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
-        self._layers = self._hook_linear_layers(model)
+        self._groups = self._hook_linear_layers(model)
+        order = {id(module): i for i, module in enumerate(model.modules())}
+        self._layers = sorted((layer for group in self._groups for layer in group), key=lambda l: order[id(l.module)])
         self._coverage = self._describe_coverage(model)
 
     # -- construction -------------------------------------------------------------------------
 
-    def _hook_linear_layers(self, model: nn.Module) -> list[_Layer]:
+    def _hook_linear_layers(self, model: nn.Module) -> list[list[_Layer]]:
+        """Hook every covered linear layer; layers of one input width (and device) form a group whose
+        statistics are stacked, so that each step factors them in one batched call."""
         holders: dict[int, int] = {}  # how many modules hold each parameter (weight tying)
         for module in model.modules():
             for param in module.parameters(recurse=False):
                 holders[id(param)] = holders.get(id(param), 0) + 1
-        layers = []
+        widths: dict[tuple, list[tuple[str, nn.Linear, bool]]] = {}
         for name, module in model.named_modules():
             if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
                 continue
             if holders[id(module.weight)] > 1:
                 continue  # a tied weight sees several input distributions: base GP only
             homogeneous = module.bias is not None and module.bias.requires_grad
-            layer = _Layer(name, module, homogeneous)
-            layer.handle = module.register_forward_hook(self._make_hook(layer))
-            layers.append(layer)
-        return layers
+            key = (module.in_features, homogeneous, module.weight.device)
+            widths.setdefault(key, []).append((name, module, homogeneous))
+        groups = []
+        for (d_in, homogeneous, device), members in widths.items():
+            sums = InputSums(d_in, homogeneous, device, layers=len(members))
+            group = [_Layer(name, module, homogeneous, sums, index) for index, (name, module, _) in enumerate(members)]
+            for layer in group:
+                layer.handle = layer.module.register_forward_hook(self._make_hook(layer))
+            groups.append(group)
+        return groups
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if module.training and torch.is_grad_enabled() and self._records_now(layer):
-                layer.sums.add_(inputs[0])
+                layer.sums.add_(inputs[0], layer.index)
 
         return record_inputs
 
@@ -250,17 +262,28 @@ class DoPr(Optimizer):
         choice = self.param_groups[0].get("apply", "auto")
         return choice == "inverse" or (choice == "auto" and layer.weight.device.type == "cuda")
 
-    def _all_reduce_sums(self, layers: list[_Layer]) -> None:
+    def _all_reduce_sums(self) -> None:
         """Sum the input statistics over ranks, in one collective for all layers."""
-        if not (dist.is_available() and dist.is_initialized()) or not layers:
+        if not (dist.is_available() and dist.is_initialized()) or not self._groups:
             return
-        tensors = [t for layer in layers for t in (layer.sums.outer, layer.sums.count)]
+        tensors = [t for group in self._groups for t in (group[0].sums.outer, group[0].sums.count)]
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
         for t in tensors:
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
+
+    def _layer_state(self, layer: _Layer) -> dict:
+        state = self.state[layer.weight]
+        if not state:
+            device = layer.weight.device
+            state["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
+            # Device tensors, so that counting never waits for the host:
+            state["damping_retries"] = torch.zeros((), dtype=torch.int64, device=device)  # failed factorizations
+            state["skipped"] = torch.zeros((), dtype=torch.int64, device=device)  # raw gradient went to the base
+            state["damping_scale"] = torch.ones((), device=device)  # λ multiplier, raised on failure
+        return state
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -270,43 +293,39 @@ class DoPr(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         group = self.param_groups[0]
-        refreshing = [self._records_now(layer) for layer in self._layers]
-        self._all_reduce_sums([layer for layer, refresh in zip(self._layers, refreshing) if refresh])
+        # Every layer takes every step, so the layers refresh together.
+        refresh = bool(self._layers) and self._records_now(self._layers[0])
+        if refresh:
+            self._all_reduce_sums()
 
         swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
-        for layer, refresh in zip(self._layers, refreshing):
-            state = self.state[layer.weight]
-            if not state:
-                device = layer.weight.device
-                state["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
-                # Device tensors, so that counting never waits for the host:
-                state["damping_retries"] = torch.zeros((), dtype=torch.int64, device=device)  # failed factorizations
-                state["skipped"] = torch.zeros((), dtype=torch.int64, device=device)  # raw gradient went to the base
-                state["damping_scale"] = torch.ones((), device=device)  # λ multiplier, raised on failure
-            if layer.weight.grad is not None:
-                bias_grad = None
-                if layer.bias is not None:
-                    bias_grad = layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
-                preconditioned = activation_precondition(
-                    layer.weight.grad,
-                    bias_grad,
-                    state,
-                    sums=layer.sums if refresh else None,
-                    damping=group["damping"],
-                    cov_ema=group["cov_ema"],
-                    cache_inverse=group["refresh_every"] > 1,
-                    max_damping_retries=group["max_damping_retries"],
-                    apply_inverse=self._applies_inverse(layer),
-                )
-                weight_update, bias_update = preconditioned
+        for layers in self._groups:
+            states = [self._layer_state(layer) for layer in layers]
+            bias_grads = [None if layer.bias is None else
+                          layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
+                          for layer in layers]
+            updates = activation_precondition(
+                [layer.weight.grad for layer in layers],
+                bias_grads,
+                states,
+                sums=layers[0].sums if refresh else None,
+                damping=group["damping"],
+                cov_ema=group["cov_ema"],
+                cache_inverse=group["refresh_every"] > 1,
+                max_damping_retries=group["max_damping_retries"],
+                apply_inverse=self._applies_inverse(layers[0]),
+            )
+            for layer, update, state in zip(layers, updates, states):
+                state["step"] += 1
+                if update is None:
+                    continue  # no gradient this step
                 swapped.append((layer.weight, layer.weight.grad))
-                layer.weight.grad = weight_update
+                layer.weight.grad = update[0]
                 if layer.bias is not None:
                     swapped.append((layer.bias, layer.bias.grad))
-                    layer.bias.grad = bias_update
-            state["step"] += 1
+                    layer.bias.grad = update[1]
             if refresh:
-                layer.sums.zero_()
+                layers[0].sums.zero_()
 
         # Schedulers and users change this optimizer's group; the base follows it.
         for base_group in self.base.param_groups:
@@ -348,9 +367,9 @@ class DoPr(Optimizer):
 
 
 def activation_precondition(
-    weight_grad: Tensor,
-    bias_grad: Tensor | None,
-    state: dict,
+    weight_grads: list[Tensor | None],
+    bias_grads: list[Tensor | None],
+    states: list[dict],
     *,
     sums: InputSums | None,
     damping: float,
@@ -358,60 +377,82 @@ def activation_precondition(
     cache_inverse: bool,
     max_damping_retries: int,
     apply_inverse: bool = False,
-) -> tuple[Tensor, Tensor | None]:
-    r"""The AP step for one layer: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`.
+) -> list[tuple[Tensor, Tensor | None] | None]:
+    r"""The AP step for a group of layers of one input width: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`
+    per layer, the factorizations done as one batched call.
 
-    ``bias_grad`` is given for a layer with a trained bias (the homogeneous coordinate is then
-    folded in), else ``None``. ``sums`` holds this step's input statistics when the factorization
-    is refreshed now, else ``None`` (the cached inverse in ``state["inverse"]`` is applied).
-    :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the Cholesky
-    factor, or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the
-    inverse formed from the factor. Updates ``state`` in place (``sigma`` when ``cov_ema > 0``,
+    Per layer ``i``: ``weight_grads[i]`` (``None``: no gradient this step, the layer's result is
+    ``None``), ``bias_grads[i]`` for a layer with a trained bias (the homogeneous coordinate is then
+    folded in), else ``None``, and ``states[i]`` (updated in place). ``sums`` holds the group's input
+    statistics when the factorization is refreshed now, else ``None`` (the cached inverses are
+    applied). :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the
+    Cholesky factor, or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the
+    inverse formed from the factor. Updates ``states`` (``sigma`` when ``cov_ema > 0``,
     ``inverse``/``has_inverse`` when ``cache_inverse``, ``damping_scale`` and the counters), all
-    without host synchronization. Returns the (weight, bias) parts of :math:`\tilde M`; where no
-    usable statistics exist they are the raw gradient (``state["skipped"]`` counts those steps).
+    without host synchronization. Returns each layer's (weight, bias) parts of :math:`\tilde M`; where
+    no usable statistics exist they are the raw gradient (``skipped`` counts those layer-steps).
     """
-    if (cache_inverse and sums is None and "inverse" not in state) or (not cache_inverse and sums is None):
-        state["skipped"] += 1  # nothing recorded to precondition with (not a failure of the data)
-        return weight_grad, bias_grad
+    with_grad = [i for i, grad in enumerate(weight_grads) if grad is not None]
+    skipped = [states[i]["skipped"] for i in with_grad]
+    if sums is None and not (cache_inverse and "inverse" in states[0]):
+        if skipped:  # nothing recorded to precondition with (not a failure of the data)
+            torch._foreach_add_(skipped, 1)
+        return [None if grad is None else (grad, bias) for grad, bias in zip(weight_grads, bias_grads)]
     if sums is not None:
         sigma = sums.second_moment()
         if cov_ema > 0.0:
-            previous = state.get("sigma")
-            if previous is not None:
+            if "sigma" in states[0]:
+                previous = torch.stack([state["sigma"] for state in states]).float()
                 # A refresh without recorded inputs keeps the running average as it was.
-                sigma = torch.where(sums.count > 0, previous.float().lerp(sigma, 1.0 - cov_ema), previous.float())
-            state["sigma"] = sigma
+                recorded = (sums.count > 0)[:, None, None]
+                sigma = torch.where(recorded, previous.lerp(sigma, 1.0 - cov_ema), previous)
+            for state, layer_sigma in zip(states, sigma.unbind()):
+                state["sigma"] = layer_sigma
             sigma = sigma.clone()  # damped_factor writes λ into the diagonal
-        cholesky, usable, failed = damped_factor(sigma, damping, state["damping_scale"])
-        state["damping_retries"] += failed
-        state["damping_scale"] = torch.where(
-            failed, torch.clamp(state["damping_scale"] * 10.0, max=10.0 ** max_damping_retries), state["damping_scale"])
+        scale = torch.stack([state["damping_scale"] for state in states])
+        cholesky, usable, failed = damped_factor(sigma, damping, scale)
+        torch._foreach_add_([state["damping_retries"] for state in states], list(failed.unbind()))
+        scale = torch.where(failed, torch.clamp(scale * 10.0, max=10.0 ** max_damping_retries), scale)
+        for state, layer_scale in zip(states, scale.unbind()):
+            state["damping_scale"] = layer_scale
         if cache_inverse:
             inverse = torch.cholesky_inverse(cholesky)  # the identity where the statistics are unusable
-            if "inverse" in state:  # then the previous inverse is kept instead
-                inverse = torch.where(usable, inverse, state["inverse"].float())
-                usable = usable | state["has_inverse"]
-            state["inverse"], state["has_inverse"] = inverse, usable
+            if "inverse" in states[0]:  # then the previous inverse is kept instead  # then the previous inverse is kept instead
+                previous = torch.stack([state["inverse"] for state in states]).float()
+                inverse = torch.where(usable[:, None, None], inverse, previous)
+                usable = usable | torch.stack([state["has_inverse"] for state in states])
+            for state, layer_inverse, layer_usable in zip(states, inverse.unbind(), usable.unbind()):
+                state["inverse"], state["has_inverse"] = layer_inverse, layer_usable
 
     # Unusable statistics left an identity factor (or inverse): the update is then the raw gradient,
     # with no data-dependent branch and no extra pass over the gradient.
-    if cache_inverse or apply_inverse:
-        if cache_inverse:
-            inverse, usable = state["inverse"].float(), state["has_inverse"]
+    if cache_inverse:
+        inverses = [state["inverse"].float() for state in states]
+        usable = torch.stack([state["has_inverse"] for state in states])
+    elif apply_inverse:
+        inverses = list(torch.cholesky_inverse(cholesky).unbind())
+    unusable = (~usable).unbind()
+    if skipped:
+        torch._foreach_add_(skipped, [unusable[i] for i in with_grad])
+    updates: list[tuple[Tensor, Tensor | None] | None] = [None] * len(states)
+    for i in with_grad:
+        if cache_inverse or apply_inverse:
+            updates[i] = _times_inverse(weight_grads[i], bias_grads[i], inverses[i])
         else:
-            inverse = torch.cholesky_inverse(cholesky)
-        state["skipped"] += ~usable
-        return _times_inverse(weight_grad, bias_grad, inverse)
-    state["skipped"] += ~usable
+            updates[i] = _solve(weight_grads[i], bias_grads[i], cholesky[i])
+    return updates
+
+
+def _solve(weight_grad: Tensor, bias_grad: Tensor | None, cholesky: Tensor) -> tuple[Tensor, Tensor | None]:
+    r""":math:`[G_W\ g_b]\,(LL^\top)^{-1}` by two triangular solves, split back into weight and bias parts."""
     grad = weight_grad.float()
     if bias_grad is not None:
         grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
     update = solve_right(grad, cholesky).to(weight_grad.dtype)
-    # Contiguous parts: the base's foreach kernels are slower on strided gradients.
-    d_in = weight_grad.shape[1]
     if bias_grad is None:
         return update, None
+    # Contiguous parts: the base's foreach kernels are slower on strided gradients.
+    d_in = weight_grad.shape[1]
     return update[:, :d_in].contiguous(), update[:, d_in].contiguous()
 
 
