@@ -91,9 +91,12 @@ def synchronizer(device: torch.device) -> Callable[[], None]:
 
 
 def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int, steps: int,
-                            sync: Callable[[], None] = lambda: None) -> list[float]:
-    """Median ms per step of each closure; repeats alternate between them so drift hits all alike.
-    ``sync`` waits for the device before each clock reading."""
+                            sync: Callable[[], None] = lambda: None) -> tuple[list[float], list[float]]:
+    """Median ms per step of each closure, and the median over repeats of each closure's time divided by
+    the first closure's time in the same repeat. Repeats alternate between the closures, so the ratios
+    compare runs seconds apart: on a shared machine whose speed drifts by tens of percent over a
+    minute, that keeps the ratios steady where the absolute times are not. ``sync`` waits for the
+    device before each clock reading."""
     for train_step in train_steps:
         for _ in range(10):
             train_step()
@@ -106,7 +109,8 @@ def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int,
                 train_step()
             sync()
             sample.append((time.perf_counter() - start) / steps * 1e3)
-    return [statistics.median(sample) for sample in samples]
+    ratios = [statistics.median(t / base for t, base in zip(sample, samples[0])) for sample in samples]
+    return [statistics.median(sample) for sample in samples], ratios
 
 
 def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats: int = 200,
@@ -152,8 +156,8 @@ def kernel_breakdown(d_in: int = 256, d_out: int = 256, rows: int = 256, repeats
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=50, help="steps per timed repeat")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--refresh-every", type=int, default=10, help="k for the amortized variant")
     parser.add_argument("--models", default="mlp,transformer")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
@@ -176,15 +180,15 @@ def main() -> None:
         build, input_shape, _ = MODELS[model_name]
         floor_exact, floor_amortized = floor_ratios(linear_shapes(build(), input_shape), k)
         for base in args.bases.split(","):
-            plain, exact, inverse, amortized = interleaved_ms_per_step(
+            (plain, exact, _, amortized), (_, exact_ratio, inverse_ratio, amortized_ratio) = interleaved_ms_per_step(
                 [make_train_step(model_name, base, device),
                  make_train_step(model_name, f"dopr-{base}", device, apply="solve"),
                  make_train_step(model_name, f"dopr-{base}", device, apply="inverse"),
                  make_train_step(model_name, f"dopr-{base}", device, refresh_every=k, cov_ema=0.9)],
                 args.repeats, steps, synchronizer(device),
             )
-            print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact / plain:>7.2f}{inverse / plain:>9.2f}"
-                  f"{floor_exact:>7.2f}{amortized:>11.3f}{amortized / plain:>7.2f}{floor_amortized:>7.2f}", flush=True)
+            print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact_ratio:>7.2f}{inverse_ratio:>9.2f}"
+                  f"{floor_exact:>7.2f}{amortized:>11.3f}{amortized_ratio:>7.2f}{floor_amortized:>7.2f}", flush=True)
 
 
 if __name__ == "__main__":
