@@ -96,9 +96,10 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
 def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:
     r""":math:`\tilde G (LL^\top)^{-1}` for a (d_out, d) gradient, by two triangular solves.
 
-    Solved in transposed form, :math:`(LL^\top)^{-1} \tilde G^\top = L^{-\top} (L^{-1} \tilde G^\top)`, on
-    transposed views (no copies): with MKL on CPU this measured ~10% faster than the same solves from
-    the right (256 x 257 gradient, 2 threads), and no slower than ``torch.cholesky_solve``.
+    Solving from the right (``left=False``) keeps the gradient's row-major layout. With MKL on CPU
+    (256 x 257 gradient) it is the fastest form measured at one thread (0.64 ms, against 1.39 ms for
+    the same solves on transposed views, which win at two threads, 0.71 against 0.80 ms) and ~10%
+    faster than ``torch.cholesky_solve`` on the transpose.
     """
-    half = torch.linalg.solve_triangular(cholesky, grad.mT, upper=False)  # L^-1 G^T
-    return torch.linalg.solve_triangular(cholesky.mT, half, upper=True).mT  # (L^-T L^-1 G^T)^T
+    half = torch.linalg.solve_triangular(cholesky.mT, grad, upper=True, left=False)  # G L^-T
+    return torch.linalg.solve_triangular(cholesky, half, upper=False, left=False)  # G L^-T L^-1
