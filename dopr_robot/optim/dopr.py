@@ -465,6 +465,6 @@ def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None, inverse: Tenso
         return (grad @ inverse).to(weight_grad.dtype), None
     d_in = weight_grad.shape[1]
     bias = bias_grad.float()
-    weight_update = torch.mm(grad, inverse[:d_in, :d_in]).addr_(bias, inverse[d_in, :d_in])
+    weight_update = torch.addmm(torch.outer(bias, inverse[d_in, :d_in]), grad, inverse[:d_in, :d_in])
     bias_update = torch.addmv(bias * inverse[d_in, d_in], grad, inverse[:d_in, d_in])
     return weight_update.to(weight_grad.dtype), bias_update.to(bias_grad.dtype)
