@@ -234,10 +234,22 @@ def compare(config: CompareConfig, progress: bool = True, execution: Execution =
         for count in counts.values():
             compare(count, progress=progress, execution=execution)
         return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
-    data = {task: demonstrations(config, task, out, progress) for task in config.tasks}
-    missing = [cell for cell in config.cells() if not (config.run_dir(*cell) / "eval.json").exists()]
+    data, missing = pending_cells(config, progress)
     run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
     return write_report(out)
+
+
+def pending_cells(config: CompareConfig, progress: bool = True) -> tuple[dict[str, Path], list[tuple[str, str, int]]]:
+    """A comparison of one demonstration count made ready to run: its directory, its saved config
+    (a changed one refused) and its demonstrations; returns the demonstration file per task and the
+    cells that have no eval.json yet."""
+    check_experts(config)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_same_comparison(config, out / CONFIG_FILE)
+    write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
+    data = {task: demonstrations(config, task, out, progress) for task in config.tasks}
+    return data, [cell for cell in config.cells() if not (config.run_dir(*cell) / "eval.json").exists()]
 
 
 def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str = "auto") -> None:

@@ -25,7 +25,9 @@ demonstrations (one count; collected once, from the grid's demonstration seeds, 
                                               ({"adamw": {"lr", "weight_decay"}, "dopr-adamw": {..., "damping"}})
 
 A setting whose training fails (e.g. diverges at a large learning rate) is listed as failed and
-takes no part in the choice; the sweep goes on. The grid template is a ``CompareConfig`` (an
+takes no part in the choice; the sweep goes on. With ``--workers`` or ``--ray`` the cells of all
+settings of a stage (the lr x weight-decay grids of every base, then every DoPr-X's dampings) run as
+one grid: a sweep's setting often has a single cell. The grid template is a ``CompareConfig`` (an
 experiment's file serves as it is): its training template, tasks, seeds, demonstrations and
 evaluation settings are kept; its learning rate, weight decay and damping are the sweep's, its
 ``optimizer_settings`` are what the sweep writes, and its evaluation seeds move into the tuning
@@ -41,10 +43,10 @@ from pathlib import Path
 from typing import Any
 
 from dopr_robot.atomic import write_json_atomic, write_text_atomic
-from dopr_robot.compare import GROWABLE, CompareConfig, check_experts, compare, demonstrations
+from dopr_robot.compare import GROWABLE, CompareConfig, check_experts, compare, demonstrations, pending_cells, run_cell
 from dopr_robot.config import config_from_dict, config_items, config_to_dict, nested, number_list, option
 from dopr_robot.errors import UserError
-from dopr_robot.grid import CellsFailed, Execution
+from dopr_robot.grid import CellsFailed, Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS, is_dopr
 from dopr_robot.report.results import episode_values
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap
@@ -171,21 +173,28 @@ def sweep(config: SweepConfig, progress: bool = True, execution: Execution = Exe
     for task in config.grid.tasks:  # collected once, into OUT/data/, for every setting
         demonstrations(config.grid, task, out, progress)
 
+    # Two stages, each a set of independent settings: every base's lr x weight-decay grid, then every
+    # DoPr-X's dampings at X's choice. Serially the settings run one after another; with --workers or
+    # --ray every cell of a stage is queued at once (a setting often has a single cell).
     outcomes: dict[str, list[Outcome]] = {}
     chosen: dict[str, dict[str, float]] = {}
+    stage = [(base, {"lr": lr, "weight_decay": wd}) for base in config.bases
+             for lr in config.lrs for wd in config.weight_decays]
+    for (optimizer, _), outcome in zip(stage, _run_stage(config, stage, progress, execution)):
+        outcomes.setdefault(optimizer, []).append(outcome)
     for base in config.bases:
-        outcomes[base] = [_run(config, base, {"lr": lr, "weight_decay": wd}, progress, execution)
-                          for lr in config.lrs for wd in config.weight_decays]
         best = _choose(outcomes[base])
-        if best is None:
-            continue
-        chosen[base] = dict(best.values)
-        dopr = f"dopr-{base}"
-        outcomes[dopr] = [_run(config, dopr, {**best.values, "damping": damping}, progress, execution)
-                          for damping in config.dampings]
-        best_dopr = _choose(outcomes[dopr])
+        if best is not None:
+            chosen[base] = dict(best.values)
+    stage = [(f"dopr-{base}", {**chosen[base], "damping": damping}) for base in config.bases if base in chosen
+             for damping in config.dampings]
+    for (optimizer, _), outcome in zip(stage, _run_stage(config, stage, progress, execution)):
+        outcomes.setdefault(optimizer, []).append(outcome)
+    for base in config.bases:
+        best_dopr = _choose(outcomes.get(f"dopr-{base}", []))
         if best_dopr is not None:
-            chosen[dopr] = dict(best_dopr.values)
+            chosen[f"dopr-{base}"] = dict(best_dopr.values)
+    outcomes = {name: outcomes[name] for base in config.bases for name in (base, f"dopr-{base}") if name in outcomes}
     write_text_atomic(out / REPORT_FILE, sweep_markdown(config, outcomes, chosen))
     write_json_atomic(out / SETTINGS_FILE, chosen)
     unchosen = [name for base in config.bases for name in (base, f"dopr-{base}") if name not in chosen]
@@ -195,8 +204,53 @@ def sweep(config: SweepConfig, progress: bool = True, execution: Execution = Exe
     return chosen
 
 
+def _run_stage(config: SweepConfig, settings: list[tuple[str, dict[str, float]]], progress: bool,
+               execution: Execution) -> list[Outcome]:
+    """The outcomes of independent settings. With parallel execution, the missing cells of all of
+    them run as one grid first (a cell is named by its setting: ``adamw@lr0.001_wd0``); a setting
+    with a failed cell is then recorded as failed without training again."""
+    failed: dict[str, str] = {}
+    if execution.executor != "serial":
+        cells, data = [], {}
+        for optimizer, values in settings:
+            grid = config.setting(optimizer, values["lr"], values["weight_decay"], values.get("damping"))
+            data, missing = pending_cells(grid, progress=False)  # every setting shares the sweep's data
+            cells += [(task, _cell_name(config, grid), seed) for task, _, seed in missing]
+        try:
+            run_cells(_setting_cell, config, cells, data, execution, progress)
+        except CellsFailed as err:  # its message has a line "  <task> <name> seed <seed>: <error>" per cell
+            lines = str(err).splitlines()
+            for task, name, seed in err.cells:
+                prefix = f"  {task} {name} seed {seed}: "
+                failed.setdefault(name, next((line[len(prefix):] for line in lines if line.startswith(prefix)),
+                                             "training failed"))
+    outcomes = []
+    for optimizer, values in settings:
+        grid = config.setting(optimizer, values["lr"], values["weight_decay"], values.get("damping"))
+        error = failed.get(_cell_name(config, grid))
+        outcomes.append(Outcome(optimizer, values, Path(grid.out), {}, error=error) if error is not None
+                        else _run(config, optimizer, values, progress, execution))
+    return outcomes
+
+
+def _cell_name(config: SweepConfig, grid: CompareConfig) -> str:
+    """A setting's name in a grid of the sweep's cells: ``<optimizer>@<its directory>``."""
+    return f"{grid.optimizers[0]}@{Path(grid.out).relative_to(config.out / grid.optimizers[0])}"
+
+
+def _setting_cell(config: SweepConfig, task: str, name: str, seed: int, data: Path, device: str = "auto") -> None:
+    """One cell of a setting named ``<optimizer>@<its directory>`` (a grid's cell body: top-level,
+    so worker processes and Ray tasks can import it)."""
+    optimizer, directory = name.split("@", 1)
+    candidates = [(lr, wd, damping) for lr in config.lrs for wd in config.weight_decays
+                  for damping in ([None] if not is_dopr(optimizer) else config.dampings)]
+    lr, wd, damping = next(c for c in candidates if config.setting_dir(optimizer, *c).name == directory)
+    run_cell(config.setting(optimizer, lr, wd, damping), task, optimizer, seed, data, device)
+
+
 def _run(config: SweepConfig, optimizer: str, values: dict[str, float], progress: bool, execution: Execution) -> Outcome:
-    """One setting's comparison (resumed when it exists); a failure of its training is recorded."""
+    """One setting's comparison (resumed when it exists; after a parallel stage only its report is
+    written); a failure of its training is recorded."""
     grid = config.setting(optimizer, values["lr"], values["weight_decay"], values.get("damping"))
     try:
         rows = compare(grid, progress=progress, execution=execution)

@@ -157,3 +157,32 @@ def test_ray_reruns_the_cell_of_a_worker_that_died(local_ray, tmp_path: Path, se
               Execution("ray", threads=1), progress=False)
     assert (tmp_path / "died-once").exists()
     assert (config.run_dir("Reach-v0", "adamw", 0) / "eval.json").exists()
+
+
+SWEEP_ARGS = ["--tasks", "Reach-v0", "--seeds", "1", "--demo-episodes", "3", "--steps", "10", "--batch-size", "16",
+              "--policy-options", '{"width": 16, "depth": 1}', "--eval-episodes", "2", "--eval-num-envs", "2",
+              "--bases", "adamw", "--lrs", "0.001,1e9", "--dampings", "0.01,0.1", "--no-progress", "--threads", "1"]
+
+
+def test_sweep_workers_run_a_stages_settings_at_once_with_the_serial_choice(tmp_path: Path, one_thread,
+                                                                           monkeypatch, capsys) -> None:
+    """Every setting of the sweep has a single cell here: --workers must spread the settings of a stage
+    (the lr grid, then the dampings), not the cells of one setting; a diverging lr is listed as failed."""
+    import dopr_robot.sweep as sweep_module
+
+    grids = []
+    real = sweep_module.run_cells
+    monkeypatch.setattr(sweep_module, "run_cells", lambda cell, config, cells, *a, **k: (
+        grids.append(sorted(name for _, name, _ in cells)), real(cell, config, cells, *a, **k))[1])
+    assert main(["sweep", "--out", str(tmp_path / "serial"), *SWEEP_ARGS]) == 0
+    assert grids == []  # one setting after another
+    assert main(["sweep", "--out", str(tmp_path / "workers"), *SWEEP_ARGS, "--workers", "2"]) == 0
+    assert grids == [["adamw@lr0.001_wd0", "adamw@lr1e+09_wd0"],
+                     ["dopr-adamw@lr0.001_wd0_damping0.01", "dopr-adamw@lr0.001_wd0_damping0.1"]]
+    capsys.readouterr()
+    chosen = [json.loads((tmp_path / name / "optimizer_settings.json").read_text()) for name in ("serial", "workers")]
+    assert chosen[0] == chosen[1] and chosen[0]["adamw"]["lr"] == 0.001
+    reports = [(tmp_path / name / "sweep.md").read_text().replace(str(tmp_path / name), "OUT") for name in ("serial", "workers")]
+    assert reports[0] == reports[1] and "| 1e+09 | 0 | failed: " in reports[1]
+    for name in ("adamw/lr0.001_wd0", "dopr-adamw/lr0.001_wd0_damping0.1"):
+        assert numbers(tmp_path / "serial" / name) == numbers(tmp_path / "workers" / name)
