@@ -6,6 +6,7 @@ and `dopr-robot sweep` chooses each lr by return and gives DoPr-X only the dampi
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 
 import envs
+from envs.experts import sb3 as sb3_weights
 from dopr_robot.cli import main
 from dopr_robot.commands import compare as compare_command
 from dopr_robot.compare import CompareConfig, compare, load_compare_config, train_template
@@ -56,15 +58,36 @@ def test_the_experiment_file_is_the_papers_grid() -> None:
     assert [c.demo_episodes for c in config.by_demo_count().values()] == [10, 25, 50]
 
 
-@pytest.mark.skipif(HUMANOID_READY, reason="Humanoid-v5 has an expert now: the experiment would run for real")
 @pytest.mark.parametrize("command", [["compare"], ["sweep", "--demo-episodes", "25"]])
-def test_without_the_humanoid_expert_both_commands_say_what_to_do_before_any_work(tmp_path: Path, capsys, command) -> None:
+def test_without_the_humanoid_expert_both_commands_say_what_to_do_before_any_work(tmp_path: Path, capsys, command,
+                                                                                   monkeypatch) -> None:
+    monkeypatch.setattr(sb3_weights, "WEIGHTS_ROOT", tmp_path / "no-weights")  # as on a checkout without them
     out = tmp_path / "humanoid"
     assert main([*command, "--config", str(EXPERIMENT), "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"dopr-robot {command[0]}: error: task Humanoid-v5 is unavailable: no expert weights yet")
     assert "dopr-robot expert train --task Humanoid-v5" in err and "dopr-robot expert export --run RUN" in err
     assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.skipif(not HUMANOID_READY, reason="no Humanoid-v5 expert (envs/experts/weights/Humanoid-v5/)")
+def test_the_experiment_file_itself_runs_tiny_on_humanoid(tmp_path: Path, capsys) -> None:
+    """The committed file as it is, on its own task, made tiny: 2 demonstrations, 2 optimizers, 2 seeds,
+    a few steps of a tiny MLP, 2 evaluation episodes (a policy this untrained falls within steps)."""
+    out = tmp_path / "humanoid"
+    assert main(["compare", "--config", str(EXPERIMENT), "--out", str(out), "--optimizers", "adamw,dopr-adamw",
+                 "--seeds", "2", "--demo-episodes", "2", "--steps", "12", "--batch-size", "32", "--warmup-steps", "2",
+                 "--policy-options", '{"width": 16, "depth": 1}', "--eval-episodes", "2", "--eval-num-envs", "2",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["task"], r["optimizer"], r["seed"]) for r in rows) == [
+        ("Humanoid-v5", optimizer, seed) for optimizer in ("adamw", "dopr-adamw") for seed in ("0", "1")]
+    for name in ("summary.md", "terminal_reward.png", "val_loss_vs_return.png", "data/Humanoid-v5.hdf5"):
+        assert (out / name).exists(), name
+    run = json.loads((out / "runs" / "Humanoid-v5" / "dopr-adamw" / "seed1" / "config.json").read_text())
+    assert run["ema_decay"] == 0.995 and run["grad_clip"] == 1.0 and run["policy"] == "mlp"
 
 
 def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Path, capsys) -> None:
