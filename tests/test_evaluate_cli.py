@@ -112,12 +112,16 @@ def _without_task(run_dir: Path, tmp_path: Path) -> Path:
     (["--checkpoint", "{tmp}/garbage.pt"], "not a readable checkpoint"),
     (["--checkpoint", "{tmp}/no_task.pt"], "trained on data without env_args: pass --task NAME"),
     (["--checkpoint", "{run}", "--task", "Nope-v0"], "unknown task 'Nope-v0'"),
-    (["--checkpoint", "{run}", "--task", "Humanoid-v5"], "Humanoid-v5 is unavailable"),  # no shipped expert
+    (["--checkpoint", "{run}", "--task", "Humanoid-v5"], "Humanoid-v5 is unavailable"),  # no expert weights (below)
     (["--checkpoint", "{run}", "--task", "Push-v0", "--no-expert"], "evaluate it on the task it was trained on"),
     (["--checkpoint", "{run}", "--actions-per-chunk", "4"], "--actions-per-chunk must be between 1 and the policy's chunk (3)"),
     (["--checkpoint", "{run}", "--episodes", "0"], "--episodes must be >= 1"),
 ])
-def test_bad_inputs_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsys, args: list[str], message: str) -> None:
+def test_bad_inputs_are_one_line_and_exit_2(run_dir: Path, tmp_path: Path, capsys, monkeypatch, args: list[str],
+                                           message: str) -> None:
+    from envs.experts import sb3 as sb3_weights
+
+    monkeypatch.setattr(sb3_weights, "WEIGHTS_ROOT", tmp_path / "no-weights")  # the locomotion experts unshipped
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint")
     _without_task(run_dir, tmp_path)
     args = [a.format(tmp=tmp_path, run=run_dir) for a in args]
