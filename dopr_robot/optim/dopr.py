@@ -421,7 +421,7 @@ def activation_precondition(
             state["damping_scale"] = layer_scale
         if cache_inverse:
             inverse = torch.cholesky_inverse(cholesky)  # the identity where the statistics are unusable
-            if "inverse" in states[0]:  # then the previous inverse is kept instead  # then the previous inverse is kept instead
+            if "inverse" in states[0]:  # then the previous inverse is kept instead
                 previous = torch.stack([state["inverse"] for state in states]).float()
                 inverse = torch.where(usable[:, None, None], inverse, previous)
                 usable = usable | torch.stack([state["has_inverse"] for state in states])
