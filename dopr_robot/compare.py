@@ -60,6 +60,7 @@ from dopr_robot.config import (
     json_object_or_file,
     nested,
     option,
+    same_file,
 )
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint
@@ -317,7 +318,11 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     if isinstance(config.demo_episodes, list) and isinstance(saved_config.demo_episodes, list):
         growable += ("demo_episodes",)
     changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
-               if name not in (*growable, "optimizer_settings") and saved.get(name) != value]
+               if name not in (*growable, "optimizer_settings", "data") and saved.get(name) != value]
+    saved_out = json.loads(saved_file.read_text()).get("out", saved_config.out)  # where it was made
+    if saved_config.data.keys() != config.data.keys() or not all(
+            same_file(saved_config.data[task], saved_out, path, config.out) for task, path in config.data.items()):
+        changed.append(f"data ({saved_config.data!r} -> {config.data!r})")
     changed += _changed_optimizer_settings(saved_config, config)
     if changed:
         raise UserError(f"{saved_file.parent} holds a comparison made with other settings (changed: {', '.join(changed)}); "

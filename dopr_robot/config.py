@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import types
 from dataclasses import MISSING, asdict, dataclass, field, fields
@@ -376,6 +377,13 @@ def config_items(config: Any) -> dict[str, Any]:
             value = getattr(config, f.name)
             items[f.name] = list(value) if isinstance(value, tuple) else value
     return items
+
+
+def same_file(saved_path: str, saved_dir: str, path: str, directory: str) -> bool:
+    """Whether a file named in a saved config is the file named now, for a resume check: the same path, or
+    the same place relative to the saved and the present directory of the run or grid (a directory moved
+    or copied elsewhere with the files inside it, e.g. the demonstrations a comparison collected)."""
+    return Path(saved_path) == Path(path) or os.path.relpath(saved_path, saved_dir) == os.path.relpath(path, directory)
 
 
 def _put(values: dict[str, Any], dotted: str, value: Any) -> None:

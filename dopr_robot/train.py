@@ -32,8 +32,9 @@ from tqdm.auto import tqdm
 
 import demos
 from dopr_robot import threads
+from dopr_robot.atomic import write_text_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
-from dopr_robot.config import TrainConfig
+from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
@@ -297,10 +298,16 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
             raise UserError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}")
         # A field added since the run was saved (amp, ...) counts as its default.
         saved = {**_field_defaults(), **json.loads(config_file.read_text())}
-        if saved != json.loads(config.to_json()):
-            changed = sorted(k for k in saved if saved[k] != asdict(config).get(k))
+        current = json.loads(config.to_json())
+        # A run directory moved or copied elsewhere is the same run: its out is where it lies now, and
+        # demonstrations it names relative to itself (a comparison's collected file) moved with it.
+        changed = sorted(k for k in saved if saved[k] != current.get(k) and not (
+            k == "out" or k == "data" and same_file(saved["data"], saved["out"], current["data"], current["out"])))
+        if changed:
             raise UserError(f"cannot resume {run_dir} with a different config (changed: {', '.join(changed)}); "
                             "resume with the saved config, or start a new run directory")
+        if saved != current:  # the saved config names the run's present place
+            write_text_atomic(config_file, config.to_json() + "\n")
         return
     if run_dir.exists() and any(run_dir.iterdir()):
         if not config_file.exists():

@@ -57,8 +57,8 @@ class Killed(Exception):
     pass
 
 
-def test_killed_compare_resumes_and_skips_finished_cells(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = CompareConfig(out=str(tmp_path), **TINY)
+def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = CompareConfig(out=str(tmp_path / "made"), **TINY)
     real_evaluate = compare_module.evaluate_checkpoint
     calls = []
 
@@ -71,7 +71,10 @@ def test_killed_compare_resumes_and_skips_finished_cells(tmp_path: Path, monkeyp
     monkeypatch.setattr(compare_module, "evaluate_checkpoint", evaluate_then_die)
     with pytest.raises(Killed):
         compare(config, progress=False)
-    finished = sorted(tmp_path.glob("runs/*/*/seed*/eval.json"))
+    # Moved (with the demonstrations it collected inside it), the grid resumes where it lies now.
+    (tmp_path / "made").rename(tmp_path / "moved")
+    config = replace(config, out=str(tmp_path / "moved"))
+    finished = sorted((tmp_path / "moved").glob("runs/*/*/seed*/eval.json"))
     assert len(finished) == 2
     first_written = {p: p.stat().st_mtime_ns for p in finished}
 

@@ -171,6 +171,15 @@ def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_th
     config = experiment_config("--optimizer-settings", str(out / "optimizer_settings.json"), "--tasks", "Hopper-v5")
     assert config.cell_config("dopr-adamw", 0, Path(""), Path("")).damping == chosen["dopr-adamw"]["damping"]
 
+    # Moved elsewhere, the sweep resumes there: every setting is found finished (nothing trains) and chosen alike.
+    moved = tmp_path / "moved"
+    out.rename(moved)
+    checkpoints = {p: p.stat().st_mtime_ns for p in moved.glob("*/*/runs/*/*/seed*/checkpoint.pt")}
+    assert main(["sweep", "--config", str(EXPERIMENT), "--out", str(moved), *TINY_GRID, "--demo-episodes", "3",
+                 "--bases", "adamw", "--lrs", "0.0003,0.01", "--weight-decays", "0", "--dampings", "0.01,0.3"]) == 0
+    assert len(checkpoints) == 8 and {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert json.loads((moved / "optimizer_settings.json").read_text()) == chosen
+
 
 @pytest.mark.parametrize("settings, message", [
     ({"lion": {"lr": 0.1}}, r"optimizer_settings names unknown optimizer\(s\) lion; valid: sgd"),

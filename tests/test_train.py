@@ -58,7 +58,7 @@ class Interrupt(Exception):
 
 
 @pytest.mark.parametrize("optimizer, policy", [("dopr-adamw", "mlp"), ("dopr-muon", "transformer")])
-def test_resume_after_a_kill_reaches_the_same_weights(reach_demos: Path, tmp_path: Path, optimizer: str, policy: str) -> None:
+def test_resume_after_a_kill_reaches_the_same_weights_even_moved(reach_demos: Path, tmp_path: Path, optimizer: str, policy: str) -> None:
     options = dict(TINY_POLICY[policy], dropout=0.1)  # dropout: the global RNG must be restored too
     config = tiny_config(reach_demos, tmp_path / "whole", optimizer=optimizer, policy=policy, steps=30,
                          policy_options=options, optimizer_options={"refresh_every": 3, "cov_ema": 0.5})
@@ -74,7 +74,11 @@ def test_resume_after_a_kill_reaches_the_same_weights(reach_demos: Path, tmp_pat
     with pytest.raises(Interrupt):
         train(killed, evaluator=kill_at_25, evaluate_every=5, progress=False)
     assert load_checkpoint(tmp_path / "killed")["step"] == 20
-    resumed = train(killed, resume=True, progress=False)
+    # Moved elsewhere (copied off a cluster, renamed), it is the same run: it resumes, and its config names its new place.
+    moved = replace(killed, out=str(tmp_path / "moved"))
+    (tmp_path / "killed").rename(moved.out)
+    resumed = train(moved, resume=True, progress=False)
+    assert json.loads((resumed.run_dir / "config.json").read_text())["out"] == moved.out
 
     final_whole = load_checkpoint(whole.run_dir)
     final_resumed = load_checkpoint(resumed.run_dir)
