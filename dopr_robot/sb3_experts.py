@@ -237,6 +237,8 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
             log(f"steps {n}  env-steps/s {fps:.1f}  eval return {returns.mean():.1f} ± {returns.std():.1f}  length {lengths.mean():.0f}")
             best_file = best_dir / "best.json"
             best = json.loads(best_file.read_text()) if best_file.is_file() else {"return_mean": -np.inf}
+            if best_file.is_file() and best.get("episodes") != cfg.eval_episodes:
+                best = self.remeasure_best(best, best_file)
             if returns.mean() > best["return_mean"]:
                 best_dir.mkdir(exist_ok=True)
                 if vec_normalize is not None:
@@ -245,6 +247,17 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
                 wall = run["wall_time_before_s"] + (time.time() - session_start)
                 write_json_atomic(best_file, {"steps": n, "return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": cfg.eval_episodes, "wall_time_s": wall})
                 log(f"new best model at {n} steps")
+
+        def remeasure_best(self, best: dict[str, Any], best_file: Path) -> dict[str, Any]:
+            """The kept best model measured on this run's evaluation episodes: a run resumed with another
+            --eval-episodes compares like with like (a mean over 5 episodes is a lucky draw more often)."""
+            model, vec_normalize = load_sb3_model(best_dir / "model.zip", cfg.algo)
+            returns, _, _ = episode_returns(SB3Actor(model, vec_normalize), cfg.task, EVAL_SEEDS[: cfg.eval_episodes])
+            log(f"best model (steps {best['steps']}): eval return {returns.mean():.1f} ± {returns.std():.1f} over "
+                f"{cfg.eval_episodes} episodes (was {best['return_mean']:.1f} over {best.get('episodes')})")
+            best = {**best, "return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": cfg.eval_episodes}
+            write_json_atomic(best_file, best)
+            return best
 
     return CheckpointAndEval()
 

@@ -35,12 +35,16 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
     assert cli.main(_train_args(out, 200, *TINY)) == 2  # the folder holds a run: --resume is needed
     assert "continue it with --resume" in capsys.readouterr().err
     (out / "checkpoints" / "model_250_steps.zip").write_bytes(b"cut short")  # a session killed mid-save
-    assert cli.main(_train_args(out, 300, "--resume")) == 0
+    best_before = json.loads((out / "best" / "best.json").read_text())
+    assert cli.main(_train_args(out, 300, "--resume", "--eval-episodes", "2")) == 0
     run = json.loads((out / "run.json").read_text())
     assert run["steps_done"] == 300 and len(run["commands"]) == 2 and "--resume" in run["commands"][1]
     assert run["hyperparams"]["buffer_size"] == 1000  # the run's own hyperparameters, not the file's
     assert "skipping checkpoint at 250 steps" in (log := (out / "progress.log").read_text())
     assert "resumed from" in log and sb3_experts.checkpoint_steps(out / "checkpoints") == [300, 200]  # the last two are kept
+    # Resumed with more evaluation episodes, the kept best model is measured again on them before any comparison.
+    assert f"best model (steps {best_before['steps']}): eval return" in log and "over 2 episodes (was" in log
+    assert json.loads((out / "best" / "best.json").read_text())["episodes"] == 2
 
     manifest = sb3_experts.export_run(out, tmp_path / "export", which="latest", episodes=2)
     assert manifest["steps_trained"] == 300 and manifest["evaluation"]["episodes"] == 2
