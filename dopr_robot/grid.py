@@ -46,6 +46,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from dopr_robot import threads
+from dopr_robot.devices import resolve_device
 from dopr_robot.errors import UserError
 
 EXECUTORS = ("serial", "processes", "ray")
@@ -89,6 +90,8 @@ class Execution:
             raise UserError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
         if self.executor == "ray" and self.device.startswith("cuda:"):
             raise UserError(f"--device {self.device}: Ray gives each cell its own GPU; use --device cuda (or auto)")
+        if self.executor != "ray":  # here, before any work; a Ray cluster's GPUs may be on other machines than this one
+            resolve_device(self.device)
 
 
 def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path],

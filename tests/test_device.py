@@ -141,7 +141,9 @@ def test_a_string_that_names_no_device_is_refused(text: str) -> None:
 
 
 @pytest.mark.parametrize("command", [["train", "--data", "DATA", "--out", "OUT"], ["eval", "--checkpoint", "RUN"],
-                                     ["video", "--checkpoint", "RUN", "--out", "OUT.mp4"], ["quickstart", "--out", "OUT"]])
+                                     ["video", "--checkpoint", "RUN", "--out", "OUT.mp4"], ["quickstart", "--out", "OUT"],
+                                     ["compare", "--out", "OUT", "--tasks", "Reach-v0"],  # before any work: no OUT
+                                     ["sweep", "--out", "OUT", "--tasks", "Reach-v0"]])
 def test_cli_device_errors_are_one_line(reach_demos: Path, tmp_path: Path, monkeypatch, capsys, command: list[str]) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     run = tmp_path / "run"
