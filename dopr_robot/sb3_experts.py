@@ -44,6 +44,9 @@ OFF_POLICY = ("sac", "td3")
 # The registry's tasks whose expert is an SB3 policy, in registry order.
 SB3_TASKS = tuple(name for name in envs.list_tasks() if envs.task_spec(name).expert_kind == "sb3")
 EVAL_SEEDS = seed_ranges.EXPERT_SELECTION  # periodic evaluation during training (chooses best/)
+# Episodes per periodic evaluation, by default. 20, not 5: on Humanoid-v5 one model's mean return was 4127
+# over 5 episodes and 2523 over 20 (a fall is all or nothing), and best/ keeps the highest mean it sees.
+EVAL_EPISODES = 20
 MANIFEST_SEEDS = seed_ranges.EXPERT_MANIFEST[:20]  # the 20 episodes reported in manifest.json
 CHECK_SEEDS = seed_ranges.EXPERT_CHECK[:2]  # the short episodes the test suite replays
 CHECK_HORIZON = 200
@@ -63,7 +66,7 @@ class ExpertTrainConfig:
     resume: bool = False  # continue from the latest checkpoint in ``out``
     checkpoint_every: int = 20_000  # env steps between checkpoints (model + replay buffer + normalizer)
     eval_every: int = 20_000  # env steps between deterministic evaluations (0: none)
-    eval_episodes: int = 5  # episodes per periodic evaluation
+    eval_episodes: int = EVAL_EPISODES  # episodes per periodic evaluation (it chooses best/)
     overrides: dict[str, Any] = field(default_factory=dict)  # hyperparameters over the data file's
     threads: int = 1  # torch threads
     command: str = ""  # the command line, recorded in run.json and the manifest

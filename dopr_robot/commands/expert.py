@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from dopr_robot.sb3_experts import EVAL_EPISODES
+
 HELP = "train (resumably), export and evaluate the stable-baselines3 locomotion experts"
 
 
@@ -20,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
     train.add_argument("--checkpoint-every", type=int, default=20_000, help="env steps between checkpoints")
     train.add_argument("--eval-every", type=int, default=20_000, help="env steps between deterministic evaluations (0: none)")
-    train.add_argument("--eval-episodes", type=int, default=5, help="episodes per periodic evaluation")
+    train.add_argument("--eval-episodes", type=int, default=EVAL_EPISODES,
+                       help=f"episodes per periodic evaluation, which chooses best/ (default: {EVAL_EPISODES})")
     train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter (JSON value), repeatable")
     train.add_argument("--threads", type=int, default=1, help="torch threads")
     train.add_argument("--export-to", default=None, help="when training ends, export the best model here (actor + manifest)")
@@ -49,7 +52,7 @@ def _command(args: argparse.Namespace) -> str:
         parts += ["--checkpoint-every", str(args.checkpoint_every)]
     if args.eval_every != 20_000:
         parts += ["--eval-every", str(args.eval_every)]
-    if args.eval_episodes != 5:
+    if args.eval_episodes != EVAL_EPISODES:
         parts += ["--eval-episodes", str(args.eval_episodes)]
     for override in args.hp:
         parts += ["--hp", override]
