@@ -167,17 +167,21 @@ def layer_kernel_ms(rows: int, d_in: int, d_out: int, repeats: int = 200,
     }
 
 
-def kernel_bound_ratios(shapes: list[tuple[int, int, int, bool]], plain_ms: float, refresh_every: int,
-                        device: torch.device) -> tuple[float, float]:
-    """The ratios DoPr's step would have if it cost only its kernels at their measured speed (no
-    bookkeeping): exact = plain + per layer statistics, Cholesky and solves; amortized = plain + per
-    layer the inverse applied, and statistics, Cholesky and inverse every ``refresh_every`` steps.
-    Where the measured ratio sits near this bound, what remains is the kernels' own speed."""
-    per_layer = {}
+def model_kernel_ms(shapes: list[tuple[int, int, int, bool]], device: torch.device) -> list[dict[str, float]]:
+    """``layer_kernel_ms`` of each linear layer of a model (layers of one shape measured once)."""
+    measured: dict[tuple[int, int, int], dict[str, float]] = {}
     for rows, d_in, d_out, _ in shapes:
-        if (rows, d_in, d_out) not in per_layer:
-            per_layer[rows, d_in, d_out] = layer_kernel_ms(rows, d_in, d_out, repeats=50, device=device)
-    layers = [per_layer[rows, d_in, d_out] for rows, d_in, d_out, _ in shapes]
+        if (rows, d_in, d_out) not in measured:
+            measured[rows, d_in, d_out] = layer_kernel_ms(rows, d_in, d_out, repeats=50, device=device)
+    return [measured[rows, d_in, d_out] for rows, d_in, d_out, _ in shapes]
+
+
+def kernel_bound_ratios(layers: list[dict[str, float]], plain_ms: float, refresh_every: int) -> tuple[float, float]:
+    """The ratios DoPr's step would have if it cost only its kernels (``model_kernel_ms``) at their
+    measured speed, with no bookkeeping: exact = plain + per layer statistics, Cholesky and solves;
+    amortized = plain + per layer the inverse applied, and statistics, Cholesky and inverse every
+    ``refresh_every`` steps. Where the measured ratio sits near this bound, what remains is the
+    kernels' own speed."""
     exact = sum(k["statistics"] + k["cholesky"] + k["solves"] for k in layers)
     amortized = sum(k["apply inverse"] + (k["statistics"] + k["cholesky"] + k["inverse"]) / refresh_every for k in layers)
     return (plain_ms + exact) / plain_ms, (plain_ms + amortized) / plain_ms
@@ -211,6 +215,7 @@ def main() -> None:
         build, input_shape, _ = MODELS[model_name]
         shapes = linear_shapes(build(), input_shape)
         floor_exact, floor_amortized = floor_ratios(shapes, k)
+        kernels = model_kernel_ms(shapes, device)
         for base in args.bases.split(","):
             (plain, exact, _, amortized), (_, exact_ratio, inverse_ratio, amortized_ratio) = interleaved_ms_per_step(
                 [make_train_step(model_name, base, device),
@@ -219,7 +224,7 @@ def main() -> None:
                  make_train_step(model_name, f"dopr-{base}", device, refresh_every=k, cov_ema=0.9)],
                 args.repeats, steps, synchronizer(device),
             )
-            bound_exact, bound_amortized = kernel_bound_ratios(shapes, plain, k, device)
+            bound_exact, bound_amortized = kernel_bound_ratios(kernels, plain, k)
             print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact_ratio:>7.2f}{inverse_ratio:>9.2f}"
                   f"{bound_exact:>7.2f}{floor_exact:>7.2f}{amortized:>11.3f}{amortized_ratio:>7.2f}"
                   f"{bound_amortized:>7.2f}{floor_amortized:>7.2f}", flush=True)
