@@ -1,4 +1,5 @@
-"""SB3 expert training, export and evaluation: the locomotion experts (stable-baselines3 SAC, TD3 or PPO).
+"""SB3 expert training, export and evaluation: the locomotion experts (stable-baselines3 SAC, TD3 or PPO;
+sb3-contrib TQC).
 
 A run folder (``expert train --out RUN``) holds everything needed to continue it in a later session::
 
@@ -39,8 +40,9 @@ from envs import seeds as seed_ranges
 from envs.experts import sb3 as sb3_weights
 
 HYPERPARAMS_FILE = Path(sb3_weights.__file__).parent / "hyperparams.json"
-ALGOS = {"sac": "SAC", "td3": "TD3", "ppo": "PPO"}
-OFF_POLICY = ("sac", "td3")
+# name -> (module, class). TQC (truncated quantile critics) comes from sb3-contrib, an optional extra.
+ALGOS = {"sac": ("stable_baselines3", "SAC"), "td3": ("stable_baselines3", "TD3"), "ppo": ("stable_baselines3", "PPO"), "tqc": ("sb3_contrib", "TQC")}
+OFF_POLICY = ("sac", "td3", "tqc")
 # The registry's tasks whose expert is an SB3 policy, in registry order.
 SB3_TASKS = tuple(name for name in envs.list_tasks() if envs.task_spec(name).expert_kind == "sb3")
 EVAL_SEEDS = seed_ranges.EXPERT_SELECTION  # periodic evaluation during training (chooses best/)
@@ -59,7 +61,7 @@ class ExpertTrainConfig:
     """One ``expert train`` call; the resolved hyperparameters are saved in ``RUN/run.json``."""
 
     task: str  # a locomotion task of the registry, e.g. Hopper-v5
-    algo: str  # sac, td3 or ppo
+    algo: str  # sac, td3, ppo or tqc
     steps: int  # total env steps the run should reach (a resumed run continues up to it)
     out: Path  # the run folder
     seed: int = 0  # seeds the env and the algorithm
@@ -85,6 +87,17 @@ class ExpertTrainConfig:
 
 
 # -- hyperparameters ---------------------------------------------------------------------------------
+
+
+def algorithm_class(algo: str):
+    """The SB3 class of ``algo`` (a key of ``ALGOS``); a missing sb3-contrib is a user error naming the fix."""
+    import importlib
+
+    module, name = ALGOS[algo]
+    try:
+        return getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as err:
+        raise UserError(f"algorithm {algo} needs the {module.replace('_', '-')} package: pip install -e '.[experts]'") from err
 
 
 def load_hyperparams(task: str, algo: str, path: Path = HYPERPARAMS_FILE) -> dict[str, Any]:
@@ -292,7 +305,6 @@ def _load_latest(algo_cls, cfg: ExpertTrainConfig, vec_env, log):
 
 def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
     """Train (or continue) an expert; checkpoints, logs and ``run.json`` go to ``cfg.out``. Returns run.json."""
-    import stable_baselines3
     import torch
     from stable_baselines3.common.logger import configure
 
@@ -311,12 +323,22 @@ def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
             raise UserError(f"{out} already holds a run: continue it with --resume, or choose another --out")
         hp = load_hyperparams(cfg.task, cfg.algo) | cfg.overrides
         run = {"task": cfg.task, "algo": cfg.algo, "seed": cfg.seed, "hyperparams": hp, "commands": [], "wall_time_s": 0.0, "steps_done": 0}
+    algo_cls = algorithm_class(cfg.algo)
+    kwargs, normalize = _algorithm_kwargs(cfg.algo, hp, envs.task_spec(cfg.task).act_dim)
+    session = len(run["commands"]) + 1
+    vec_env = _make_vec_env(cfg.task, cfg.seed + 1000 * (session - 1), normalize, cfg.algo)
+    if not cfg.resume:  # built before the run folder exists: a bad hyperparameter leaves nothing behind
+        try:
+            model = algo_cls("MlpPolicy", vec_env, seed=cfg.seed, device="cpu", verbose=0, **kwargs)
+        except TypeError as err:  # a --hp or data-file key the algorithm does not take
+            vec_env.close()
+            raise UserError(f"unknown hyperparameter for {algo_cls.__name__}: {err}; see envs/experts/hyperparams.json "
+                            "(policy arguments go in policy_kwargs)") from err
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     run["commands"].append(cfg.command)
     run["steps_target"] = cfg.steps
     run["versions"] = _versions()
     run["wall_time_before_s"] = run.get("wall_time_s", 0.0)
-    session = len(run["commands"])
 
     log_file = (out / "progress.log").open("a")
 
@@ -326,16 +348,10 @@ def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
         log_file.write(line + "\n")
         log_file.flush()
 
-    algo_cls = getattr(stable_baselines3, ALGOS[cfg.algo])
-    action_dim = envs.task_spec(cfg.task).act_dim
-    kwargs, normalize = _algorithm_kwargs(cfg.algo, hp, action_dim)
-    vec_env = _make_vec_env(cfg.task, cfg.seed + 1000 * (session - 1), normalize, cfg.algo)
     if cfg.resume:
         model, vec_env = _load_latest(algo_cls, cfg, vec_env, log)
         if cfg.algo in OFF_POLICY and "action_noise" in kwargs:
             model.action_noise = kwargs["action_noise"]  # not saved with the model
-    else:
-        model = algo_cls("MlpPolicy", vec_env, seed=cfg.seed, device="cpu", verbose=0, **kwargs)
     model.set_logger(configure(str(out / "logs" / f"session_{session}"), ["csv", "log"]))
     start_steps = model.num_timesteps
     remaining = cfg.steps - start_steps
@@ -365,7 +381,7 @@ def _versions() -> dict[str, str]:
     import stable_baselines3
     import torch
 
-    return {
+    versions = {
         "stable_baselines3": stable_baselines3.__version__,
         "torch": torch.__version__,
         "mujoco": mujoco.__version__,
@@ -373,6 +389,13 @@ def _versions() -> dict[str, str]:
         "numpy": np.__version__,
         "python": platform.python_version(),
     }
+    try:
+        import sb3_contrib
+
+        versions["sb3_contrib"] = sb3_contrib.__version__
+    except ModuleNotFoundError:
+        pass
+    return versions
 
 
 # -- export ----------------------------------------------------------------------------------------------
@@ -381,24 +404,24 @@ def _versions() -> dict[str, str]:
 def actor_from_sb3(model, vec_normalize=None):
     """An actor module (``envs.experts.sb3.build_actor``) reproducing ``model.predict(deterministic=True)``, and its config.
 
-    SAC: ``latent_pi`` then ``mu``, tanh-squashed. TD3: ``actor.mu`` (ending in Tanh). PPO:
+    SAC and TQC (the same actor): ``latent_pi`` then ``mu``, tanh-squashed. TD3: ``actor.mu`` (ending in Tanh). PPO:
     ``mlp_extractor.policy_net`` then ``action_net``, clipped. Only flat observations are supported.
     """
     import torch
     from stable_baselines3 import PPO, SAC, TD3
     from stable_baselines3.common.torch_layers import FlattenExtractor
 
-    if isinstance(model, SAC):
+    if isinstance(model, SAC) or type(model).__name__ == "TQC":  # by name: sb3-contrib is optional
         modules, squash, extractor = [*model.actor.latent_pi, model.actor.mu], "tanh", model.actor.features_extractor
         if model.actor.use_sde:
-            raise UserError("exporting a SAC actor trained with gSDE is not supported")
+            raise UserError(f"exporting a {type(model).__name__} actor trained with gSDE is not supported")
     elif isinstance(model, TD3):
         modules, squash, extractor = list(model.actor.mu)[:-1], "tanh", model.actor.features_extractor
     elif isinstance(model, PPO):
         policy = model.policy
         modules, squash, extractor = [*policy.mlp_extractor.policy_net, policy.action_net], "clip", policy.pi_features_extractor
     else:
-        raise UserError(f"cannot export {type(model).__name__}: only SAC, TD3 and PPO")
+        raise UserError(f"cannot export {type(model).__name__}: only SAC, TD3, PPO and TQC")
     if not isinstance(extractor, FlattenExtractor):
         raise UserError(f"cannot export a policy with features extractor {type(extractor).__name__}")
     linears = [m for m in modules if isinstance(m, torch.nn.Linear)]
@@ -442,10 +465,8 @@ def save_actor(actor, config: dict[str, Any], folder: Path) -> None:
 def load_sb3_model(path: Path, algo: str):
     """An SB3 model file and the VecNormalize stats saved beside it (``best/vecnormalize.pkl`` or the
     checkpoint's ``model_vecnormalize_<N>_steps.pkl``; ``None`` when training did not normalize)."""
-    import stable_baselines3
-
     path = Path(path)
-    model = getattr(stable_baselines3, ALGOS[algo]).load(path, device="cpu")
+    model = algorithm_class(algo).load(path, device="cpu")
     candidates = [path.parent / "vecnormalize.pkl", path.parent / path.name.replace("model_", "model_vecnormalize_").replace(".zip", ".pkl")]
     stats = next((c for c in candidates if c.is_file() and c != path), None)
     vec_normalize = None

@@ -55,8 +55,32 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
     assert not [p.name for p in tmp_path.rglob("*") if p.name.startswith((".", "partial")) or ".tmp" in p.name]  # written atomically
 
 
+def test_tqc_trains_resumes_and_exports(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("sb3_contrib", reason="TQC needs sb3-contrib: pip install -e '.[experts]'")
+    out = tmp_path / "run"
+    args = ["expert", "train", "--task", "Hopper-v5", "--algo", "tqc", "--out", str(out), "--checkpoint-every", "100",
+            "--eval-every", "100", "--eval-episodes", "1"]
+    assert cli.main([*args, "--steps", "200", *TINY, "--hp", "n_quantiles=5"]) == 2  # a policy argument, not TQC's
+    assert "unknown hyperparameter for TQC: TQC.__init__() got an unexpected keyword argument 'n_quantiles'" in capsys.readouterr().err
+    assert not (out / "run.json").exists()
+    assert cli.main([*args, "--steps", "200", *TINY[:-1], 'policy_kwargs={"net_arch": [32, 32], "n_quantiles": 5}']) == 0
+    assert cli.main([*args, "--steps", "300", "--resume"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["steps_done"] == 300 and run["algo"] == "tqc" and run["versions"]["sb3_contrib"]
+    assert "resumed from" in (out / "progress.log").read_text()
+    manifest = sb3_experts.export_run(out, tmp_path / "export", which="latest", episodes=1)
+    assert manifest["algo"] == "tqc" and manifest["steps_trained"] == 300
+
+
+def test_a_missing_optional_algorithm_package_is_one_clear_error(monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sb3_contrib", None)  # as if not installed: import raises ModuleNotFoundError
+    with pytest.raises(UserError, match=r"algorithm tqc needs the sb3-contrib package: pip install -e '\.\[experts\]'"):
+        sb3_experts.algorithm_class("tqc")
+
+
 def _tiny_model(algo: str, task: str, normalize: bool):
-    import stable_baselines3
     from stable_baselines3.common.monitor import Monitor
     from stable_baselines3.common.vec_env import DummyVecEnv, VecNormalize
 
@@ -64,9 +88,9 @@ def _tiny_model(algo: str, task: str, normalize: bool):
     if normalize:
         vec_env = VecNormalize(vec_env)
     kwargs = {"policy_kwargs": {"net_arch": [16, 8]}, "seed": 0, "device": "cpu"}
-    if algo != "PPO":
+    if algo != "ppo":
         kwargs["buffer_size"] = 100
-    model = getattr(stable_baselines3, algo)("MlpPolicy", vec_env, **kwargs)
+    model = sb3_experts.algorithm_class(algo)("MlpPolicy", vec_env, **kwargs)
     with torch.no_grad():  # move the weights off their initialization so the output layer matters
         for p in model.policy.parameters():
             p.add_(0.3 * torch.randn_like(p))
@@ -79,8 +103,10 @@ def _tiny_model(algo: str, task: str, normalize: bool):
     return model, vec_normalize
 
 
-@pytest.mark.parametrize(("algo", "task", "normalize"), [("SAC", "Humanoid-v5", False), ("TD3", "Hopper-v5", False), ("PPO", "Hopper-v5", True)])
+@pytest.mark.parametrize(("algo", "task", "normalize"), [("sac", "Humanoid-v5", False), ("td3", "Hopper-v5", False), ("ppo", "Hopper-v5", True), ("tqc", "Humanoid-v5", False)])
 def test_exported_actor_equals_sb3_deterministic_predict(tmp_path: Path, algo: str, task: str, normalize: bool) -> None:
+    if algo == "tqc":
+        pytest.importorskip("sb3_contrib", reason="TQC needs sb3-contrib: pip install -e '.[experts]'")
     model, vec_normalize = _tiny_model(algo, task, normalize)
     actor, config = sb3_experts.actor_from_sb3(model, vec_normalize)
     sb3_experts.save_actor(actor, config, tmp_path)
@@ -91,7 +117,7 @@ def test_exported_actor_equals_sb3_deterministic_predict(tmp_path: Path, algo: s
     obs = rng.normal(size=(64, model.observation_space.shape[0])) * 2.0
     normalized = vec_normalize.normalize_obs(obs) if vec_normalize is not None else obs
     expected, _ = model.predict(normalized, deterministic=True)
-    if algo == "PPO":
+    if algo == "ppo":
         expected = np.clip(expected, model.action_space.low, model.action_space.high)
     actions = expert.act(obs)
     assert actions.dtype == np.float32 and actions.shape == expected.shape
@@ -144,14 +170,13 @@ def test_episode_returns_replay_a_plain_step_loop() -> None:
 
 
 def test_every_locomotion_task_has_buildable_hyperparameters() -> None:
-    import stable_baselines3
-
+    pytest.importorskip("sb3_contrib", reason="TQC needs sb3-contrib: pip install -e '.[experts]'")
     for algo in sb3_experts.ALGOS:
         for task in sb3_experts.SB3_TASKS:
             hp = sb3_experts.load_hyperparams(task, algo) | ({"buffer_size": 10} if algo in sb3_experts.OFF_POLICY else {})
             kwargs, _ = sb3_experts._algorithm_kwargs(algo, hp, envs.task_spec(task).act_dim)
             env = envs.make(task)
-            getattr(stable_baselines3, sb3_experts.ALGOS[algo])("MlpPolicy", env, device="cpu", **kwargs)
+            sb3_experts.algorithm_class(algo)("MlpPolicy", env, device="cpu", **kwargs)
             env.close()
     assert "RL Baselines3 Zoo" in json.loads(sb3_experts.HYPERPARAMS_FILE.read_text())["_source"]
 
@@ -159,7 +184,7 @@ def test_every_locomotion_task_has_buildable_hyperparameters() -> None:
 def test_bad_inputs_are_user_errors(tmp_path: Path, capsys) -> None:
     with pytest.raises(UserError, match=r"unknown task 'Hopper-v9'.*valid: Hopper-v5"):
         sb3_experts.ExpertTrainConfig(task="Hopper-v9", algo="sac", steps=10, out=tmp_path)
-    with pytest.raises(UserError, match=r"unknown algorithm 'ddqn'; valid: sac, td3, ppo"):
+    with pytest.raises(UserError, match=r"unknown algorithm 'ddqn'; valid: sac, td3, ppo, tqc"):
         sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="ddqn", steps=10, out=tmp_path)
     with pytest.raises(UserError, match="steps must be >= 1"):
         sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="sac", steps=0, out=tmp_path)

@@ -15,7 +15,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     train = sub.add_parser("train", help="train an expert, checkpointing so that --resume can continue it")
     train.add_argument("--task", required=True, help="locomotion task, e.g. Hopper-v5")
-    train.add_argument("--algo", required=True, help="sac, td3 or ppo (hyperparameters: envs/experts/hyperparams.json)")
+    train.add_argument("--algo", required=True, help="sac, td3, ppo or tqc (tqc needs sb3-contrib; hyperparameters: envs/experts/hyperparams.json)")
     train.add_argument("--steps", type=int, required=True, help="total env steps to reach (a resumed run continues up to it)")
     train.add_argument("--out", required=True, help="run folder: checkpoints, logs, run.json")
     train.add_argument("--seed", type=int, default=0, help="seed of the env and the algorithm")
