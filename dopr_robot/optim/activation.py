@@ -56,8 +56,10 @@ class InputSums:
         self.count.zero_()
 
     def second_moment(self) -> Tensor:
-        r"""A new (layers, d, d) tensor: :math:`\tilde\Sigma = \frac1n \sum_i \tilde z_i \tilde z_i^\top` per layer."""
-        return self.outer / self.count.clamp(min=1.0)[:, None, None]
+        r""":math:`\tilde\Sigma = \frac1n \sum_i \tilde z_i \tilde z_i^\top` per layer, (layers, d, d), computed
+        in place of the sums and returned (``outer`` itself): the sums are spent once the factorization
+        is refreshed (the optimizer zeroes them after its step), and a refresh then allocates nothing here."""
+        return self.outer.div_(self.count.clamp(min=1.0)[:, None, None])
 
 
 def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -88,7 +90,7 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
     jacobi = diagonal.clamp(min=torch.finfo(sigma.dtype).tiny).sqrt().nan_to_num(1.0, 1.0, 1.0)
     jacobi = torch.where(usable.unsqueeze(-1), jacobi, 1.0)  # the identity: no preconditioning without statistics
     # One pass over the factors: keep the good ones, zero the others, then put the fallback on their diagonal.
-    factor = torch.where(ok[..., None, None], factor, 0.0)
+    factor.masked_fill_(~ok[..., None, None], 0.0)  # in place: a NaN there is replaced, not multiplied
     factor.diagonal(dim1=-2, dim2=-1).add_(torch.where(ok.unsqueeze(-1), 0.0, jacobi))
     return factor, usable, usable & ~ok
 

@@ -388,8 +388,9 @@ def activation_precondition(
     Per layer ``i``: ``weight_grads[i]`` (``None``: no gradient this step, the layer's result is
     ``None``), ``bias_grads[i]`` for a layer with a trained bias (the homogeneous coordinate is then
     folded in), else ``None``, and ``states[i]`` (updated in place). ``sums`` holds the group's input
-    statistics when the factorization is refreshed now, else ``None`` (the cached inverses are
-    applied). :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the
+    statistics when the factorization is refreshed now (they are spent: their storage is reused),
+    else ``None`` (the cached inverses are applied). A group's ``sigma`` and ``inverse`` states are
+    rows of one stacked tensor, updated in place on a refresh. :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the
     Cholesky factor, or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the
     inverse formed from the factor. Updates ``states`` (``sigma`` when ``cov_ema > 0``,
     ``inverse``/``has_inverse`` when ``cache_inverse``, ``damping_scale`` and the counters), all
@@ -403,16 +404,16 @@ def activation_precondition(
             torch._foreach_add_(skipped, 1)
         return [None if grad is None else (grad, bias) for grad, bias in zip(weight_grads, bias_grads)]
     if sums is not None:
-        sigma = sums.second_moment()
+        sigma = sums.second_moment()  # the spent sums' storage: damped_factor may overwrite it
         if cov_ema > 0.0:
             if "sigma" in states[0]:
-                previous = torch.stack([state["sigma"] for state in states]).float()
-                # A refresh without recorded inputs keeps the running average as it was.
-                recorded = (sums.count > 0)[:, None, None]
-                sigma = torch.where(recorded, previous.lerp(sigma, 1.0 - cov_ema), previous)
-            for state, layer_sigma in zip(states, sigma.unbind()):
-                state["sigma"] = layer_sigma
-            sigma = sigma.clone()  # damped_factor writes λ into the diagonal
+                running = _stacked(states, "sigma")
+                # A refresh without recorded inputs keeps the running average as it was (weight 0).
+                weight = (sums.count > 0).to(sigma.dtype).mul_(1.0 - cov_ema)[:, None, None]
+                running.lerp_(sigma, weight)
+                sigma.copy_(running)  # damped_factor writes λ into the diagonal of its input
+            else:
+                _stack_into(states, "sigma", sigma.clone())
         scale = torch.stack([state["damping_scale"] for state in states])
         cholesky, usable, failed = damped_factor(sigma, damping, scale)
         torch._foreach_add_([state["damping_retries"] for state in states], list(failed.unbind()))
@@ -421,12 +422,14 @@ def activation_precondition(
             state["damping_scale"] = layer_scale
         if cache_inverse:
             inverse = torch.cholesky_inverse(cholesky)  # the identity where the statistics are unusable
-            if "inverse" in states[0]:  # then the previous inverse is kept instead
-                previous = torch.stack([state["inverse"] for state in states]).float()
-                inverse = torch.where(usable[:, None, None], inverse, previous)
+            if "inverse" in states[0]:  # then the previous inverse is kept instead, in place
+                cached = _stacked(states, "inverse")
+                torch.where(usable[:, None, None], inverse, cached, out=cached)
                 usable = usable | torch.stack([state["has_inverse"] for state in states])
-            for state, layer_inverse, layer_usable in zip(states, inverse.unbind(), usable.unbind()):
-                state["inverse"], state["has_inverse"] = layer_inverse, layer_usable
+            else:
+                _stack_into(states, "inverse", inverse)
+            for state, layer_usable in zip(states, usable.unbind()):
+                state["has_inverse"] = layer_usable
 
     # Unusable statistics left an identity factor (or inverse): the update is then the raw gradient,
     # with no data-dependent branch and no extra pass over the gradient.
@@ -445,6 +448,25 @@ def activation_precondition(
         else:
             updates[i] = _solve(weight_grads[i], bias_grads[i], cholesky[i])
     return updates
+
+
+def _stack_into(states: list[dict], key: str, stacked: Tensor) -> Tensor:
+    """Make the rows of ``stacked`` (layers, d, d) the layers' ``state[key]`` (views) and return it."""
+    for state, row in zip(states, stacked.unbind()):
+        state[key] = row
+    return stacked
+
+
+def _stacked(states: list[dict], key: str) -> Tensor:
+    """The group's ``state[key]`` matrices as one (layers, d, d) float32 tensor of which they are the rows,
+    so that a refresh updates them in place. Where they are not yet (the first refresh after
+    ``load_state_dict``, which gives each layer its own tensor), they are stacked once and re-pointed."""
+    rows = [state[key] for state in states]
+    base = rows[0]._base
+    if (base is not None and base.dtype == torch.float32 and base.shape[0] == len(rows) and base.is_contiguous()
+            and all(row._base is base and row.data_ptr() == base[i].data_ptr() for i, row in enumerate(rows))):
+        return base
+    return _stack_into(states, key, torch.stack(rows).float())
 
 
 def _solve(weight_grad: Tensor, bias_grad: Tensor | None, cholesky: Tensor) -> tuple[Tensor, Tensor | None]:
