@@ -305,6 +305,31 @@ def test_state_dict_resume_is_bit_identical(base: str, amortized: bool, tmp_path
         assert "sigma" in state and "inverse" in state
 
 
+def test_a_refresh_updates_the_groups_stacked_state_in_place(tmp_path) -> None:
+    """Layers of one width keep ``sigma`` and ``inverse`` as rows of one tensor, refreshed in place (no
+    per-refresh stacking); after ``load_state_dict`` they are stacked once, at the first refresh."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(17, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 6))
+    optimizer = DoPr(model, base="adamw", lr=1e-3, cov_ema=0.9, refresh_every=2)
+    train_steps(model, optimizer, 2, seed=1)
+    states = [optimizer.state[model[i].weight] for i in (2, 4)]  # the two 16-wide layers
+    stacked = {key: states[0][key]._base for key in ("sigma", "inverse")}
+    for key, base in stacked.items():
+        assert base is not None and base.shape == (2, 17, 17)
+        assert all(state[key]._base is base for state in states)
+    before = {key: base.clone() for key, base in stacked.items()}
+    train_steps(model, optimizer, 2, seed=2)  # one more refresh
+    for key, base in stacked.items():
+        assert all(state[key]._base is base for state in states) and not torch.equal(base, before[key])
+
+    optimizer.remove_hooks()
+    resumed = DoPr(model, base="adamw", lr=1e-3, cov_ema=0.9, refresh_every=2)
+    resumed.load_state_dict(optimizer.state_dict())
+    train_steps(model, resumed, 2, seed=3)
+    rows = [resumed.state[model[i].weight]["sigma"] for i in (2, 4)]
+    assert rows[0]._base is not None and rows[0]._base is rows[1]._base
+
+
 def test_refresh_every_reuses_the_cached_inverse() -> None:
     torch.manual_seed(0)
     layer = nn.Linear(4, 2)

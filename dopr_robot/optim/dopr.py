@@ -451,7 +451,10 @@ def activation_precondition(
 
 
 def _stack_into(states: list[dict], key: str, stacked: Tensor) -> Tensor:
-    """Make the rows of ``stacked`` (layers, d, d) the layers' ``state[key]`` (views) and return it."""
+    """Make the rows of ``stacked`` (layers, d, d) the layers' ``state[key]`` (views) and return it. Row-major,
+    whatever layout the kernel gave (``cholesky_inverse`` gives column-major): a resumed run, whose
+    loaded state is row-major, then multiplies with the same layout, hence the same rounding."""
+    stacked = stacked.contiguous()
     for state, row in zip(states, stacked.unbind()):
         state[key] = row
     return stacked
@@ -463,7 +466,7 @@ def _stacked(states: list[dict], key: str) -> Tensor:
     ``load_state_dict``, which gives each layer its own tensor), they are stacked once and re-pointed."""
     rows = [state[key] for state in states]
     base = rows[0]._base
-    if (base is not None and base.dtype == torch.float32 and base.shape[0] == len(rows) and base.is_contiguous()
+    if (base is not None and base.dtype == torch.float32 and base.shape[0] == len(rows)
             and all(row._base is base and row.data_ptr() == base[i].data_ptr() for i, row in enumerate(rows))):
         return base
     return _stack_into(states, key, torch.stack(rows).float())
