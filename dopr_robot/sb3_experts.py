@@ -4,7 +4,7 @@ sb3-contrib TQC).
 A run folder (``expert train --out RUN``) holds everything needed to continue it in a later session::
 
     RUN/run.json                 # task, algo, seed, hyperparameters, every command, cumulative wall time
-    RUN/progress.log             # one line per evaluation: steps, env-steps/s, deterministic return
+    RUN/progress.log             # one line per evaluation: steps, env-steps/s since the last one, deterministic return
     RUN/logs/session_<k>/        # SB3's own logger (progress.csv, log.txt), one folder per session
     RUN/checkpoints/             # model_<N>_steps.zip (+ replay buffer, VecNormalize stats); last 2 kept
     RUN/best/                    # the model with the best periodic evaluation so far, + best.json
@@ -217,6 +217,8 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
         """Every ``checkpoint_every`` steps: model + replay buffer + normalizer, pruned to the last few;
         every ``eval_every`` steps: deterministic episodes, the best model kept in ``best/``."""
 
+        since: tuple[float, int] | None = None  # (time, steps) when the last evaluation ended
+
         def _on_step(self) -> bool:
             n = self.num_timesteps
             if n % cfg.checkpoint_every == 0:
@@ -247,9 +249,12 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
 
         def evaluate(self) -> None:
             n = self.num_timesteps
+            # Training speed since the previous evaluation ended (not the session's average, which a pause
+            # or a slow start would hide; evaluation time excluded).
+            since_time, since_steps = self.since or (session_start, start_steps)
+            fps = (n - since_steps) / max(time.time() - since_time, 1e-9)
             vec_normalize = self.model.get_vec_normalize_env()
             returns, lengths, _ = episode_returns(SB3Actor(self.model, vec_normalize), cfg.task, EVAL_SEEDS[: cfg.eval_episodes])
-            fps = (n - start_steps) / max(time.time() - session_start, 1e-9)
             log(f"steps {n}  env-steps/s {fps:.1f}  eval return {returns.mean():.1f} ± {returns.std():.1f}  length {lengths.mean():.0f}")
             best_file = best_dir / "best.json"
             best = json.loads(best_file.read_text()) if best_file.is_file() else {"return_mean": -np.inf}
@@ -263,6 +268,7 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
                 wall = run["wall_time_before_s"] + (time.time() - session_start)
                 write_json_atomic(best_file, {"steps": n, "return_mean": float(returns.mean()), "return_std": float(returns.std()), "episodes": cfg.eval_episodes, "wall_time_s": wall})
                 log(f"new best model at {n} steps")
+            self.since = (time.time(), n)
 
         def remeasure_best(self, best: dict[str, Any], best_file: Path) -> dict[str, Any]:
             """The kept best model measured on this run's evaluation episodes: a run resumed with another
