@@ -544,6 +544,7 @@ def export_run(
             "return_std": round(float(returns.std()), 2),
             "returns": [round(float(r), 2) for r in returns],
             "length_mean": float(lengths.mean()),
+            "lengths": [int(n) for n in lengths],  # shorter than the horizon: the episode terminated (a fall)
             "success_rate": float(successes.mean()),
             "success_criterion": envs.task_spec(task).success_criterion,
             "eval_wall_s": round(time.time() - start, 1),

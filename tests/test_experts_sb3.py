@@ -48,6 +48,7 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
 
     manifest = sb3_experts.export_run(out, tmp_path / "export", which="latest", episodes=2)
     assert manifest["steps_trained"] == 300 and manifest["evaluation"]["episodes"] == 2
+    assert len(manifest["evaluation"]["lengths"]) == 2 and np.mean(manifest["evaluation"]["lengths"]) == manifest["evaluation"]["length_mean"]
     assert manifest["commands"] == run["commands"] and manifest["versions"]["stable_baselines3"]
     assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "export"), "--episodes", "1"]) == 0
     assert "Hopper-v5: return" in (printed := capsys.readouterr().out)
