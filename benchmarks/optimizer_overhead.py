@@ -7,7 +7,8 @@ matmul per step), their ratio, the ratio DoPr's kernels alone would give at thei
 ("bound": a measured ratio near it means what remains is the kernels, not the code around them),
 and the arithmetic floor of that ratio computed from the layer shapes (see docs: a measured ratio
 below the floor means the measurement is wrong). It also prints each kernel's time for one
-257-wide layer.
+257-wide layer, and the fixed cost of a step: time and torch operations per step on a model so
+small that its kernels cost next to nothing.
 
     python benchmarks/optimizer_overhead.py [--threads 2] [--repeats 5] [--refresh-every 10] [--device cuda]
 
@@ -41,7 +42,12 @@ def transformer() -> nn.Module:
     return nn.Sequential(nn.Linear(17, 64), SelfAttentionBlock(64, 4, 8), SelfAttentionBlock(64, 4, 8), nn.Linear(64, 6))
 
 
-MODELS = {"mlp": (mlp, (256, 17), (256, 6)), "transformer": (transformer, (64, 8, 17), (64, 8, 6))}
+def tiny() -> nn.Module:
+    # Kernels that cost next to nothing: its step time is the fixed cost of dispatch and bookkeeping.
+    return nn.Sequential(nn.Linear(17, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 6))
+
+
+MODELS = {"mlp": (mlp, (256, 17), (256, 6)), "transformer": (transformer, (64, 8, 17), (64, 8, 6)), "tiny": (tiny, (8, 17), (8, 6))}
 
 
 def linear_shapes(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[int, int, int, bool]]:
@@ -187,13 +193,23 @@ def kernel_bound_ratios(layers: list[dict[str, float]], plain_ms: float, refresh
     return (plain_ms + exact) / plain_ms, (plain_ms + amortized) / plain_ms
 
 
+def torch_ops_per_step(train_step: Callable[[], None], steps: int = 20) -> float:
+    """How many torch (aten) operations one call of ``train_step`` runs, nested ones included (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            train_step()
+    return sum(event.count for event in prof.key_averages() if event.key.startswith("aten::")) / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--steps", type=int, default=20, help="steps per timed repeat")
     parser.add_argument("--refresh-every", type=int, default=10, help="k for the amortized variant")
-    parser.add_argument("--models", default="mlp,transformer")
+    parser.add_argument("--models", default="mlp,transformer", help="of: mlp, transformer, tiny")
     parser.add_argument("--device", default="cpu", help="auto | cpu | cuda | cuda:N (default: cpu)")
     parser.add_argument("--bases", default="adamw,muon,adamuon,signum")
     args = parser.parse_args()
@@ -206,6 +222,13 @@ def main() -> None:
     print(f"\nper-kernel, one layer 256 -> 256 with bias, batch 256 ({where}):")
     for name, value in layer_kernel_ms(256, 256, 256, device=device).items():
         print(f"  {KERNELS[name]:<52}{value:7.3f} ms")
+    print(f"\nfixed per-step cost: the 'tiny' model (17 -> 16x3 -> 6, batch 8), whose kernels cost next to nothing ({where}):")
+    for base in args.bases.split(","):
+        variants = {base: {}, f"dopr-{base} exact": {"apply": "solve"}, f"dopr-{base} amortized": {"refresh_every": k, "cov_ema": 0.9}}
+        train_steps = [make_train_step("tiny", base if not options else f"dopr-{base}", device, **options) for options in variants.values()]
+        times, _ = interleaved_ms_per_step(train_steps, args.repeats, steps * 5, synchronizer(device))
+        print("  " + "; ".join(f"{name} {ms:.3f} ms, {torch_ops_per_step(step):.0f} torch ops"
+                               for name, ms, step in zip(variants, times, train_steps)))
     print()
     print(f"{'model':<12}{'base':<8}{'X ms':>8}{'DoPr ms':>9}{'ratio':>7}{'inverse':>9}{'bound':>7}{'floor':>7}"
           f"{'amort. ms':>11}{'ratio':>7}{'bound':>7}{'floor':>7}")
