@@ -391,8 +391,9 @@ def activation_precondition(
     statistics when the factorization is refreshed now (they are spent: their storage is reused),
     else ``None`` (the cached inverses are applied). A group's ``sigma`` and ``inverse`` states are
     rows of one stacked tensor, updated in place on a refresh.
-    :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the Cholesky factor, or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the
-    inverse formed from the factor. Updates ``states`` (``sigma`` when ``cov_ema > 0``,
+    :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the Cholesky factor,
+    or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the inverse formed
+    from the factor. Updates ``states`` (``sigma`` when ``cov_ema > 0``,
     ``inverse``/``has_inverse`` when ``cache_inverse``, ``damping_scale`` and the counters), all
     without host synchronization. Returns each layer's (weight, bias) parts of :math:`\tilde M`; where
     no usable statistics exist they are the raw gradient (``skipped`` counts those layer-steps).
