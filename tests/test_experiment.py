@@ -26,6 +26,7 @@ from envs import seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = ROOT / "experiments" / "humanoid_v5.json"
+CPU_EXPERIMENT = ROOT / "experiments" / "humanoid_v5_cpu.json"
 PAPER_OPTIMIZERS = ["adamw", "dopr-adamw", "muon", "dopr-muon", "signum", "dopr-signum", "adamuon", "dopr-adamuon"]
 # The experiment made tiny: Hopper-v5 (its expert ships), 2 seeds, 2 demonstration counts, 2 optimizers,
 # a few steps of a tiny MLP, 2 evaluation episodes.
@@ -57,6 +58,24 @@ def test_the_experiment_file_is_the_papers_grid() -> None:
         assert not set(evaluation) & set(other)
     assert [c.demo_episodes for c in config.by_demo_count().values()] == [10, 25, 50]
 
+
+
+def test_the_cpu_experiment_runs_the_settings_its_committed_sweep_chose() -> None:
+    """humanoid_v5_cpu.json is the paper's grid made smaller, and its settings are the "Chosen" table of
+    humanoid_v5_cpu_sweep.md (a rerun sweep must update both together)."""
+    parser = argparse.ArgumentParser()
+    compare_command.add_arguments(parser)
+    config = resolve_config(CompareConfig, parser.parse_args(["--config", str(CPU_EXPERIMENT), "--out", "o"]))
+    assert config.tasks == ["Humanoid-v5"] and config.optimizers == PAPER_OPTIMIZERS and config.seeds >= 5
+    assert config.eval.use_ema and config.eval.seed == seeds.POLICY_EVAL
+    table = CPU_EXPERIMENT.with_name("humanoid_v5_cpu_sweep.md").read_text().split("## Chosen")[1]
+    chosen = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0] in PAPER_OPTIMIZERS:
+            chosen[cells[0]] = {"lr": float(cells[1]), "weight_decay": float(cells[2]),
+                                **({} if cells[3] == "—" else {"damping": float(cells[3])})}
+    assert config.optimizer_settings == chosen
 
 @pytest.mark.parametrize("command", [["compare"], ["sweep", "--demo-episodes", "25"]])
 def test_without_the_humanoid_expert_both_commands_say_what_to_do_before_any_work(tmp_path: Path, capsys, command,
