@@ -135,7 +135,7 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
         assert "runs disagree" not in summary
     top = (out / "summary.md").read_text()
     assert top in printed and "| | 2 demos | 3 demos |" in top
-    assert top.count("| dopr-adamw - adamw | **") == 3  # return, success, validation loss, at each count
+    assert top.count("| dopr-adamw - adamw | ") == 3  # return, success, validation loss, at each count
     assert "[2 demos](demos2/summary.md)" in top
     results = (out / "results.csv").read_text().splitlines()
     assert len(results) == 1 + 2 * 2 * 2  # every run of every count

@@ -17,6 +17,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.report import (
     COLUMNS,
     cluster_bootstrap,
+    counts_markdown,
     load_rows,
     paired_cluster_bootstrap,
     summary_markdown,
@@ -343,3 +344,21 @@ def test_floating_point_residue_of_a_bootstrap_bound_prints_as_zero() -> None:
 
     assert _format(0.096, -5.55e-18, 0.192, signed=True) == "+0.096 [+0, +0.192]"
     assert _format(1e-14, 1e-15, 2e-14) == "1e-14 [1e-15, 2e-14]"  # a genuinely tiny interval is kept
+
+
+def test_the_counts_summary_bolds_only_differences_whose_interval_excludes_zero(tmp_path: Path) -> None:
+    """Over demonstration counts: DoPr's validation loss is lower on every seed (interval clear of 0: bold);
+    its returns differ from the base's by ±1 episode by episode (interval across 0: plain)."""
+    base_returns = [10.0 - i for i in range(8)]
+    for seed in range(3):
+        write_run(tmp_path, "adamw", seed, [True] * 8, base_returns, val_loss=0.05 + 0.001 * seed)
+        write_run(tmp_path, "dopr-adamw", seed, [True] * 8, [r + (-1) ** i for i, r in enumerate(base_returns)],
+                  val_loss=0.04 + 0.002 * seed)
+    summary = counts_markdown(load_rows(tmp_path), {100: "demos100"})
+    assert "a difference in bold: its interval excludes 0" in summary
+    sections = summary.split("### ")
+    return_row, loss_row = (table_row(next(s for s in sections if s.startswith(name)), "dopr-adamw - adamw")
+                            for name in ("return", "validation loss"))
+    _, low, high = interval(return_row[1].removesuffix(" (3 pairs)"))
+    assert not return_row[1].startswith("**") and low < 0 < high
+    assert loss_row[1].startswith("**") and interval(loss_row[1].removesuffix(" (3 pairs)").strip("*"))[2] < 0

@@ -140,7 +140,8 @@ def counts_markdown(rows: list[dict[str, Any]], directories: dict[int, str]) -> 
              f"{links}. Here, per task, each count side by side: per optimizer, and the paired difference DoPr-X - X "
              "seed by seed (same demonstrations, initial weights, batch order and evaluation reset seeds). "
              f"[b] = {BOOTSTRAP_NAME} (paired: seed pairs, then the episodes both runs played); [t] = 95% t-interval "
-             f"over seeds (≥ {MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{per-seed values}}). "
+             f"over seeds (≥ {MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{per-seed values}}); a difference in bold: "
+             "its interval excludes 0. "
              "Figures: terminal_reward.png (return per base optimizer, base beside DoPr), "
              "val_loss_vs_return.png (one point per run).", ""]
     metrics = [m for m in METRICS if m.column in COUNT_METRICS]
@@ -162,7 +163,8 @@ def counts_markdown(rows: list[dict[str, Any]], directories: dict[int, str]) -> 
                 cells = []
                 for n in counts:
                     difference = paired_difference(by_count[n], base, dopr, metric)
-                    cells.append(f"**{difference.cell()}** ({difference.seeds} pairs)" if difference.seeds else "—")
+                    cell = f"**{difference.cell()}**" if difference.excludes_zero() else difference.cell()
+                    cells.append(f"{cell} ({difference.seeds} pairs)" if difference.seeds else "—")
                 lines.append(f"| {dopr} - {base} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
