@@ -27,9 +27,9 @@ class InputSums:
     r"""Running sums of the inputs of ``layers`` linear layers of one input width since the last optimizer
     step (not part of saved state), stacked so that their factorizations run as one batched call.
 
-    ``outer[i]`` holds :math:`\sum \tilde z \tilde z^\top` of layer ``i`` directly: with the homogeneous
-    coordinate its last row and column are :math:`Z^\top 1` and its corner is :math:`n`; ``count[i]`` is
-    :math:`n`.
+    ``outer[i]`` holds :math:`\sum \tilde z \tilde z^\top` of layer ``i``: with the homogeneous coordinate its
+    last row is :math:`Z^\top 1` (mirrored into the last column when the second moment is formed) and its
+    corner is :math:`n`, the same storage as ``count[i]``.
     """
 
     def __init__(self, d_in: int, homogeneous: bool, device: torch.device | None = None, layers: int = 1):
@@ -37,29 +37,40 @@ class InputSums:
         self.homogeneous = homogeneous
         dim = d_in + 1 if homogeneous else d_in
         self.outer = torch.zeros(layers, dim, dim, device=device, dtype=torch.float32)
-        self.count = torch.zeros(layers, device=device, dtype=torch.float32)
+        # With the homogeneous coordinate the count is the corner itself (one add keeps both).
+        self.count = self.outer[:, d_in, d_in] if homogeneous else torch.zeros(layers, device=device)
+        # Views that add_ accumulates into, made once: a forward hook then runs a handful of torch calls.
+        self._gram = [block[:d_in, :d_in] for block in self.outer]
+        self._input_sums = [block[d_in, :d_in] for block in self.outer] if homogeneous else None
+        self._counts = list(self.count)
 
     def add_(self, inputs: Tensor, index: int = 0) -> None:
-        """Add a batch of layer ``index``'s inputs, shape (..., d_in); leading axes (batch, tokens) are rows."""
-        rows = inputs.detach().reshape(-1, self.d_in).float()
-        d, outer = self.d_in, self.outer[index]
-        outer[:d, :d].addmm_(rows.T, rows)
+        """Add a batch of layer ``index``'s inputs, shape (..., d_in); leading axes (batch, tokens) are rows.
+
+        Only the last row gets :math:`Z^\top 1`; ``second_moment`` mirrors it into the last column."""
+        rows = inputs.detach().reshape(-1, self.d_in)
+        if rows.dtype != torch.float32:
+            rows = rows.float()
+        self._gram[index].addmm_(rows.mT, rows)
         if self.homogeneous:
-            column_sums = rows.sum(dim=0)
-            outer[:d, d].add_(column_sums)
-            outer[d, :d].add_(column_sums)
-            outer[d, d].add_(rows.shape[0])
-        self.count[index].add_(rows.shape[0])
+            self._input_sums[index].add_(rows.sum(dim=0))
+        self._counts[index].add_(rows.shape[0])
 
     def zero_(self) -> None:
         self.outer.zero_()
-        self.count.zero_()
+        if not self.homogeneous:
+            self.count.zero_()
 
     def second_moment(self) -> Tensor:
         r""":math:`\tilde\Sigma = \frac1n \sum_i \tilde z_i \tilde z_i^\top` per layer, (layers, d, d), computed
         in place of the sums and returned (``outer`` itself): the sums are spent once the factorization
-        is refreshed (the optimizer zeroes them after its step), and a refresh then allocates nothing here."""
-        return self.outer.div_(self.count.clamp(min=1.0)[:, None, None])
+        is refreshed (the optimizer zeroes them after its step), and a refresh then allocates nothing here.
+        ``count`` then reads 1 where inputs were recorded (0 where none) when it is the corner."""
+        counts = self.count.clamp(min=1.0)[:, None, None]  # a copy, taken before the corner is divided
+        if self.homogeneous:
+            d = self.d_in
+            self.outer[:, :d, d].copy_(self.outer[:, d, :d])
+        return self.outer.div_(counts)
 
 
 def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:

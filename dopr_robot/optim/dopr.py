@@ -270,7 +270,8 @@ class DoPr(Optimizer):
         """Sum the input statistics over ranks, in one collective for all layers."""
         if not (dist.is_available() and dist.is_initialized()) or not self._groups:
             return
-        tensors = [t for group in self._groups for t in (group[0].sums.outer, group[0].sums.count)]
+        sums = [group[0].sums for group in self._groups]
+        tensors = [t for s in sums for t in ((s.outer,) if s.homogeneous else (s.outer, s.count))]  # homogeneous: count is outer's corner
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
