@@ -271,7 +271,8 @@ class DoPr(Optimizer):
         if not (dist.is_available() and dist.is_initialized()) or not self._groups:
             return
         sums = [group[0].sums for group in self._groups]
-        tensors = [t for s in sums for t in ((s.outer,) if s.homogeneous else (s.outer, s.count))]  # homogeneous: count is outer's corner
+        # With the homogeneous coordinate the count is outer's corner: sent once, with outer.
+        tensors = [t for s in sums for t in ((s.outer,) if s.homogeneous else (s.outer, s.count))]
         flat = torch.cat([t.reshape(-1) for t in tensors])
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         offset = 0
