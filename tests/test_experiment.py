@@ -59,7 +59,6 @@ def test_the_experiment_file_is_the_papers_grid() -> None:
     assert [c.demo_episodes for c in config.by_demo_count().values()] == [10, 25, 50]
 
 
-
 def test_the_cpu_experiment_runs_the_settings_its_committed_sweep_chose() -> None:
     """humanoid_v5_cpu.json is the paper's grid made smaller, and its settings are the "Chosen" table of
     humanoid_v5_cpu_sweep.md (a rerun sweep must update both together)."""
@@ -76,6 +75,7 @@ def test_the_cpu_experiment_runs_the_settings_its_committed_sweep_chose() -> Non
             chosen[cells[0]] = {"lr": float(cells[1]), "weight_decay": float(cells[2]),
                                 **({} if cells[3] == "—" else {"damping": float(cells[3])})}
     assert config.optimizer_settings == chosen
+
 
 @pytest.mark.parametrize("command", [["compare"], ["sweep", "--demo-episodes", "25"]])
 def test_without_the_humanoid_expert_both_commands_say_what_to_do_before_any_work(tmp_path: Path, capsys, command,
