@@ -127,7 +127,9 @@ KERNELS = {  # name in layer_kernel_ms -> how the per-kernel table prints it
     "statistics": "statistics: sum of z z^T (one addmm)",
     "cholesky": "damped Cholesky with device-side checks",
     "solves": "apply by two triangular solves",
-    "inverse": "inverse from the factor (cholesky_inverse)",
+    "inverse": "inverse from the factor, as DoPr forms it (one of:)",
+    "potri": "  cholesky_inverse (LAPACK potri; DoPr's at 1 thread)",
+    "potrs": "  cholesky_solve of the identity (DoPr's at >1 thread)",
     "apply inverse": "apply the inverse (one matmul)",
 }
 
@@ -136,7 +138,7 @@ def layer_kernel_ms(rows: int, d_in: int, d_out: int, repeats: int = 200,
                     device: torch.device = torch.device("cpu")) -> dict[str, float]:
     """Milliseconds of each kernel of DoPr's step for one (rows x d_in -> d_out) linear layer with a bias
     (keys of KERNELS), beside the plain step's matmul of the same size (the unit the floor is counted in)."""
-    from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
+    from dopr_robot.optim.activation import InputSums, damped_factor, inverse_from_factor, solve_right
 
     generator = torch.Generator().manual_seed(0)
     inputs = torch.randn(rows, d_in, generator=generator).to(device)
@@ -148,7 +150,8 @@ def layer_kernel_ms(rows: int, d_in: int, d_out: int, repeats: int = 200,
     scale = torch.ones((), device=device)
     sync = synchronizer(device)
     cholesky, _, _ = damped_factor(sigma.clone(), 0.01, scale)
-    inverse = torch.cholesky_inverse(cholesky)
+    inverse = inverse_from_factor(cholesky)
+    identity = torch.eye(d_in + 1, device=device)
 
     def ms(function: Callable[[], object]) -> float:
         for _ in range(10):
@@ -168,7 +171,9 @@ def layer_kernel_ms(rows: int, d_in: int, d_out: int, repeats: int = 200,
         "statistics": ms(lambda: (sums.zero_(), sums.add_(inputs))),
         "cholesky": ms(lambda: damped_factor(sigma.clone(), 0.01, scale)),
         "solves": ms(lambda: solve_right(grad, cholesky)),
-        "inverse": ms(lambda: torch.cholesky_inverse(cholesky)),
+        "inverse": ms(lambda: inverse_from_factor(cholesky)),
+        "potri": ms(lambda: torch.cholesky_inverse(cholesky)),
+        "potrs": ms(lambda: torch.cholesky_solve(identity, cholesky)),
         "apply inverse": ms(lambda: grad @ inverse),
     }
 

@@ -228,6 +228,28 @@ def test_failed_factorization_falls_back_to_jacobi_on_the_device() -> None:
     assert not bool(usable)
 
 
+@pytest.fixture
+def threads(request):
+    """Run the test at ``request.param`` intra-op threads, then restore torch's setting."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # cholesky_inverse at one thread, solves of I at two
+def test_the_inverse_from_the_factor_is_row_major_and_close_to_float64(threads: int) -> None:
+    from dopr_robot.optim.activation import inverse_from_factor
+
+    torch.manual_seed(0)
+    inputs = torch.randn(3, 80, 40)
+    sigma = inputs.mT @ inputs / 80 + 0.01 * torch.eye(40)
+    inverse = inverse_from_factor(torch.linalg.cholesky(sigma))
+    assert inverse.shape == (3, 40, 40) and inverse.is_contiguous()
+    expected = torch.linalg.inv(sigma.double())
+    assert (inverse.double() - expected).abs().max() / expected.abs().max() < 1e-5
+
+
 def test_failed_factorizations_raise_the_layer_damping_and_are_counted(monkeypatch) -> None:
     from dopr_robot.optim.activation import InputSums
 
@@ -459,12 +481,14 @@ def test_cov_ema_follows_its_formula() -> None:
         np.testing.assert_allclose((after - before).numpy(), -lr * expected, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # cholesky_inverse at one thread, solves of I at two
 @pytest.mark.parametrize("damping", [1e-3, 1e-2])
 @pytest.mark.parametrize("d_in", [63, 200])
-def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(damping: float, d_in: int) -> None:
+def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(damping: float, d_in: int, threads: int) -> None:
     """Inputs whose covariance has condition number > 1e6: the damped system is well conditioned (at
-    most d/γ), so forming the inverse from the factor loses no accuracy against two triangular solves;
-    both stay close to float64 (their error is the float32 statistics', the same for both)."""
+    most d/γ), so forming the inverse from the factor (either kernel ``inverse_from_factor`` picks)
+    loses no accuracy against two triangular solves; both stay close to float64 (their error is the
+    float32 statistics', the same for both)."""
     torch.manual_seed(7)
     d_out, n = 32, 512
     scales = torch.logspace(0, -3, d_in)  # covariance eigenvalues from 1 down to 1e-6

@@ -9,7 +9,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
-from dopr_robot.optim.activation import InputSums, damped_factor, solve_right
+from dopr_robot.optim.activation import InputSums, damped_factor, inverse_from_factor, solve_right
 from dopr_robot.optim.adamuon import AdaMuonWithAdamW
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
@@ -45,6 +45,39 @@ class _Layer:
         self.handle: torch.utils.hooks.RemovableHandle | None = None
 
 
+# The per-layer state a group keeps stacked (layers first), with its dtype: each layer's ``state`` entry
+# is a row (a view) of the group's tensor, so that a step updates a group's state in a few batched calls.
+STACKED_STATE = {
+    "damping_scale": torch.float32,  # λ multiplier, raised tenfold on a failed factorization
+    "damping_retries": torch.int64,  # failed factorizations
+    "skipped": torch.int64,  # layer-steps whose raw gradient went to the base (no usable statistics)
+    "sigma": torch.float32,  # running average of the statistics (cov_ema > 0)
+    "inverse": torch.float32,  # cached (Σ + λI)⁻¹ (refresh_every > 1)
+    "has_inverse": torch.bool,  # whether a usable inverse was ever cached
+}
+
+
+class _Group:
+    """The covered layers of one input width (and device): their stacked input sums, and ``state``,
+    their optimizer state stacked the same way (keys of STACKED_STATE)."""
+
+    def __init__(self, layers: list[_Layer]):
+        self.layers = layers
+        self.sums = layers[0].sums
+        self.state: dict[str, Tensor] = {}
+        self._blocks: tuple[Tensor | None, list[tuple[Tensor, ...]]] = (None, [])
+
+    def inverse_blocks(self) -> list[tuple[Tensor, ...]] | None:
+        """``inverse_blocks`` of the cached inverse, made once per inverse tensor (it is updated in place,
+        so its views stay valid); ``None`` before the first refresh."""
+        inverse = self.state.get("inverse")
+        if inverse is None:
+            return None
+        if self._blocks[0] is not inverse:
+            self._blocks = (inverse, inverse_blocks(inverse, self.sums.d_in, self.sums.homogeneous))
+        return self._blocks[1]
+
+
 class DoPr(Optimizer):
     r"""Double preconditioning: AP (activation covariance, input side) then a base GP.
 
@@ -75,9 +108,10 @@ class DoPr(Optimizer):
     all-reduced before the solve: DDP over R ranks gives the update of one process on the whole
     batch.
 
-    Layers of one input width keep their statistics stacked and are factored together, one batched
-    call per width and step (fewer small kernels; on a GPU, fewer launches); the math per layer is
-    unchanged.
+    Layers of one input width keep their statistics and their state stacked and are factored
+    together, one batched call per width and step (fewer small kernels; on a GPU, fewer launches);
+    each layer's ``self.state[weight]`` entries are rows (views) of the group's tensors, and the math
+    per layer is unchanged.
 
     Numerical failure, handled on the device: a step never waits for the host (no ``.item()``, no
     data-dependent branch), so on a GPU it queues its kernels and moves on. When a layer's
@@ -150,14 +184,15 @@ class DoPr(Optimizer):
         super().__init__(_params_of(model), defaults)
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
+        self._recording = True  # whether the hooks record now: on the steps that refresh the factorization
         self._groups = self._hook_linear_layers(model)
         order = {id(module): i for i, module in enumerate(model.modules())}
-        self._layers = sorted((layer for group in self._groups for layer in group), key=lambda l: order[id(l.module)])
+        self._layers = sorted((layer for group in self._groups for layer in group.layers), key=lambda l: order[id(l.module)])
         self._coverage = self._describe_coverage(model)
 
     # -- construction -------------------------------------------------------------------------
 
-    def _hook_linear_layers(self, model: nn.Module) -> list[list[_Layer]]:
+    def _hook_linear_layers(self, model: nn.Module) -> list[_Group]:
         """Hook every covered linear layer; layers of one input width (and device) form a group whose
         statistics are stacked, so that each step factors them in one batched call."""
         holders: dict[int, int] = {}  # how many modules hold each parameter (weight tying)
@@ -179,12 +214,12 @@ class DoPr(Optimizer):
             group = [_Layer(name, module, homogeneous, sums, index) for index, (name, module, _) in enumerate(members)]
             for layer in group:
                 layer.handle = layer.module.register_forward_hook(self._make_hook(layer))
-            groups.append(group)
+            groups.append(_Group(group))
         return groups
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if module.training and torch.is_grad_enabled() and self._records_now(layer):
+            if self._recording and module.training and torch.is_grad_enabled():
                 layer.sums.add_(inputs[0], layer.index)
 
         return record_inputs
@@ -233,12 +268,11 @@ class DoPr(Optimizer):
         The counters live on the device; this reads them (one host synchronization): call it when
         logging, not every step.
         """
-        states = [self.state[layer.weight] for layer in self._layers if self.state[layer.weight]]
-        counters = [torch.as_tensor(s[key]).reshape(()).to("cpu", torch.int64)
-                    for s in states for key in ("damping_retries", "skipped")]
-        values = torch.stack(counters).view(-1, 2).sum(dim=0).tolist() if counters else [0, 0]
+        counters = [torch.stack((group.state["damping_retries"].sum(), group.state["skipped"].sum())).cpu()
+                    for group in self._groups if group.state]
+        values = torch.stack(counters).sum(dim=0).tolist() if counters else [0, 0]
         return {
-            "layer_steps": sum(s.get("step", 0) for s in states),
+            "layer_steps": sum(self.state[layer.weight].get("step", 0) for layer in self._layers),
             "damping_retries": int(values[0]),
             "skipped": int(values[1]),
         }
@@ -252,25 +286,26 @@ class DoPr(Optimizer):
 
     # -- the update ---------------------------------------------------------------------------
 
-    def _records_now(self, layer: _Layer) -> bool:
-        """Statistics are recorded on the steps whose factorization is refreshed."""
-        steps_done = self.state[layer.weight].get("step", 0)
-        return steps_done % self.param_groups[0]["refresh_every"] == 0
+    def _update_recording(self) -> None:
+        """Statistics are recorded on the steps whose factorization is refreshed (every layer takes every
+        step, so the layers refresh together)."""
+        steps_done = self.state[self._layers[0].weight].get("step", 0) if self._layers else 0
+        self._recording = steps_done % self.param_groups[0]["refresh_every"] == 0
 
-    def _applies_inverse(self, layer: _Layer) -> bool:
+    def _applies_inverse(self, group: _Group) -> bool:
         """Exact path: one matmul with the inverse formed from the factor, or two triangular solves.
 
         ``auto`` takes the inverse on GPUs (triangular solves are latency-bound there) and the
         solves on CPUs (as fast or faster with few threads; see benchmarks/optimizer_overhead.py).
         """
         choice = self.param_groups[0].get("apply", "auto")
-        return choice == "inverse" or (choice == "auto" and layer.weight.device.type == "cuda")
+        return choice == "inverse" or (choice == "auto" and group.sums.outer.device.type == "cuda")
 
     def _all_reduce_sums(self) -> None:
         """Sum the input statistics over ranks, in one collective for all layers."""
         if not (dist.is_available() and dist.is_initialized()) or not self._groups:
             return
-        sums = [group[0].sums for group in self._groups]
+        sums = [group.sums for group in self._groups]
         # With the homogeneous coordinate the count is outer's corner: sent once, with outer.
         tensors = [t for s in sums for t in ((s.outer,) if s.homogeneous else (s.outer, s.count))]
         flat = torch.cat([t.reshape(-1) for t in tensors])
@@ -280,16 +315,25 @@ class DoPr(Optimizer):
             t.copy_(flat[offset:offset + t.numel()].view_as(t))
             offset += t.numel()
 
-    def _layer_state(self, layer: _Layer) -> dict:
-        state = self.state[layer.weight]
-        if not state:
-            device = layer.weight.device
-            state["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
-            # Device tensors, so that counting never waits for the host:
-            state["damping_retries"] = torch.zeros((), dtype=torch.int64, device=device)  # failed factorizations
-            state["skipped"] = torch.zeros((), dtype=torch.int64, device=device)  # raw gradient went to the base
-            state["damping_scale"] = torch.ones((), device=device)  # λ multiplier, raised on failure
-        return state
+    def _point_rows(self, group: _Group) -> None:
+        """Make each layer's state entries the rows of the group's stacked state (views: updating the
+        group's tensors in place updates them)."""
+        for key, stacked in group.state.items():
+            for layer, row in zip(group.layers, stacked.unbind()):
+                self.state[layer.weight][key] = row
+
+    def _init_group_state(self, group: _Group) -> None:
+        """A group's state before its first step: λ multipliers 1, counters 0 (device tensors, so that
+        counting never waits for the host)."""
+        layers, device = len(group.layers), group.sums.outer.device
+        group.state = {
+            "damping_scale": torch.ones(layers, device=device),
+            "damping_retries": torch.zeros(layers, dtype=torch.int64, device=device),
+            "skipped": torch.zeros(layers, dtype=torch.int64, device=device),
+        }
+        for layer in group.layers:
+            self.state[layer.weight]["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
+        self._point_rows(group)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
@@ -298,31 +342,36 @@ class DoPr(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        group = self.param_groups[0]
-        # Every layer takes every step, so the layers refresh together.
-        refresh = bool(self._layers) and self._records_now(self._layers[0])
+        options = self.param_groups[0]
+        refresh = self._recording  # the hooks recorded this step's inputs
         if refresh:
             self._all_reduce_sums()
 
         swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
-        for layers in self._groups:
-            states = [self._layer_state(layer) for layer in layers]
+        for group in self._groups:
+            if not group.state:
+                self._init_group_state(group)
+            keys = len(group.state)
+            layers = group.layers
             bias_grads = [None if layer.bias is None else
                           layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
                           for layer in layers]
             updates = activation_precondition(
                 [layer.weight.grad for layer in layers],
                 bias_grads,
-                states,
-                sums=layers[0].sums if refresh else None,
-                damping=group["damping"],
-                cov_ema=group["cov_ema"],
-                cache_inverse=group["refresh_every"] > 1,
-                max_damping_retries=group["max_damping_retries"],
-                apply_inverse=self._applies_inverse(layers[0]),
+                group.state,
+                sums=group.sums if refresh else None,
+                damping=options["damping"],
+                cov_ema=options["cov_ema"],
+                cache_inverse=options["refresh_every"] > 1,
+                max_damping_retries=options["max_damping_retries"],
+                apply_inverse=self._applies_inverse(group),
+                cached_blocks=group.inverse_blocks(),
             )
-            for layer, update, state in zip(layers, updates, states):
-                state["step"] += 1
+            if len(group.state) != keys:  # the first refresh created sigma or the inverse
+                self._point_rows(group)
+            for layer, update in zip(layers, updates):
+                self.state[layer.weight]["step"] += 1
                 if update is None:
                     continue  # no gradient this step
                 swapped.append((layer.weight, layer.weight.grad))
@@ -331,12 +380,13 @@ class DoPr(Optimizer):
                     swapped.append((layer.bias, layer.bias.grad))
                     layer.bias.grad = update[1]
             if refresh:
-                layers[0].sums.zero_()
+                group.sums.zero_()
+        self._update_recording()
 
         # Schedulers and users change this optimizer's group; the base follows it.
         for base_group in self.base.param_groups:
-            base_group["lr"] = group["lr"]
-            base_group["weight_decay"] = group["weight_decay"]
+            base_group["lr"] = options["lr"]
+            base_group["weight_decay"] = options["weight_decay"]
         try:
             self.base.step()
         finally:
@@ -359,23 +409,30 @@ class DoPr(Optimizer):
         base_state = state_dict.pop("base")
         super().load_state_dict(state_dict)
         self.base.load_state_dict(base_state)
-        for layer in self._layers:
-            state = self.state[layer.weight]
-            if state:  # torch casts loaded tensors to the parameter's dtype; restore ours (and read older files)
-                device = layer.weight.device
-                for key in ("damping_retries", "skipped"):
-                    state[key] = torch.as_tensor(state[key]).to(device=device, dtype=torch.int64)
-                state.setdefault("damping_scale", torch.ones((), device=device))
-                if "has_inverse" in state:
-                    state["has_inverse"] = state["has_inverse"].bool()
-                elif "inverse" in state:
-                    state["has_inverse"] = torch.ones((), dtype=torch.bool, device=device)
+        # torch gave each layer its own tensors (cast to the parameter's dtype, possibly the caller's own):
+        # stack them afresh per group, in our dtypes, and point the layers' entries at the rows.
+        for group in self._groups:
+            states = [self.state[layer.weight] for layer in group.layers]
+            group.state = {}
+            if not states[0]:
+                continue
+            device = group.sums.outer.device
+            for key, dtype in STACKED_STATE.items():
+                if key in states[0]:
+                    group.state[key] = torch.stack([torch.as_tensor(state[key]).to(device=device, dtype=dtype)
+                                                    for state in states])
+            # Files written before these entries existed:
+            group.state.setdefault("damping_scale", torch.ones(len(states), device=device))
+            if "inverse" in group.state:
+                group.state.setdefault("has_inverse", torch.ones(len(states), dtype=torch.bool, device=device))
+            self._point_rows(group)
+        self._update_recording()
 
 
 def activation_precondition(
     weight_grads: list[Tensor | None],
     bias_grads: list[Tensor | None],
-    states: list[dict],
+    state: dict[str, Tensor],
     *,
     sums: InputSums | None,
     damping: float,
@@ -383,104 +440,98 @@ def activation_precondition(
     cache_inverse: bool,
     max_damping_retries: int,
     apply_inverse: bool = False,
+    cached_blocks: list[tuple[Tensor, ...]] | None = None,
 ) -> list[tuple[Tensor, Tensor | None] | None]:
     r"""The AP step for a group of layers of one input width: :math:`\tilde M = \tilde G (\tilde\Sigma + \lambda I)^{-1}`
     per layer, the factorizations done as one batched call.
 
     Per layer ``i``: ``weight_grads[i]`` (``None``: no gradient this step, the layer's result is
     ``None``), ``bias_grads[i]`` for a layer with a trained bias (the homogeneous coordinate is then
-    folded in), else ``None``, and ``states[i]`` (updated in place). ``sums`` holds the group's input
-    statistics when the factorization is refreshed now (they are spent: their storage is reused),
-    else ``None`` (the cached inverses are applied). A group's ``sigma`` and ``inverse`` states are
-    rows of one stacked tensor, updated in place on a refresh.
+    folded in), else ``None``. ``state`` is the group's state, stacked with the layers first (keys of
+    ``STACKED_STATE``: ``damping_scale``, the counters ``damping_retries`` and ``skipped``; ``sigma``
+    when ``cov_ema > 0``; ``inverse`` and ``has_inverse`` when ``cache_inverse``), updated in place,
+    the entries a first refresh creates added to it. ``sums`` holds the group's input statistics when
+    the factorization is refreshed now (they are spent: their storage is reused), else ``None`` (the
+    cached inverses are applied). ``cached_blocks``: ``inverse_blocks`` of ``state["inverse"]``, if the
+    caller keeps them (views: they follow the in-place refresh).
     :math:`(\tilde\Sigma + \lambda I)^{-1}` is applied by two triangular solves with the Cholesky factor,
     or (``apply_inverse``, and always when ``cache_inverse``) as one matmul with the inverse formed
-    from the factor. Updates ``states`` (``sigma`` when ``cov_ema > 0``,
-    ``inverse``/``has_inverse`` when ``cache_inverse``, ``damping_scale`` and the counters), all
-    without host synchronization. Returns each layer's (weight, bias) parts of :math:`\tilde M`; where
-    no usable statistics exist they are the raw gradient (``skipped`` counts those layer-steps).
+    from the factor. No host synchronization. Returns each layer's (weight, bias) parts of
+    :math:`\tilde M`; where no usable statistics exist they are the raw gradient (``skipped`` counts
+    those layer-steps).
     """
     with_grad = [i for i, grad in enumerate(weight_grads) if grad is not None]
-    skipped = [states[i]["skipped"] for i in with_grad]
-    if sums is None and not (cache_inverse and "inverse" in states[0]):
-        if skipped:  # nothing recorded to precondition with (not a failure of the data)
-            torch._foreach_add_(skipped, 1)
+    if sums is None and not (cache_inverse and "inverse" in state):
+        _count_skipped(state["skipped"], None, with_grad, len(weight_grads))  # nothing recorded yet: not a failure
         return [None if grad is None else (grad, bias) for grad, bias in zip(weight_grads, bias_grads)]
     if sums is not None:
         sigma = sums.second_moment()  # the spent sums' storage: damped_factor may overwrite it
         if cov_ema > 0.0:
-            if "sigma" in states[0]:
-                running = _stacked(states, "sigma")
+            if "sigma" in state:
+                running = state["sigma"]
                 # A refresh without recorded inputs keeps the running average as it was (weight 0).
                 weight = (sums.count > 0).to(sigma.dtype).mul_(1.0 - cov_ema)[:, None, None]
                 running.lerp_(sigma, weight)
                 sigma.copy_(running)  # damped_factor writes λ into the diagonal of its input
             else:
-                _stack_into(states, "sigma", sigma.clone())
-        scale = torch.stack([state["damping_scale"] for state in states])
+                state["sigma"] = sigma.clone()
+        scale = state["damping_scale"]
         cholesky, usable, failed = damped_factor(sigma, damping, scale)
-        torch._foreach_add_([state["damping_retries"] for state in states], list(failed.unbind()))
-        scale = torch.where(failed, torch.clamp(scale * 10.0, max=10.0 ** max_damping_retries), scale)
-        for state, layer_scale in zip(states, scale.unbind()):
-            state["damping_scale"] = layer_scale
+        state["damping_retries"].add_(failed)
+        scale.mul_(torch.where(failed, 10.0, 1.0)).clamp_(max=10.0 ** max_damping_retries)
         if cache_inverse:
-            inverse = torch.cholesky_inverse(cholesky)  # the identity where the statistics are unusable
-            if "inverse" in states[0]:  # then the previous inverse is kept instead, in place
-                cached = _stacked(states, "inverse")
-                torch.where(usable[:, None, None], inverse, cached, out=cached)
-                usable = usable | torch.stack([state["has_inverse"] for state in states])
+            inverse = inverse_from_factor(cholesky)  # the identity where the statistics are unusable
+            if "inverse" in state:  # then the previous inverse is kept instead, in place
+                torch.where(usable[:, None, None], inverse, state["inverse"], out=state["inverse"])
+                state["has_inverse"].logical_or_(usable)
             else:
-                _stack_into(states, "inverse", inverse)
-            for state, layer_usable in zip(states, usable.unbind()):
-                state["has_inverse"] = layer_usable
+                # Row-major (inverse_from_factor's is): a resumed run, whose loaded state is row-major,
+                # then multiplies with the same layout, hence the same rounding.
+                state["inverse"] = inverse.contiguous()
+                state["has_inverse"] = usable.clone()
 
     # Unusable statistics left an identity factor (or inverse): the update is then the raw gradient,
     # with no data-dependent branch and no extra pass over the gradient.
+    homogeneous = bias_grads[0] is not None  # one group: all layers have a trained bias, or none
     if cache_inverse:
-        inverses = [state["inverse"].float() for state in states]
-        usable = torch.stack([state["has_inverse"] for state in states])
+        inverse, usable = state["inverse"], state["has_inverse"]
+        blocks = cached_blocks or inverse_blocks(inverse, inverse.shape[-1] - homogeneous, homogeneous)
     elif apply_inverse:
-        inverses = list(torch.cholesky_inverse(cholesky).unbind())
-    unusable = (~usable).unbind()
-    if skipped:
-        torch._foreach_add_(skipped, [unusable[i] for i in with_grad])
-    updates: list[tuple[Tensor, Tensor | None] | None] = [None] * len(states)
+        blocks = inverse_blocks(inverse_from_factor(cholesky), cholesky.shape[-1] - homogeneous, homogeneous)
+    else:
+        factors = cholesky.unbind()
+    _count_skipped(state["skipped"], ~usable, with_grad, len(weight_grads))
+    updates: list[tuple[Tensor, Tensor | None] | None] = [None] * len(weight_grads)
     for i in with_grad:
         if cache_inverse or apply_inverse:
-            updates[i] = _times_inverse(weight_grads[i], bias_grads[i], inverses[i])
+            updates[i] = _times_inverse(weight_grads[i], bias_grads[i], blocks[i])
         else:
-            updates[i] = _solve(weight_grads[i], bias_grads[i], cholesky[i])
+            updates[i] = _solve(weight_grads[i], bias_grads[i], factors[i])
     return updates
 
 
-def _stack_into(states: list[dict], key: str, stacked: Tensor) -> Tensor:
-    """Make the rows of ``stacked`` (layers, d, d) the layers' ``state[key]`` (views) and return it. Row-major,
-    whatever layout the kernel gave (``cholesky_inverse`` gives column-major): a resumed run, whose
-    loaded state is row-major, then multiplies with the same layout, hence the same rounding."""
-    stacked = stacked.contiguous()
-    for state, row in zip(states, stacked.unbind()):
-        state[key] = row
-    return stacked
+def _count_skipped(skipped: Tensor, unusable: Tensor | None, with_grad: list[int], layers: int) -> None:
+    """Add the layer-steps whose raw gradient goes to the base (``unusable``; ``None``: all of them),
+    counting only layers with a gradient."""
+    if len(with_grad) == layers:
+        skipped.add_(1 if unusable is None else unusable)
+    else:  # rare: some layers got no gradient this step
+        for i in with_grad:
+            skipped[i].add_(1 if unusable is None else unusable[i])
 
 
-def _stacked(states: list[dict], key: str) -> Tensor:
-    """The group's ``state[key]`` matrices as one (layers, d, d) float32 tensor of which they are the rows,
-    so that a refresh updates them in place. Where they are not yet (the first refresh after
-    ``load_state_dict``, which gives each layer its own tensor), they are stacked once and re-pointed."""
-    rows = [state[key] for state in states]
-    base = rows[0]._base
-    if (base is not None and base.dtype == torch.float32 and base.shape[0] == len(rows)
-            and all(row._base is base and row.data_ptr() == base[i].data_ptr() for i, row in enumerate(rows))):
-        return base
-    return _stack_into(states, key, torch.stack(rows).float())
+def _float32(tensor: Tensor) -> Tensor:
+    return tensor if tensor.dtype == torch.float32 else tensor.float()
 
 
 def _solve(weight_grad: Tensor, bias_grad: Tensor | None, cholesky: Tensor) -> tuple[Tensor, Tensor | None]:
     r""":math:`[G_W\ g_b]\,(LL^\top)^{-1}` by two triangular solves, split back into weight and bias parts."""
-    grad = weight_grad.float()
+    grad = _float32(weight_grad)
     if bias_grad is not None:
-        grad = torch.cat([grad, bias_grad.float()[:, None]], dim=1)
-    update = solve_right(grad, cholesky).to(weight_grad.dtype)
+        grad = torch.cat([grad, _float32(bias_grad)[:, None]], dim=1)
+    update = solve_right(grad, cholesky)
+    if update.dtype != weight_grad.dtype:
+        update = update.to(weight_grad.dtype)
     if bias_grad is None:
         return update, None
     # Contiguous parts: the base's foreach kernels are slower on strided gradients.
@@ -488,15 +539,26 @@ def _solve(weight_grad: Tensor, bias_grad: Tensor | None, cholesky: Tensor) -> t
     return update[:, :d_in].contiguous(), update[:, d_in].contiguous()
 
 
-def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None, inverse: Tensor) -> tuple[Tensor, Tensor | None]:
-    r""":math:`[G_W\ g_b]\,S` by blocks of the inverse :math:`S`, never forming :math:`[G_W\ g_b]`:
-    :math:`M_W = G_W S_{11} + g_b S_{21}` and :math:`m_b = G_W S_{12} + g_b S_{22}` (no concatenation
-    of the gradient, no copies of the result's parts)."""
-    grad = weight_grad.float()
+def inverse_blocks(inverse: Tensor, d_in: int, homogeneous: bool) -> list[tuple[Tensor, ...]]:
+    r"""Views of each layer's inverse :math:`S` (a (layers, d, d) stack) by the blocks ``_times_inverse`` multiplies
+    with: :math:`(S_{11}, S_{21}, S_{12}, S_{22})` with the homogeneous coordinate, else :math:`(S,)`."""
+    if not homogeneous:
+        return [(row,) for row in inverse.unbind()]
+    return [(row[:d_in, :d_in], row[d_in, :d_in], row[:d_in, d_in], row[d_in, d_in]) for row in inverse.unbind()]
+
+
+def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None, blocks: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+    r""":math:`[G_W\ g_b]\,S` by the blocks of the inverse :math:`S` (``inverse_blocks``), never forming
+    :math:`[G_W\ g_b]`: :math:`M_W = G_W S_{11} + g_b S_{21}` and :math:`m_b = G_W S_{12} + g_b S_{22}` (no
+    concatenation of the gradient, no copies of the result's parts)."""
+    grad = _float32(weight_grad)
     if bias_grad is None:
-        return (grad @ inverse).to(weight_grad.dtype), None
-    d_in = weight_grad.shape[1]
-    bias = bias_grad.float()
-    weight_update = torch.addmm(torch.outer(bias, inverse[d_in, :d_in]), grad, inverse[:d_in, :d_in])
-    bias_update = torch.addmv(bias * inverse[d_in, d_in], grad, inverse[:d_in, d_in])
-    return weight_update.to(weight_grad.dtype), bias_update.to(bias_grad.dtype)
+        update = grad @ blocks[0]
+        return (update if update.dtype == weight_grad.dtype else update.to(weight_grad.dtype)), None
+    top_left, bottom_row, right_column, corner = blocks
+    bias = _float32(bias_grad)
+    weight_update = torch.addmm(torch.outer(bias, bottom_row), grad, top_left)
+    bias_update = torch.addmv(bias * corner, grad, right_column)
+    if weight_update.dtype != weight_grad.dtype:
+        weight_update, bias_update = weight_update.to(weight_grad.dtype), bias_update.to(bias_grad.dtype)
+    return weight_update, bias_update
