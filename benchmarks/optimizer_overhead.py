@@ -127,9 +127,9 @@ KERNELS = {  # name in layer_kernel_ms -> how the per-kernel table prints it
     "statistics": "statistics: sum of z z^T (one addmm)",
     "cholesky": "damped Cholesky with device-side checks",
     "solves": "apply by two triangular solves",
-    "inverse": "inverse from the factor, as DoPr forms it (one of:)",
-    "potri": "  cholesky_inverse (LAPACK potri; DoPr's at 1 thread)",
-    "potrs": "  cholesky_solve of the identity (DoPr's at >1 thread)",
+    "inverse": "inverse from the factor, as DoPr forms it:",
+    "potri": "  by cholesky_inverse (potri; 1 CPU thread)",
+    "potrs": "  by cholesky_solve of I (potrs; more threads)",
     "apply inverse": "apply the inverse (one matmul)",
 }
 
