@@ -222,6 +222,11 @@ def test_failed_factorization_falls_back_to_jacobi_on_the_device() -> None:
     factor, usable, failed = damped_factor(indefinite.clone(), relative_damping=0.01, damping_scale=torch.tensor(1000.0))
     assert bool(usable) and not bool(failed)  # λ = 10 > 1: positive definite
     torch.testing.assert_close(factor @ factor.T, indefinite + 10.0 * torch.eye(2))
+    off_diagonal_nan = torch.eye(3)
+    off_diagonal_nan[2, 0] = off_diagonal_nan[0, 2] = float("nan")  # the trace is fine, the factor is not
+    factor, usable, failed = damped_factor(off_diagonal_nan, relative_damping=0.01, damping_scale=torch.tensor(1.0))
+    assert bool(usable) and bool(failed)
+    torch.testing.assert_close(factor, torch.eye(3) * (1.0 + 0.01) ** 0.5)  # no NaN left anywhere
     _, usable, failed = damped_factor(torch.full((3, 3), float("nan")), 0.1, torch.tensor(1.0))
     assert not bool(usable) and not bool(failed)  # nothing to precondition with: the raw gradient is kept
     _, usable, _ = damped_factor(torch.zeros(3, 3), 0.1, torch.tensor(1.0))  # no recorded inputs

@@ -478,7 +478,7 @@ def activation_precondition(
         scale = state["damping_scale"]
         cholesky, usable, failed = damped_factor(sigma, damping, scale)
         state["damping_retries"].add_(failed)
-        scale.mul_(torch.where(failed, 10.0, 1.0)).clamp_(max=10.0 ** max_damping_retries)
+        scale.addcmul_(scale, failed, value=9.0).clamp_(max=10.0 ** max_damping_retries)  # tenfold where failed
         if cache_inverse:
             inverse = inverse_from_factor(cholesky)  # the identity where the statistics are unusable
             if "inverse" in state:  # then the previous inverse is kept instead, in place
