@@ -70,8 +70,7 @@ def test_the_guard_catches_a_conversion(monkeypatch) -> None:
     optimizer = DoPr(layer, base="sgd", lr=0.1)
     layer(torch.randn(4, 3)).sum().backward()
     forbid_host_conversions(monkeypatch, set())
-    planted = lambda self: setattr(self, "_recording", bool(self._layers[0].sums.count[0] >= 0))  # noqa: E731
-    monkeypatch.setattr(DoPr, "_update_recording", planted)
+    monkeypatch.setattr(DoPr, "_records_now", lambda self: bool(self._layers[0].sums.count[0] >= 0))
     with pytest.raises(HostConversion):
         optimizer.step()
 

@@ -190,10 +190,7 @@ def test_a_run_whose_dopr_skips_ap_stops_with_a_clear_error(reach_demos: Path, t
     from dopr_robot.optim.dopr import DoPr
 
     # From step 10 on, the hooks record nothing (as with a policy left in eval mode).
-    def record_only_the_first_ten_steps(self) -> None:
-        self._recording = self.state[self._layers[0].weight].get("step", 0) < 10
-
-    monkeypatch.setattr(DoPr, "_update_recording", record_only_the_first_ten_steps)
+    monkeypatch.setattr(DoPr, "_records_now", lambda self: self._steps_done < 10)
     config = tiny_config(reach_demos, tmp_path / "run", optimizer="dopr-adamw", steps=40, log_every=10)
     with pytest.raises(UserError, match=r"DoPr skipped activation preconditioning on 60 of the last 60 layer-steps \(up to step 20\)"):
         train(config, progress=False)

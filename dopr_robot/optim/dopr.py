@@ -184,7 +184,7 @@ class DoPr(Optimizer):
         super().__init__(_params_of(model), defaults)
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
-        self._recording = True  # whether the hooks record now: on the steps that refresh the factorization
+        self._steps_done = 0  # steps taken by every covered layer (they step together)
         self._groups = self._hook_linear_layers(model)
         order = {id(module): i for i, module in enumerate(model.modules())}
         self._layers = sorted((layer for group in self._groups for layer in group.layers), key=lambda l: order[id(l.module)])
@@ -219,7 +219,7 @@ class DoPr(Optimizer):
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if self._recording and module.training and torch.is_grad_enabled():
+            if self._records_now() and module.training and torch.is_grad_enabled():
                 layer.sums.add_(inputs[0], layer.index)
 
         return record_inputs
@@ -286,11 +286,10 @@ class DoPr(Optimizer):
 
     # -- the update ---------------------------------------------------------------------------
 
-    def _update_recording(self) -> None:
-        """Statistics are recorded on the steps whose factorization is refreshed (every layer takes every
-        step, so the layers refresh together)."""
-        steps_done = self.state[self._layers[0].weight].get("step", 0) if self._layers else 0
-        self._recording = steps_done % self.param_groups[0]["refresh_every"] == 0
+    def _records_now(self) -> bool:
+        """Statistics are recorded on the steps whose factorization is refreshed: every
+        ``refresh_every``-th, the layers together."""
+        return self._steps_done % self.param_groups[0]["refresh_every"] == 0
 
     def _applies_inverse(self, group: _Group) -> bool:
         """Exact path: one matmul with the inverse formed from the factor, or two triangular solves.
@@ -343,7 +342,7 @@ class DoPr(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         options = self.param_groups[0]
-        refresh = self._recording  # the hooks recorded this step's inputs
+        refresh = self._records_now()  # the hooks recorded this step's inputs
         if refresh:
             self._all_reduce_sums()
 
@@ -381,7 +380,7 @@ class DoPr(Optimizer):
                     layer.bias.grad = update[1]
             if refresh:
                 group.sums.zero_()
-        self._update_recording()
+        self._steps_done += 1
 
         # Schedulers and users change this optimizer's group; the base follows it.
         for base_group in self.base.param_groups:
@@ -426,7 +425,7 @@ class DoPr(Optimizer):
             if "inverse" in group.state:
                 group.state.setdefault("has_inverse", torch.ones(len(states), dtype=torch.bool, device=device))
             self._point_rows(group)
-        self._update_recording()
+        self._steps_done = self.state[self._layers[0].weight].get("step", 0) if self._layers else 0
 
 
 def activation_precondition(
