@@ -489,7 +489,8 @@ def test_cov_ema_follows_its_formula() -> None:
 @pytest.mark.parametrize("threads", [1, 2], indirect=True)  # cholesky_inverse at one thread, solves of I at two
 @pytest.mark.parametrize("damping", [1e-3, 1e-2])
 @pytest.mark.parametrize("d_in", [63, 200])
-def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(damping: float, d_in: int, threads: int) -> None:
+def test_the_inverse_path_is_as_accurate_as_two_solves_on_ill_conditioned_inputs(
+        damping: float, d_in: int, threads: int) -> None:
     """Inputs whose covariance has condition number > 1e6: the damped system is well conditioned (at
     most d/γ), so forming the inverse from the factor (either kernel ``inverse_from_factor`` picks)
     loses no accuracy against two triangular solves; both stay close to float64 (their error is the

@@ -331,7 +331,7 @@ class DoPr(Optimizer):
             "skipped": torch.zeros(layers, dtype=torch.int64, device=device),
         }
         for layer in group.layers:
-            self.state[layer.weight]["step"] = 0  # steps taken (host int); every refresh_every-th one refreshes the factor
+            self.state[layer.weight]["step"] = 0  # steps taken (a host int, saved with the state)
         self._point_rows(group)
 
     @torch.no_grad()
@@ -546,7 +546,8 @@ def inverse_blocks(inverse: Tensor, d_in: int, homogeneous: bool) -> list[tuple[
     return [(row[:d_in, :d_in], row[d_in, :d_in], row[:d_in, d_in], row[d_in, d_in]) for row in inverse.unbind()]
 
 
-def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None, blocks: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
+def _times_inverse(weight_grad: Tensor, bias_grad: Tensor | None,
+                   blocks: tuple[Tensor, ...]) -> tuple[Tensor, Tensor | None]:
     r""":math:`[G_W\ g_b]\,S` by the blocks of the inverse :math:`S` (``inverse_blocks``), never forming
     :math:`[G_W\ g_b]`: :math:`M_W = G_W S_{11} + g_b S_{21}` and :math:`m_b = G_W S_{12} + g_b S_{22}` (no
     concatenation of the gradient, no copies of the result's parts)."""
