@@ -349,12 +349,20 @@ def test_a_refresh_updates_the_groups_stacked_state_in_place(tmp_path) -> None:
     for key, base in stacked.items():
         assert all(state[key]._base is base for state in states) and not torch.equal(base, before[key])
 
+    for key in ("damping_scale", "damping_retries", "skipped", "has_inverse"):  # the per-layer scalars too
+        assert states[0][key]._base is not None and states[0][key]._base is states[1][key]._base
+
     optimizer.remove_hooks()
+    saved = optimizer.state_dict()
+    before = {key: base.clone() for key, base in stacked.items()}
     resumed = DoPr(model, base="adamw", lr=1e-3, cov_ema=0.9, refresh_every=2)
-    resumed.load_state_dict(optimizer.state_dict())
+    resumed.load_state_dict(saved)
     train_steps(model, resumed, 2, seed=3)
-    rows = [resumed.state[model[i].weight]["sigma"] for i in (2, 4)]
-    assert rows[0]._base is not None and rows[0]._base is rows[1]._base
+    for key in ("sigma", "inverse", "skipped"):
+        rows = [resumed.state[model[i].weight][key] for i in (2, 4)]
+        assert rows[0]._base is not None and rows[0]._base is rows[1]._base
+    for key, base in stacked.items():  # the resumed optimizer refreshed its own copies, not the source's
+        assert torch.equal(base, before[key])
 
 
 def test_refresh_every_reuses_the_cached_inverse() -> None:
