@@ -7,8 +7,9 @@ matmul per step), their ratio, the ratio DoPr's kernels alone would give at thei
 ("bound": a measured ratio near it means what remains is the kernels, not the code around them),
 and the arithmetic floor of that ratio computed from the layer shapes (see docs: a measured ratio
 below the floor means the measurement is wrong). It also prints each kernel's time for one
-257-wide layer, and the fixed cost of a step: time and torch operations per step on a model so
-small that its kernels cost next to nothing.
+257-wide layer, the fixed cost of a step (time and torch operations per step on a model so small
+that its kernels cost next to nothing), and where amortized DoPr's time goes: its steps between
+refreshes and its refresh step, each timed on its own.
 
     python benchmarks/optimizer_overhead.py [--threads 2] [--repeats 5] [--refresh-every 10] [--device cuda]
 
@@ -120,6 +121,30 @@ def interleaved_ms_per_step(train_steps: list[Callable[[], None]], repeats: int,
             sample.append((time.perf_counter() - start) / steps * 1e3)
     ratios = [statistics.median(t / base for t, base in zip(sample, samples[0])) for sample in samples]
     return [statistics.median(sample) for sample in samples], ratios
+
+
+def refresh_cycle_ms(plain_step: Callable[[], None], amortized_step: Callable[[], None], refresh_every: int,
+                     repeats: int, sync: Callable[[], None] = lambda: None) -> tuple[float, float, float]:
+    """Where amortized DoPr's time goes: the median ms of one step of the base, of DoPr's steps between
+    refreshes, and of its refresh step, each step timed on its own over whole refresh cycles that
+    alternate with the base's. ``amortized_step`` must not have stepped yet (its first step refreshes)."""
+    def timed(step: Callable[[], None]) -> float:
+        sync()
+        start = time.perf_counter()
+        step()
+        sync()
+        return (time.perf_counter() - start) * 1e3
+
+    for _ in range(2 * refresh_every):  # warm up by whole cycles: the next step refreshes again
+        plain_step()
+        amortized_step()
+    plain, between, refresh = [], [], []
+    for _ in range(repeats):
+        plain += [timed(plain_step) for _ in range(refresh_every)]
+        cycle = [timed(amortized_step) for _ in range(refresh_every)]
+        refresh.append(cycle[0])
+        between += cycle[1:]
+    return statistics.median(plain), statistics.median(between), statistics.median(refresh)
 
 
 KERNELS = {  # name in layer_kernel_ms -> how the per-kernel table prints it
@@ -256,6 +281,15 @@ def main() -> None:
             print(f"{model_name:<12}{base:<8}{plain:>8.3f}{exact:>9.3f}{exact_ratio:>7.2f}{inverse_ratio:>9.2f}"
                   f"{bound_exact:>7.2f}{floor_exact:>7.2f}{amortized:>11.3f}{amortized_ratio:>7.2f}"
                   f"{bound_amortized:>7.2f}{floor_amortized:>7.2f}", flush=True)
+    print(f"\namortized, step by step over refresh cycles of {k} ({where}): each step timed on its own")
+    for model_name in args.models.split(","):
+        for base in args.bases.split(","):
+            plain, between, refresh = refresh_cycle_ms(
+                make_train_step(model_name, base, device),
+                make_train_step(model_name, f"dopr-{base}", device, refresh_every=k, cov_ema=0.9),
+                k, args.repeats, synchronizer(device))
+            print(f"  {model_name}/{base}: X {plain:.3f} ms; DoPr between refreshes {between:.3f} ms "
+                  f"({between / plain:.2f}x), the refresh step {refresh:.3f} ms (+{refresh - plain:.2f} ms)", flush=True)
 
 
 if __name__ == "__main__":
