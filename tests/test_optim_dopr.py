@@ -332,6 +332,30 @@ def test_state_dict_resume_is_bit_identical(base: str, amortized: bool, tmp_path
         assert "sigma" in state and "inverse" in state
 
 
+def test_a_state_dict_without_the_per_layer_scalars_loads_them_at_their_first_values() -> None:
+    """A file written before the damping multipliers and counters were saved resumes with λ multipliers
+    1 and counters 0, then trains exactly as the optimizer that wrote it (whose multipliers were 1)."""
+    torch.manual_seed(0)
+    model = DEMO_MODELS["mlp"]()
+    optimizer = DoPr(model, base="adamw", lr=1e-2)
+    train_steps(model, optimizer, 3, seed=1)
+    assert optimizer.numerics()["damping_retries"] == 0
+    saved = copy.deepcopy(optimizer.state_dict())  # the state dict holds the live tensors
+    for layer_state in saved["state"].values():
+        for key in ("damping_scale", "damping_retries", "skipped"):
+            layer_state.pop(key, None)
+    resumed_model = DEMO_MODELS["mlp"]()
+    resumed_model.load_state_dict(model.state_dict())
+    resumed = DoPr(resumed_model, base="adamw", lr=1e-2)
+    resumed.load_state_dict(saved)
+    assert resumed.numerics() == {"layer_steps": optimizer.numerics()["layer_steps"], "damping_retries": 0, "skipped": 0}
+    train_steps(model, optimizer, 2, seed=2)
+    train_steps(resumed_model, resumed, 2, seed=2)
+    for a, b in zip(model.parameters(), resumed_model.parameters()):
+        assert torch.equal(a, b)
+    assert resumed.state[resumed_model[0].weight]["damping_scale"].item() == 1.0
+
+
 def test_a_refresh_updates_the_groups_stacked_state_in_place(tmp_path) -> None:
     """Layers of one width keep ``sigma`` and ``inverse`` as rows of one tensor, refreshed in place (no
     per-refresh stacking); after ``load_state_dict`` they are stacked once, at the first refresh."""

@@ -55,6 +55,12 @@ STACKED_STATE = {
     "inverse": torch.float32,  # cached (Σ + λI)⁻¹ (refresh_every > 1)
     "has_inverse": torch.bool,  # whether a usable inverse was ever cached
 }
+# The entries a group starts with, and their first value (the others are created by the first refresh).
+FIRST_STATE = {"damping_scale": 1, "damping_retries": 0, "skipped": 0}
+
+
+def _first_state(key: str, layers: int, device: torch.device) -> Tensor:
+    return torch.full((layers,), FIRST_STATE[key], dtype=STACKED_STATE[key], device=device)
 
 
 class _Group:
@@ -322,14 +328,10 @@ class DoPr(Optimizer):
                 self.state[layer.weight][key] = row
 
     def _init_group_state(self, group: _Group) -> None:
-        """A group's state before its first step: λ multipliers 1, counters 0 (device tensors, so that
+        """A group's state before its first step: the entries of FIRST_STATE (device tensors, so that
         counting never waits for the host)."""
         layers, device = len(group.layers), group.sums.outer.device
-        group.state = {
-            "damping_scale": torch.ones(layers, device=device),
-            "damping_retries": torch.zeros(layers, dtype=torch.int64, device=device),
-            "skipped": torch.zeros(layers, dtype=torch.int64, device=device),
-        }
+        group.state = {key: _first_state(key, layers, device) for key in FIRST_STATE}
         for layer in group.layers:
             self.state[layer.weight]["step"] = 0  # steps taken (a host int, saved with the state)
         self._point_rows(group)
@@ -421,7 +423,8 @@ class DoPr(Optimizer):
                     group.state[key] = torch.stack([torch.as_tensor(state[key]).to(device=device, dtype=dtype)
                                                     for state in states])
             # Files written before these entries existed:
-            group.state.setdefault("damping_scale", torch.ones(len(states), device=device))
+            for key in FIRST_STATE:
+                group.state.setdefault(key, _first_state(key, len(states), device))
             if "inverse" in group.state:
                 group.state.setdefault("has_inverse", torch.ones(len(states), dtype=torch.bool, device=device))
             self._point_rows(group)
