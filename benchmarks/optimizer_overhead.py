@@ -155,6 +155,7 @@ KERNELS = {  # name in layer_kernel_ms -> how the per-kernel table prints it
     "inverse": "inverse from the factor, as DoPr forms it:",
     "potri": "  by cholesky_inverse (potri; 1 CPU thread)",
     "potrs": "  by cholesky_solve of I (potrs; more threads)",
+    "triangular": "  by a triangular inverse and one matmul (GPUs)",
     "apply inverse": "apply the inverse (one matmul)",
 }
 
@@ -199,6 +200,7 @@ def layer_kernel_ms(rows: int, d_in: int, d_out: int, repeats: int = 200,
         "inverse": ms(lambda: inverse_from_factor(cholesky)),
         "potri": ms(lambda: torch.cholesky_inverse(cholesky)),
         "potrs": ms(lambda: torch.cholesky_solve(identity, cholesky)),
+        "triangular": ms(lambda: inverse_from_factor(cholesky, "triangular")),
         "apply inverse": ms(lambda: grad @ inverse),
     }
 

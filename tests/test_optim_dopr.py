@@ -242,17 +242,31 @@ def threads(request):
     torch.set_num_threads(before)
 
 
-@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # cholesky_inverse at one thread, solves of I at two
-def test_the_inverse_from_the_factor_is_row_major_and_close_to_float64(threads: int) -> None:
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)  # MKL's kernels differ by thread count
+@pytest.mark.parametrize("method", ["auto", "cholesky_inverse", "cholesky_solve", "triangular"])
+def test_the_inverse_from_the_factor_is_row_major_and_close_to_float64(method: str, threads: int) -> None:
+    """Every way of forming the inverse, on damped statistics whose undamped condition number is > 1e6
+    (a stack, as for the layers of one width)."""
     from dopr_robot.optim.activation import inverse_from_factor
 
     torch.manual_seed(0)
-    inputs = torch.randn(3, 80, 40)
-    sigma = inputs.mT @ inputs / 80 + 0.01 * torch.eye(40)
-    inverse = inverse_from_factor(torch.linalg.cholesky(sigma))
+    scales = torch.logspace(0, -4, 40)  # covariance eigenvalues from 1 down to 1e-8
+    inputs = torch.randn(3, 200, 40) @ torch.linalg.qr(torch.randn(40, 40))[0] * scales
+    sigma = inputs.mT @ inputs / 200
+    assert torch.linalg.cond(sigma.double()).min() > 1e6
+    sigma = sigma + 1e-3 * sigma.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(40)
+    inverse = inverse_from_factor(torch.linalg.cholesky(sigma), method)
     assert inverse.shape == (3, 40, 40) and inverse.is_contiguous()
     expected = torch.linalg.inv(sigma.double())
-    assert (inverse.double() - expected).abs().max() / expected.abs().max() < 1e-5
+    assert (inverse.double() - expected).abs().max() / expected.abs().max() < 2e-6  # measured ~2e-7 with each method
+    torch.testing.assert_close(inverse, inverse.mT, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_an_unknown_inverse_method_is_named() -> None:
+    from dopr_robot.optim.activation import inverse_from_factor
+
+    with pytest.raises(ValueError, match="'potri'.*cholesky_inverse"):
+        inverse_from_factor(torch.eye(3), "potri")
 
 
 def test_failed_factorizations_raise_the_layer_damping_and_are_counted(monkeypatch) -> None:

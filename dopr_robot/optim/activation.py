@@ -130,21 +130,44 @@ def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(cholesky, half, upper=False, left=False)  # G L^-T L^-1
 
 
-def inverse_from_factor(cholesky: Tensor) -> Tensor:
-    r""":math:`(LL^\top)^{-1}` from Cholesky factors :math:`L` (d, d) or (..., d, d).
+# How inverse_from_factor may form (LL^T)^-1: LAPACK's potri, potrs on the identity, or a triangular
+# inverse times its transpose (triangular solve and matmul: no kernel that reports an info to the host).
+INVERSE_METHODS = ("cholesky_inverse", "cholesky_solve", "triangular")
 
-    ``torch.cholesky_inverse`` (LAPACK potri) is the fastest on one CPU thread; with more threads MKL's
-    potri gains little where solving :math:`LL^\top X = I` (potrs, triangular solves) gains: three
-    257-wide factors take 0.54 ms that way against 0.83 ms with potri at 2 threads, and 0.94 against
-    0.58 ms at one (this project's 2-core machine; ``benchmarks/optimizer_overhead.py`` prints both).
-    The two agree with a float64 inverse to the same relative error (~3e-7).
 
-    Row-major: the kernels write column-major, and the inverse is symmetric (to round-off), so its
-    transpose is returned, a view, rather than a transposing copy.
+def inverse_from_factor(cholesky: Tensor, method: str = "auto") -> Tensor:
+    r""":math:`(LL^\top)^{-1}` from Cholesky factors :math:`L` (d, d) or (..., d, d), row-major.
+
+    ``method`` (``INVERSE_METHODS``, or ``"auto"``, the fastest measured where the step runs):
+
+    - ``cholesky_inverse`` (LAPACK potri): the fastest on one CPU thread, 0.58 ms for three 257-wide
+      factors against 0.94 ms for solves of the identity (this project's 2-core machine).
+    - ``cholesky_solve`` of the identity (potrs): with more CPU threads, where MKL's potri gains little,
+      0.54 ms against 0.83 ms (``benchmarks/optimizer_overhead.py`` prints both).
+    - ``triangular``: :math:`L^{-1}` by one triangular solve, then :math:`L^{-\top} L^{-1}` as one matmul.
+      ``auto`` takes it on GPUs: there torch sends a batch of factors (layers of one width) given to
+      ``cholesky_inverse`` or ``cholesky_solve`` to MAGMA, whose batched solve returns its status as a
+      host integer, outside what ``torch.cuda.set_sync_debug_mode`` watches; cuBLAS's triangular solve
+      and matmul report nothing. On the CPU it is slower (0.67 ms at two threads).
+
+    All three agree with a float64 inverse to the same relative error (~3e-7). The LAPACK kernels write
+    column-major; the inverse is symmetric (to round-off), so their transpose is returned, a view,
+    rather than a transposing copy.
     """
-    if cholesky.device.type == "cpu" and torch.get_num_threads() > 1:
+    if method == "auto":
+        if cholesky.device.type != "cpu":
+            method = "triangular"
+        else:
+            method = "cholesky_solve" if torch.get_num_threads() > 1 else "cholesky_inverse"
+    if method == "triangular":
+        identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device)
+        lower_inverse = torch.linalg.solve_triangular(cholesky, identity.expand_as(cholesky), upper=False)
+        return lower_inverse.mT @ lower_inverse
+    if method == "cholesky_solve":
         identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device)
         inverse = torch.cholesky_solve(identity.expand_as(cholesky), cholesky)
-    else:
+    elif method == "cholesky_inverse":
         inverse = torch.cholesky_inverse(cholesky)
+    else:
+        raise ValueError(f"Unknown inverse method {method!r}; valid: auto, {', '.join(INVERSE_METHODS)}")
     return inverse.mT if inverse.mT.is_contiguous() else inverse
