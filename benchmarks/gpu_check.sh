@@ -32,9 +32,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 assert torch.cuda.is_available(), "torch sees no CUDA device: this check needs one (and a CUDA build of torch)"' || exit 1
 
 # Every test of test_device.py (the CUDA ones run here; -rs would name any that skipped), the
-# optimizer's own CUDA test, and the gloo torchrun test (it must keep passing on a GPU machine).
+# optimizer's own CUDA tests (no host sync: as torch's sync debug mode sees it, and as time shows
+# it), and the gloo torchrun test (it must keep passing on a GPU machine).
 part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py \
-    "tests/test_optim_no_sync.py::test_cuda_step_makes_no_host_synchronization" tests/test_train_distributed.py
+    "tests/test_optim_no_sync.py::test_cuda_step_makes_no_host_synchronization" \
+    "tests/test_optim_no_sync.py::test_cuda_step_returns_while_the_device_is_still_busy" tests/test_train_distributed.py
 part "flow policy on CUDA" "$PYTHON" benchmarks/flow_cuda_check.py
 part "training steps/s, CUDA and CPU" "$PYTHON" benchmarks/train_speed.py --devices cuda,cpu --steps 200
 part "DoPr overhead on CUDA" "$PYTHON" benchmarks/optimizer_overhead.py --device cuda --repeats 5 --steps 30

@@ -2,10 +2,13 @@
 
 On a GPU every such conversion (``.item()``, ``float(t)``, ``int(t)``, ``bool(t)``, ``if t:``) is a
 host synchronization. On CPU the same code path runs, so a test that forbids those conversions here
-proves the GPU path is free of them; the CUDA test does the same with torch's sync debug mode.
+proves the GPU path is free of them; the CUDA tests do the same with torch's sync debug mode, and
+catch the waits it cannot see (inside a library) by the time a step takes while the device is busy.
 """
 
 from __future__ import annotations
+
+import time
 
 import pytest
 import torch
@@ -93,3 +96,39 @@ def test_cuda_step_makes_no_host_synchronization(options: dict) -> None:
             torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert optimizer.numerics()["skipped"] == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("options", [{}, {"refresh_every": 3, "cov_ema": 0.9}], ids=["exact", "amortized"])
+def test_cuda_step_returns_while_the_device_is_still_busy(options: dict) -> None:
+    """A wait the sync debug mode does not see (a library reading a status back to the host, as MAGMA's
+    batched Cholesky solves do) shows as time: with a long kernel queued first, a step that never waits
+    for the device returns long before that kernel ends."""
+    torch.manual_seed(0)
+    model = DEMO_MODELS["mlp"]().cuda()
+    optimizer = DoPr(model, base="adamw", lr=1e-3, **options)
+    inputs = torch.randn(64, 17, device="cuda")
+
+    def backward() -> None:
+        optimizer.zero_grad()
+        model(inputs).pow(2).mean().backward()
+
+    for _ in range(4):  # state created, kernels loaded, memory cached: no allocation waits later
+        backward()
+        optimizer.step()
+    torch.cuda.synchronize()
+    cycles = 500_000_000
+    start = time.perf_counter()
+    torch.cuda._sleep(cycles)
+    torch.cuda.synchronize()
+    busy = time.perf_counter() - start  # how long that kernel keeps the device busy (~0.3 s)
+    for step in range(3):  # with refresh_every=3, a refresh step and the steps between
+        backward()
+        torch.cuda.synchronize()
+        torch.cuda._sleep(cycles)
+        start = time.perf_counter()
+        optimizer.step()
+        queued = time.perf_counter() - start
+        torch.cuda.synchronize()
+        assert queued < 0.5 * busy, (f"step {step} held the host {queued:.3f} s while the device was busy "
+                                     f"for {busy:.3f} s: it waited for the device")
