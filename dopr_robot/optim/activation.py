@@ -159,13 +159,13 @@ def inverse_from_factor(cholesky: Tensor, method: str = "auto") -> Tensor:
             method = "triangular"
         else:
             method = "cholesky_solve" if torch.get_num_threads() > 1 else "cholesky_inverse"
+    if method in ("triangular", "cholesky_solve"):
+        identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device).expand_as(cholesky)
     if method == "triangular":
-        identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device)
-        lower_inverse = torch.linalg.solve_triangular(cholesky, identity.expand_as(cholesky), upper=False)
+        lower_inverse = torch.linalg.solve_triangular(cholesky, identity, upper=False)
         return lower_inverse.mT @ lower_inverse
     if method == "cholesky_solve":
-        identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device)
-        inverse = torch.cholesky_solve(identity.expand_as(cholesky), cholesky)
+        inverse = torch.cholesky_solve(identity, cholesky)
     elif method == "cholesky_inverse":
         inverse = torch.cholesky_inverse(cholesky)
     else:
