@@ -37,7 +37,7 @@ from tqdm import tqdm
 import envs
 from demos.episode import Episode, default_split, make_episode
 from demos.hdf5 import ENV_TYPE, atomic_hdf5, demo_name, write_episode, write_index
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 # Second word of every noise generator's seed, so noise streams never coincide with the env's own
 # reset randomness (which gymnasium seeds with the plain reset seed).

@@ -15,7 +15,7 @@ import torch
 
 from demos.episode import Episode, validate_episodes
 from demos.history import history_window  # the padding rule evaluation shares
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 # A dimension whose std over the training episodes is below this is treated as constant: its std is
 # reported as 1.0, so normalizing only centres it. A tiny std (a goal coordinate that never changed

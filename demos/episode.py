@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 # The default split holds out the last 1/VALID_DIVISOR of the episodes (at least one) for validation.
 VALID_DIVISOR = 10

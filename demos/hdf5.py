@@ -33,7 +33,7 @@ import numpy as np
 
 from demos.dataset import DemoDataset
 from demos.episode import Episode, default_split, make_episode
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 FLAT_OBS_KEY = "flat"
 ENV_TYPE = "dopr"

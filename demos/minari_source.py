@@ -19,7 +19,7 @@ import numpy as np
 
 from demos.dataset import DemoDataset
 from demos.episode import default_split, make_episode
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 MINARI_MISSING = "reading Minari datasets needs the minari extra: pip install 'dopr-robot[minari]'"
 PLAIN_OBS_KEY = "observation"

@@ -16,7 +16,7 @@ import h5py
 from demos.dataset import DemoDataset
 from demos.hdf5 import read_hdf5
 from demos.minari_source import minari_data_dir, minari_root, read_minari
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 HDF5_SUFFIXES = (".hdf5", ".h5", ".hdf", ".he5")
 

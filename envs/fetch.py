@@ -17,7 +17,7 @@ import numpy as np
 from gymnasium import spaces
 
 from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 FETCH_MISSING_REASON = "fetch extra not installed: pip install 'dopr-robot[fetch]'"
 

@@ -13,7 +13,7 @@ from typing import Callable, Literal
 
 import gymnasium
 
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 from envs.experts.base import Expert
 from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchReachExpert
 from envs.experts.push import PushExpert

@@ -12,7 +12,7 @@ import pytest
 import demos
 import envs
 from demos import DemoDataset
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 
 def _collect(path: Path, episodes: int = 2, seed: int = 0, noise: float = 0.0, task: str = "Reach-v0") -> DemoDataset:

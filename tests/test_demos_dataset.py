@@ -8,7 +8,7 @@ import torch
 
 from demos.dataset import STD_FLOOR, DemoDataset
 from demos.episode import default_split, make_episode
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 
 def _dataset(lengths: list[int], valid: list[int] | None = None) -> DemoDataset:

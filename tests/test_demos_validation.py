@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import demos
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 
 
 def _write(path: Path, demos_data: dict[str, dict[str, np.ndarray]]) -> Path:

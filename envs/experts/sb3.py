@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from envs.errors import UserError
+from dopr_robot.errors import UserError
 from envs.experts.base import as_batch, unbatch
 
 WEIGHTS_ROOT = Path(__file__).parent / "weights"
