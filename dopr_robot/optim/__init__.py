@@ -9,10 +9,14 @@ This package imports nothing else from the project, so it can be dropped into an
 from dopr_robot.optim.adamuon import AdaMuon, AdaMuonWithAdamW
 from dopr_robot.optim.dopr import BASE_OPTIMIZERS, DoPr
 from dopr_robot.optim.muon import MuonWithAdamW
-from dopr_robot.optim.registry import OPTIMIZERS, describe_registry, is_dopr, make_optimizer
+from dopr_robot.optim.registry import (
+    DOPR_ONLY_ARGUMENTS, OPTIMIZERS, base_of, describe_registry, dopr_only_arguments, is_dopr, make_optimizer,
+    optimizer_arguments,
+)
 from dopr_robot.optim.signum import Signum
 
 __all__ = [
-    "AdaMuon", "AdaMuonWithAdamW", "BASE_OPTIMIZERS", "DoPr", "MuonWithAdamW", "OPTIMIZERS", "Signum",
-    "describe_registry", "is_dopr", "make_optimizer",
+    "AdaMuon", "AdaMuonWithAdamW", "BASE_OPTIMIZERS", "DOPR_ONLY_ARGUMENTS", "DoPr", "MuonWithAdamW", "OPTIMIZERS",
+    "Signum", "base_of", "describe_registry", "dopr_only_arguments", "is_dopr", "make_optimizer",
+    "optimizer_arguments",
 ]

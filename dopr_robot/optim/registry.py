@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from torch import nn
 from torch.optim import Optimizer
@@ -35,9 +35,30 @@ DOPR_ONLY_ARGUMENTS = tuple(
 )
 
 
+DOPR_PREFIX = "dopr-"
+
+
 def is_dopr(name: str) -> bool:
     """Whether the registry name puts AP in front of its base."""
-    return name.startswith("dopr-")
+    return name.startswith(DOPR_PREFIX)
+
+
+def base_of(name: str) -> str:
+    """The base optimizer a registry name runs: ``"dopr-adamw"`` -> ``"adamw"``, ``"adamw"`` -> ``"adamw"``."""
+    return name[len(DOPR_PREFIX):] if is_dopr(name) else name
+
+
+def dopr_only_arguments(options: Mapping[str, Any]) -> list[str]:
+    """The names in ``options`` that only DoPr takes, sorted (what a plain optimizer would reject)."""
+    return sorted(set(options) & set(DOPR_ONLY_ARGUMENTS))
+
+
+def optimizer_arguments(name: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` as optimizer ``name`` takes them: DoPr's own arguments are dropped for a plain
+    optimizer, so that one set of options serves every cell of a DoPr-X vs X comparison."""
+    if is_dopr(name):
+        return dict(options)
+    return {key: value for key, value in options.items() if key not in DOPR_ONLY_ARGUMENTS}
 
 
 def make_optimizer(name: str, model: nn.Module, **kwargs) -> Optimizer:
@@ -49,11 +70,11 @@ def make_optimizer(name: str, model: nn.Module, **kwargs) -> Optimizer:
     if name not in OPTIMIZERS:
         raise ValueError(f"Unknown optimizer {name!r}; valid names: {', '.join(OPTIMIZERS)}")
     if not is_dopr(name):
-        misplaced = sorted(set(kwargs) & set(DOPR_ONLY_ARGUMENTS))
+        misplaced = dopr_only_arguments(kwargs)
         if misplaced:
             raise ValueError(
                 f"Optimizer {name!r} does not take {', '.join(misplaced)}: "
-                f"{'it is a DoPr option' if len(misplaced) == 1 else 'they are DoPr options'} (use 'dopr-{name}')"
+                f"{'it is a DoPr option' if len(misplaced) == 1 else 'they are DoPr options'} (use '{DOPR_PREFIX}{name}')"
             )
     builder, _ = OPTIMIZERS[name]
     try:
