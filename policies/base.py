@@ -22,11 +22,16 @@ class Policy(nn.Module):
     ``validation_metrics`` instead, and their ``forward`` is the network call their loss makes.
     """
 
+    # Old parameter-name prefix -> new, for state dicts saved before a module was renamed.
+    LEGACY_NAMES: dict[str, str] = {}
+
     def __init__(self, obs_dim: int, act_dim: int, history: int, chunk: int):
         super().__init__()
         self.obs_dim, self.act_dim, self.history, self.chunk = obs_dim, act_dim, history, chunk
         self.obs_normalizer = Normalizer(obs_dim)
         self.action_normalizer = Normalizer(act_dim)
+        if self.LEGACY_NAMES:
+            self.register_load_state_dict_pre_hook(_rename_legacy_keys)
 
     def loss(self, batch: dict[str, Tensor], forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Mean squared error in normalized action units over the valid (unpadded) chunk steps.
@@ -63,6 +68,15 @@ class Policy(nn.Module):
                 f"expected observation histories of shape (B, {self.history}, {self.obs_dim}), "
                 f"got {tuple(obs_history.shape)}"
             )
+
+
+def _rename_legacy_keys(module: Policy, state_dict: dict, prefix: str, *args) -> None:
+    """Rename a state dict's old keys in place (``Policy.LEGACY_NAMES``) before it loads."""
+    for key in [k for k in state_dict if k.startswith(prefix)]:
+        name = key[len(prefix):]
+        old = next((old for old in module.LEGACY_NAMES if name.startswith(old)), None)
+        if old is not None:
+            state_dict[prefix + module.LEGACY_NAMES[old] + name[len(old):]] = state_dict.pop(key)
 
 
 def masked_mean(squared: Tensor, mask: Tensor) -> Tensor:

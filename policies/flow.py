@@ -57,8 +57,8 @@ import torch
 from torch import Tensor, nn
 
 from policies.base import Generators, Policy, masked_mean
-from policies.mlp import MLPConfig, ResidualBlock
-from policies.transformer import Block, TransformerConfig
+from policies.mlp import MLPConfig, MLPTrunk
+from policies.transformer import TransformerConfig, TransformerTrunk
 
 TIME_SAMPLING = ("uniform", "beta")
 
@@ -99,36 +99,6 @@ class FlowTransformerConfig(FlowHeadConfig, TransformerConfig):
     def __post_init__(self) -> None:
         TransformerConfig.__post_init__(self)
         self.check_head()
-
-
-class MLPTrunk(nn.Module):
-    """``MLPPolicy`` without its output layer: (B, H, D) -> flatten -> Linear -> residual blocks ->
-    LayerNorm -> features (B, width)."""
-
-    def __init__(self, in_dim: int, config: MLPConfig):
-        super().__init__()
-        self.embed = nn.Linear(in_dim, config.width)
-        self.blocks = nn.Sequential(*(ResidualBlock(config.width, config.dropout) for _ in range(config.depth)))
-        self.norm = nn.LayerNorm(config.width)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.embed(obs.flatten(start_dim=1))))
-
-
-class TransformerTrunk(nn.Module):
-    """``TransformerPolicy`` without its output layer: one token per observation (learned positions),
-    causal blocks, LayerNorm; the last token's output is the features (B, d_model)."""
-
-    def __init__(self, obs_dim: int, history: int, config: TransformerConfig):
-        super().__init__()
-        self.embed = nn.Linear(obs_dim, config.d_model)
-        self.position = nn.Parameter(torch.zeros(history, config.d_model))
-        nn.init.normal_(self.position, std=0.02)
-        self.blocks = nn.Sequential(*(Block(config) for _ in range(config.n_layers)))
-        self.norm = nn.LayerNorm(config.d_model)
-
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.norm(self.blocks(self.embed(obs) + self.position)[:, -1])
 
 
 def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> Tensor:

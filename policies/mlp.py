@@ -1,4 +1,8 @@
-"""Residual MLP policy: the flattened observation history in, the flattened action chunk out."""
+"""Residual MLP policy: the flattened observation history in, the flattened action chunk out.
+
+:class:`MLPTrunk` (history -> features) is shared with the flow head (``flow-mlp``), so the two
+policies differ in their head and objective only.
+"""
 
 from __future__ import annotations
 
@@ -34,17 +38,30 @@ class ResidualBlock(nn.Module):
         return x + self.dropout(self.out(nn.functional.gelu(self.hidden(self.norm(x)))))
 
 
+class MLPTrunk(nn.Module):
+    """(B, H, D) -> flatten -> Linear -> residual blocks -> LayerNorm -> features (B, width)."""
+
+    def __init__(self, in_dim: int, config: MLPConfig):
+        super().__init__()
+        self.embed = nn.Linear(in_dim, config.width)
+        self.blocks = nn.Sequential(*(ResidualBlock(config.width, config.dropout) for _ in range(config.depth)))
+        self.norm = nn.LayerNorm(config.width)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.norm(self.blocks(self.embed(obs.flatten(start_dim=1))))
+
+
 class MLPPolicy(Policy):
-    """(B, H, D) -> flatten -> Linear -> residual blocks -> LayerNorm -> Linear -> (B, C, A)."""
+    """:class:`MLPTrunk` -> Linear: (B, H, D) -> (B, C, A)."""
+
+    # Parameter names before the trunk was shared with the flow head (checkpoints of that time load).
+    LEGACY_NAMES = {"embed.": "trunk.embed.", "blocks.": "trunk.blocks.", "head_norm.": "trunk.norm."}
 
     def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1, config: MLPConfig = MLPConfig()):
         super().__init__(obs_dim, act_dim, history, chunk)
         self.config = config
-        self.embed = nn.Linear(history * obs_dim, config.width)
-        self.blocks = nn.Sequential(*(ResidualBlock(config.width, config.dropout) for _ in range(config.depth)))
-        self.head_norm = nn.LayerNorm(config.width)
+        self.trunk = MLPTrunk(history * obs_dim, config)
         self.head = nn.Linear(config.width, chunk * act_dim)
 
     def forward(self, obs: Tensor) -> Tensor:
-        features = self.blocks(self.embed(obs.flatten(start_dim=1)))
-        return self.head(self.head_norm(features)).view(-1, self.chunk, self.act_dim)
+        return self.head(self.trunk(obs)).view(-1, self.chunk, self.act_dim)

@@ -1,4 +1,7 @@
-"""Transformer policy: causal self-attention over the observation history, an action chunk out."""
+"""Transformer policy: causal self-attention over the observation history, an action chunk out.
+
+:class:`TransformerTrunk` (history -> features) is shared with the flow head (``flow-transformer``).
+"""
 
 from __future__ import annotations
 
@@ -64,21 +67,35 @@ class Block(nn.Module):
         return x + self.mlp(self.mlp_norm(x))
 
 
+class TransformerTrunk(nn.Module):
+    """One token per observation of the history (oldest first, learned positions), causal blocks,
+    LayerNorm; the last token's output is the features. (B, H, D) -> (B, d_model)."""
+
+    def __init__(self, obs_dim: int, history: int, config: TransformerConfig):
+        super().__init__()
+        self.embed = nn.Linear(obs_dim, config.d_model)
+        self.position = nn.Parameter(torch.zeros(history, config.d_model))
+        nn.init.normal_(self.position, std=0.02)
+        self.blocks = nn.Sequential(*(Block(config) for _ in range(config.n_layers)))
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.norm(self.blocks(self.embed(obs) + self.position)[:, -1])
+
+
 class TransformerPolicy(Policy):
-    """One token per observation of the history (oldest first, learned positions); the last
-    token's output predicts the whole chunk. (B, H, D) -> (B, C, A)."""
+    """:class:`TransformerTrunk` -> Linear: the last token predicts the whole chunk. (B, H, D) -> (B, C, A)."""
+
+    # Parameter names before the trunk was shared with the flow head (checkpoints of that time load).
+    LEGACY_NAMES = {"embed.": "trunk.embed.", "position": "trunk.position", "blocks.": "trunk.blocks.",
+                    "head_norm.": "trunk.norm."}
 
     def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
                  config: TransformerConfig = TransformerConfig()):
         super().__init__(obs_dim, act_dim, history, chunk)
         self.config = config
-        self.embed = nn.Linear(obs_dim, config.d_model)
-        self.position = nn.Parameter(torch.zeros(history, config.d_model))
-        nn.init.normal_(self.position, std=0.02)
-        self.blocks = nn.Sequential(*(Block(config) for _ in range(config.n_layers)))
-        self.head_norm = nn.LayerNorm(config.d_model)
+        self.trunk = TransformerTrunk(obs_dim, history, config)
         self.head = nn.Linear(config.d_model, chunk * act_dim)
 
     def forward(self, obs: Tensor) -> Tensor:
-        tokens = self.blocks(self.embed(obs) + self.position)
-        return self.head(self.head_norm(tokens[:, -1])).view(-1, self.chunk, self.act_dim)
+        return self.head(self.trunk(obs)).view(-1, self.chunk, self.act_dim)

@@ -72,9 +72,9 @@ def test_transformer_matmuls_are_all_preconditioned() -> None:
     assert linear_weights  # embed, qkv, out, mlp.0, mlp.2, head
     for name in linear_weights:
         assert rows[f"{name}.weight"] == "AP + adamw" and rows[f"{name}.bias"] == "AP + adamw"
-    assert rows["position"] == "adamw (raw gradient)"
-    assert rows["blocks.0.attn_norm.weight"] == "adamw (raw gradient)"
-    assert "blocks.0.attn.qkv.weight" in rows  # q, k, v fused: one activation covariance
+    assert rows["trunk.position"] == "adamw (raw gradient)"
+    assert rows["trunk.blocks.0.attn_norm.weight"] == "adamw (raw gradient)"
+    assert "trunk.blocks.0.attn.qkv.weight" in rows  # q, k, v fused: one activation covariance
 
 
 def test_normalizer_buffers_are_not_trained() -> None:
