@@ -33,20 +33,27 @@ so a grid started one way can be finished another.
 
 from __future__ import annotations
 
+import argparse
+import ctypes
 import importlib.util
 import multiprocessing
+import operator
 import os
+import signal
+import socket
 import sys
+import threading
+import time
 import traceback
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
 from dopr_robot import threads
-from dopr_robot.devices import resolve_device
+from dopr_robot.devices import DEVICE_HELP, resolve_device
 from dopr_robot.errors import UserError
 
 EXECUTORS = ("serial", "processes", "ray")
@@ -69,15 +76,32 @@ class CellsFailed(UserError):
         self.cells = cells
 
 
+def _flag(flag: str, help: str, to_field: Callable[[Any], Any] = lambda value: value, **argparse_kwargs: Any) -> dict:
+    """A field's command-line option: its flag, help and argparse settings, and how the parsed
+    value becomes the field's (``to_field``; a value of None means "not given")."""
+    return {"flag": flag, "help": help, "to_field": to_field, "argparse": argparse_kwargs}
+
+
 @dataclass(frozen=True)
 class Execution:
-    """How the cells run (not what they compute): the command line's --workers, --ray, --threads, --device."""
+    """How the cells run (not what they compute). The fields with a ``flag`` are the command line's
+    options (:func:`add_execution_arguments`); ``executor`` follows from them (``--ray``: ray,
+    ``--workers N`` > 1: processes), and ``threads`` is the global ``--threads`` every command takes."""
 
     executor: str = "serial"  # one of EXECUTORS
-    workers: int = 1  # processes: cells at once
-    address: str = LOCAL_RAY  # ray: the cluster (HEAD:6379, "auto") or "local"
+    workers: int = field(default=1, metadata=_flag(
+        "--workers", "run N cells at once in local processes, each with --threads threads (default: cores // N) and, "
+        "with several GPUs, a GPU of its own; the same results as one at a time", type=int, metavar="N", default=1))
+    address: str = field(default=LOCAL_RAY, metadata=_flag(
+        "--ray", "run each cell as a Ray task on the cluster at ADDRESS (HEAD:6379, or auto), or on a local Ray on "
+        "this machine when no ADDRESS is given; each asks for --threads CPUs (default 1) and, on cuda, one GPU. On "
+        "several nodes --out must be a path on a filesystem every node mounts at the same place (needs Ray: "
+        f"{RAY_INSTALL})", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS"))
     threads: int | None = None  # intra-op threads per cell (None: processes cores // workers, ray 1)
-    device: str = "auto"  # where each cell trains and evaluates (--device: auto | cpu | cuda | cuda:N)
+    device: str = field(default="auto", metadata=_flag(
+        "--device", DEVICE_HELP, default="auto", metavar="DEVICE"))
+    progress: bool = field(default=True, metadata=_flag(  # progress bars (the commands pass it to compare, sweep)
+        "--no-progress", "no progress bars", to_field=operator.not_, action="store_true"))
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -86,12 +110,55 @@ class Execution:
             raise UserError(f"--workers must be >= 1, got {self.workers}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be >= 1, got {self.threads}")
+        if self.executor == "ray" and self.workers != 1:
+            raise UserError("--workers runs cells in local processes, --ray on a Ray cluster: give one of them")
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:  # before any work
             raise UserError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
         if self.executor == "ray" and self.device.startswith("cuda:"):
             raise UserError(f"--device {self.device}: Ray gives each cell its own GPU; use --device cuda (or auto)")
-        if self.executor != "ray":  # here, before any work; a Ray cluster's GPUs may be on other machines than this one
+        if self.executor == "ray":
+            check_ray_address(self.address)
+        else:  # here, before any work; a Ray cluster's GPUs may be on other machines than this one
             resolve_device(self.device)
+
+
+def add_execution_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """The options of ``Execution``'s fields (those in ``names``; default: all): --workers, --ray,
+    --device, --no-progress. Never saved, never part of a grid's resume check."""
+    for f in fields(Execution):
+        if "flag" in f.metadata and (names is None or f.name in names):
+            parser.add_argument(f.metadata["flag"], help=f.metadata["help"], **f.metadata["argparse"])
+
+
+def execution_from_args(args: argparse.Namespace) -> Execution:
+    """The Execution the parsed options say (``args.threads``: the global --threads), checked by
+    ``Execution`` itself."""
+    values: dict[str, Any] = {"threads": getattr(args, "threads", None)}
+    for f in fields(Execution):
+        dest = f.metadata["flag"].lstrip("-").replace("-", "_") if "flag" in f.metadata else None
+        if dest is not None and getattr(args, dest, None) is not None:
+            values[f.name] = f.metadata["to_field"](getattr(args, dest))
+    executor = "ray" if "address" in values else "processes" if values.get("workers", 1) > 1 else "serial"
+    return Execution(executor, **values)
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """A ``HOST:PORT`` (or ``ray://HOST:PORT``) address that nothing answers on is one UserError now,
+    instead of Ray retrying for minutes (``local`` and ``auto`` are Ray's to resolve)."""
+    if address in (LOCAL_RAY, "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--ray {address}: give the head node as HOST:PORT (e.g. 10.0.0.1:6379), auto, "
+                        "or nothing for a local Ray")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(f"--ray {address}: no Ray cluster answers there ({err.strerror or err}); start one with "
+                        "`ray start --head` or check the address") from None
 
 
 def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path],
@@ -131,8 +198,9 @@ def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str
     failures = []
     # A device with an index is the user's choice for every cell; otherwise each worker gets a GPU.
     gpus = [] if ":" in execution.device else _visible_gpus()
+    others = set(multiprocessing.active_children())
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
-                               initargs=(slots, gpus, per_cell))
+                               initargs=(slots, gpus, per_cell, os.getpid()))
     try:
         futures = {pool.submit(cell, config, *c, data[c[0]], execution.device): c for c in cells}
         for future in as_completed(futures):
@@ -143,20 +211,47 @@ def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str
                 _report_failure(c, error, bar)
             bar.set_postfix_str(f"{_name(c)} {'failed' if error else 'done'}")
             bar.update()
-    except BaseException:  # Ctrl-C: do not wait for the queued cells
+    except BaseException:  # Ctrl-C: stop the running cells too (each resumes from its last checkpoint)
         pool.shutdown(wait=False, cancel_futures=True)
+        for worker in set(multiprocessing.active_children()) - others:
+            worker.kill()
         raise
     pool.shutdown()
     return failures
 
 
-def _start_worker(slots: Any, gpus: list[str], thread_count: int) -> None:
-    """A worker process's setup, before it imports torch: its GPU and its thread budget."""
+def _start_worker(slots: Any, gpus: list[str], thread_count: int, parent: int) -> None:
+    """A worker process's setup, before it imports torch: it dies with the grid's process, leaves
+    Ctrl-C to it (which stops the workers), and takes its GPU and its thread budget."""
+    _die_with(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     slot = slots.get()
     if len(gpus) > 1:  # one GPU per worker: --device cuda (or auto) then means this one
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
     os.environ["OMP_NUM_THREADS"] = str(thread_count)
     threads.configure(thread_count)
+
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+ORPHAN_POLL_S = 1.0
+
+
+def _die_with(parent: int) -> None:
+    """End this process when ``parent`` ends, even by SIGKILL, rather than finish the grid's queued cells
+    as an orphan: Linux sends SIGKILL at the parent's death (prctl); elsewhere, or if the parent is
+    already gone, a daemon thread that sees this process re-parented exits it."""
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):  # no prctl in this libc: the thread below still watches
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(ORPHAN_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _visible_gpus() -> list[str]:

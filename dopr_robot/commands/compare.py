@@ -13,8 +13,7 @@ from pathlib import Path
 
 from dopr_robot.compare import REPLICATION_DIR, REPLICATION_REPORT, CompareConfig
 from dopr_robot.config import add_config_arguments, given_options, resolve_config
-from dopr_robot.devices import add_device_argument
-from dopr_robot.grid import LOCAL_RAY, RAY_INSTALL, Execution
+from dopr_robot.grid import add_execution_arguments, execution_from_args
 from envs.seeds import REPLICATION, REPLICATION_DEMO_SEED
 
 HELP = "train and evaluate every (task, optimizer, seed); write results.csv, summary.md and plots (resumable)"
@@ -24,26 +23,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, CompareConfig)
     # --eval-num-envs's name before evaluation became a nested EvalConfig; kept working, not listed.
     parser.add_argument("--num-envs", dest="eval.num_envs", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="--out may hold a comparison made with other settings, or other files: make the comparison "
+                             "afresh there (every cell trained and evaluated again, demonstrations that differ from "
+                             "those asked for collected again, the report replaced; other files are kept)")
     parser.add_argument("--replicate", action="store_true",
                         help=f"rerun the finished comparison in --out with the same settings and training seeds on fresh "
                              f"demonstrations (reset seeds from {REPLICATION_DEMO_SEED:,}) and fresh evaluation episodes "
                              f"(from {REPLICATION:,}) into OUT/{REPLICATION_DIR}/; print OUT/{REPLICATION_REPORT} (resumable)")
     add_execution_arguments(parser)
-
-
-def add_execution_arguments(parser: argparse.ArgumentParser) -> None:
-    """--no-progress, --workers, --ray and --device: how a grid's cells run (compare, sweep)."""
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    # How the cells run, not what they compute: never saved, never part of the resume check.
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="run N cells at once in local processes, each with --threads threads (default: "
-                             "cores // N) and, with several GPUs, a GPU of its own; the same results as one at a time")
-    parser.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
-                        help="run each cell as a Ray task on the cluster at ADDRESS (HEAD:6379, or auto), or on a "
-                             "local Ray on this machine when no ADDRESS is given; each asks for --threads CPUs "
-                             "(default 1) and, on cuda, one GPU. On several nodes --out must be a path on a "
-                             f"filesystem every node mounts at the same place (needs Ray: {RAY_INSTALL})")
-    add_device_argument(parser)  # where every cell trains and evaluates: an Execution setting, not a grid one
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     execution = execution_from_args(args)
     if args.replicate:
         given = given_options(CompareConfig, args)
-        extra = [flag for dest, flag in given.items() if dest != "out"] + (["--config"] if args.config else [])
+        extra = [flag for dest, flag in given.items() if dest != "out"] + (["--config"] if args.config else []) + \
+            (["--overwrite"] if args.overwrite else [])
         if extra:
             raise UserError(f"--replicate reruns the comparison saved in --out with its own settings: drop {', '.join(extra)}")
         if "out" not in given:
@@ -64,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     config = resolve_config(CompareConfig, args)
-    compare(config, progress=not args.no_progress, execution=execution)
+    compare(config, progress=not args.no_progress, execution=execution, overwrite=args.overwrite)
     out = Path(config.out)
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plots: "
@@ -73,15 +62,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{count.demo_episodes} demonstrations: {Path(count.out) / 'summary.md'}")
     return 0
 
-
-def execution_from_args(args: argparse.Namespace) -> Execution:
-    """--workers or --ray, with --threads per cell and the cells' --device, as an Execution."""
-    from dopr_robot.errors import UserError
-
-    device = getattr(args, "device", "auto")
-    if args.ray is not None:
-        if args.workers != 1:
-            raise UserError("--workers runs cells in local processes, --ray on a Ray cluster: give one of them")
-        return Execution("ray", address=args.ray, threads=args.threads, device=device)
-    executor = "processes" if args.workers > 1 else "serial"
-    return Execution(executor, workers=args.workers, threads=args.threads, device=device)

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dopr_robot.commands.compare import add_execution_arguments, execution_from_args
 from dopr_robot.compare import CompareConfig
 from dopr_robot.config import add_config_arguments, config_from_dict, config_to_dict, given_options, resolve_config
+from dopr_robot.grid import add_execution_arguments, execution_from_args
 from dopr_robot.sweep import REPORT_FILE, SETTINGS_FILE, SweepConfig
 
 HELP = ("choose each optimizer's lr and weight decay, then DoPr's damping, by closed-loop return on tuning seeds; "
