@@ -20,10 +20,10 @@ only ``data/<demo>/obs/<key>`` and ``data/<demo>/actions``; everything else is o
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
-import secrets
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,6 +33,7 @@ import numpy as np
 
 from demos.dataset import DemoDataset
 from demos.episode import Episode, default_split, make_episode
+from dopr_robot.atomic import atomic_path, check_destination
 from dopr_robot.errors import UserError
 
 FLAT_OBS_KEY = "flat"
@@ -42,27 +43,50 @@ ENV_TYPE = "dopr"
 # -- writing ----------------------------------------------------------------------------------------
 
 
+class _WriteGuard(io.FileIO):
+    """The temporary file, handed to h5py as a Python file object so that a failed write (a full disk)
+    is seen here as an ``OSError`` instead of inside HDF5.
+
+    HDF5 reports write errors only while releasing objects (hundreds of ignored exceptions) and at
+    close, after which the interpreter can crash. So the first failure is recorded and every later
+    write is accepted unwritten: HDF5 finishes and closes cleanly, and :func:`atomic_hdf5` then
+    discards the file and raises the recorded error.
+    """
+
+    failure: OSError | None = None
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        done = 0
+        while self.failure is None and done < len(view):
+            try:
+                done += super().write(view[done:]) or 0
+            except OSError as err:
+                self.failure = err
+        return len(view)
+
+    def truncate(self, size: int | None = None) -> int:
+        if self.failure is None:
+            try:
+                return super().truncate(size)
+            except OSError as err:
+                self.failure = err
+        return self.tell() if size is None else size
+
+
 @contextlib.contextmanager
 def atomic_hdf5(path: str | os.PathLike, overwrite: bool = False) -> Iterator[h5py.File]:
-    """An HDF5 file open for writing under a temporary name beside ``path``, moved onto ``path`` with
-    ``os.replace`` only when the block completes; on any exception (Ctrl-C included) it is deleted,
-    so ``path`` is either untouched or complete."""
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path} is a directory; --out must be a file path such as {path / 'demos.hdf5'}")
-    if path.exists() and not overwrite:
-        raise UserError(f"{path} already exists; choose another --out or pass --overwrite to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its 0600 mode would survive the rename; "x" creates with the umask's mode.
-    temp_name = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
-    try:
-        with h5py.File(temp_name, "x") as file:
+    """An HDF5 file open for writing under a temporary name beside ``path``, published onto ``path``
+    only when the block completes (:func:`dopr_robot.atomic.atomic_path`): ``path`` is either untouched
+    or complete, and no temporary file is left. The destination is checked first (one
+    :class:`UserError` line for a directory, a file in the way, no permission, or an existing file
+    without ``overwrite``); a full disk while writing is one :class:`UserError` line too."""
+    path = check_destination(path, overwrite=overwrite, what="demonstrations file")
+    with atomic_path(path) as temp_name, _WriteGuard(temp_name, "r+") as raw:
+        with h5py.File(raw, "w") as file:
             yield file
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise
+        if raw.failure is not None:
+            raise raw.failure
 
 
 def demo_name(index: int) -> str:

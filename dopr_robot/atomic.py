@@ -17,6 +17,7 @@ This is a foundation module: it imports nothing of ours except :mod:`dopr_robot.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -115,10 +116,16 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
+        if err.errno not in _STORAGE_ERRORS:
+            raise
         raise UserError(f"cannot write {path}: {_cause(err)}; nothing was written there") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# Errors of the destination's storage (full, read-only, no permission, failing), not of the writer.
+_STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _cause(err: OSError) -> str:
