@@ -38,11 +38,12 @@ from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
+from dopr_robot.run_log import METRICS_NAME, MetricsLog, truncate_metrics
 from policies import Policy, make_policy
 
 # What a run writes into its directory (and --overwrite removes).
 COVERAGE_FILE = "dopr_coverage.txt"  # DoPr's coverage table: which parameters get AP
-RUN_FILES = ("config.json", CHECKPOINT_NAME, "metrics.jsonl", "tensorboard", "eval.json", COVERAGE_FILE)
+RUN_FILES = ("config.json", CHECKPOINT_NAME, METRICS_NAME, "tensorboard", "eval.json", COVERAGE_FILE)
 
 # evaluator(policy in eval mode, step) -> metrics to log, e.g. closed-loop success (passed in by the
 # caller: training never imports evaluation).
@@ -58,98 +59,30 @@ class RunResult:
     policy: Policy  # the EMA policy (or the raw one with the EMA off), eval mode
 
 
-def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False,
-          overwrite: bool = False, evaluate_every: int = 0, progress: bool = True,
-          device: str | torch.device = "auto") -> RunResult:
+def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False, overwrite: bool = False,
+          evaluate_every: int = 0, progress: bool = True, device: str | torch.device = "auto") -> RunResult:
     """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``.
 
     ``device`` (``auto``: CUDA when available) is where the run executes; not part of the config, so
     a run resumes on another device (bit-exact on the same one). The returned policy is on it.
     """
-    device = _run_device(device)
-    rank, world = _init_distributed(device)
-    run_dir = Path(config.out)
-    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
-    _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
-    if rank == 0:
-        _prepare_run_dir(run_dir, config, resume, overwrite)
-    train_windows = dataset.windows("train", history=config.history, chunk=config.chunk).to(device)
-    valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk).to(device) \
-        if dataset.valid_indices else None
-    if config.batch_size % world:
-        raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
-
-    torch.manual_seed(config.seed)
-    policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk, **config.policy_options)
-    stats = dataset.normalization()
-    policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
-    policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
-    policy.to(device)  # initialized on the CPU: the same initial weights on every device
-    # The EMA copy is made before the optimizer hooks the policy's layers, so it carries no hooks.
-    ema = WeightEMA(policy, config.ema_decay) if config.ema_decay > 0 else None
-    model = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else policy
-    forward = _mixed_precision(model, device, config.amp)
-    optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps))
-    sampler = torch.Generator().manual_seed(config.seed)
-
-    step, best = 0, None
-    if resume:
-        checkpoint = load_checkpoint(run_dir)
-        policy.load_state_dict(checkpoint["model"])
-        if ema is not None:
-            ema.module.load_state_dict(checkpoint["ema"])
-            ema.updates = checkpoint["ema_updates"]
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        torch.set_rng_state(checkpoint["rng"]["torch"])
-        if device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], device)  # dropout on the GPU
-        sampler.set_state(checkpoint["rng"]["sampler"])
-        step, best = checkpoint["step"], checkpoint["best"]
-        if rank == 0:
-            _truncate_metrics(run_dir / "metrics.jsonl", step)
-
-    def save_checkpoint() -> None:
-        check_finite()  # a checkpoint is only ever written from finite weights
-        if rank == 0:
-            save_atomic(_checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best, device),
-                        run_dir / CHECKPOINT_NAME)
-
-    # The loss stays on the device between log points: reading it each step would make the host wait
-    # for the device every step. NaN/Inf is tracked on the device too (the first bad step) and read
-    # where the loop syncs anyway: when it logs, validates or writes a checkpoint.
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
-
-    def check_finite() -> None:
-        bad = int(first_bad_step)
-        what = f"the training loss became non-finite (nan or inf) at step {bad}"
-        if bad < 0 and not all(bool(torch.isfinite(p).all()) for p in policy.parameters()):
-            bad, what = step, f"the weights became non-finite (nan or inf) by step {step}"
-        if bad >= 0:
-            raise UserError(f"{what}; the last good checkpoint is kept in {run_dir} (try a lower --lr, or --grad-clip)")
-
-    log = _MetricsLog(run_dir, enabled=rank == 0)
-    ap_watch = _APWatch(optimizer, run_dir)
-    if rank == 0 and ap_watch.enabled:
-        coverage = optimizer.format_coverage()
-        (run_dir / COVERAGE_FILE).write_text(coverage + "\n")
-        if progress:
-            print(f"{config.optimizer}: which parameters get activation preconditioning\n{coverage}", flush=True)
+    run = _setup(config, resume, overwrite, device)
+    policy, optimizer, scheduler, ema, step = run.policy, run.optimizer, run.scheduler, run.ema, run.step
     eval_policy = ema.module if ema is not None else policy
-    losses, last_loss, val_loss, started = 0, float("nan"), None, time.perf_counter()
-    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or rank != 0)
+    ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
+    log = _open_log(run, ap_watch.enabled, progress)
+    last_loss, val_loss, started = float("nan"), None, time.perf_counter()
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or run.rank)
+
+    def due(every: int) -> bool:  # every N steps, and at the last step
+        return every > 0 and (step % every == 0 or step == config.steps)
+
     try:
         while step < config.steps:
-            indices = torch.randint(len(train_windows), (config.batch_size,), generator=sampler)
-            batch = train_windows.batch(copy_to(indices.chunk(world)[rank], device))
-            loss = policy.loss(batch, forward=forward)
-            detached = loss.detach().double()
-            first_bad_step = torch.where((first_bad_step < 0) & ~torch.isfinite(detached), step + 1, first_bad_step)
-            loss_sum += detached
-            losses += 1
+            indices = torch.randint(len(run.train_windows), (config.batch_size,), generator=run.sampler)
+            loss = policy.loss(run.train_windows.batch(copy_to(indices.chunk(run.world)[run.rank], run.device)),
+                               forward=run.forward)
+            meter.add(loss, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -161,32 +94,174 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             step += 1
             bar.update(1)
 
-            if step % config.log_every == 0 or step == config.steps:
+            if due(config.log_every):
                 threads.rebalance()  # give cores back to (or take them from) other jobs on the machine
-                check_finite()
-                last_loss = float(loss_sum) / losses
+                _check_finite(run, meter, step)
+                last_loss = meter.mean()
                 log.write(step=step, train_loss=last_loss, lr=scheduler.get_last_lr()[0],
                           elapsed_s=round(time.perf_counter() - started, 3), **ap_watch.check(step))
                 bar.set_postfix(loss=f"{last_loss:.4f}")
-                loss_sum.zero_()
-                losses = 0
-            if valid_windows is not None and (step % config.val_every == 0 or step == config.steps):
-                val = validation_metrics(eval_policy, valid_windows)  # val_loss (+ val_flow_loss for flow policies)
+            if run.valid_windows is not None and due(config.val_every):
+                val = _validate(run, eval_policy, step)
                 val_loss = val["val_loss"]
-                if best is None or val_loss < best["val_loss"]:
-                    best = {"val_loss": val_loss, "step": step}
-                log.write(step=step, **val, val_loss_raw=validation_loss(policy, valid_windows))
-            if evaluator is not None and evaluate_every > 0 and (step % evaluate_every == 0 or step == config.steps):
-                log.write(step=step, **evaluator(eval_policy.eval(), step))
-                # Without the EMA, eval_policy is the policy being trained: back to training mode, or
-                # DoPr's hooks (training-mode forwards only) record nothing from here on.
-                policy.train()
-            if step % config.checkpoint_every == 0 or step == config.steps:
-                save_checkpoint()
+                log.write(step=step, **val)
+            if evaluator is not None and due(evaluate_every):
+                log.write(step=step, **_evaluate(run, evaluator, eval_policy, step))
+            if due(config.checkpoint_every):
+                _check_finite(run, meter, step)  # a checkpoint is only ever written from finite weights
+                _save(run, step)
     finally:
         bar.close()
         log.close()
-    return RunResult(run_dir, step, last_loss, val_loss, eval_policy.eval())
+    return RunResult(run.run_dir, step, last_loss, val_loss, eval_policy.eval())
+
+
+@dataclass
+class _Run:
+    """What one run trains with, built by :func:`_setup` (restored from its checkpoint on a resume)."""
+
+    config: TrainConfig
+    run_dir: Path
+    device: torch.device
+    rank: int
+    world: int
+    dataset: demos.DemoDataset
+    train_windows: Any
+    valid_windows: Any  # None without validation episodes
+    policy: Policy
+    ema: WeightEMA | None
+    forward: Callable[..., torch.Tensor]  # the network call of the loss (under autocast with amp)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    sampler: torch.Generator  # the batch order, on the CPU
+    step: int = 0
+    best: dict[str, Any] | None = None  # {"val_loss", "step"} of the best validation so far
+
+
+def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device) -> _Run:
+    """Device, ranks, data, run directory, policy (seeded), EMA, optimizer and schedule; restored from
+    the checkpoint on a resume. Everything a user can get wrong is refused before the run directory
+    is touched."""
+    device = _run_device(device)
+    rank, world = _init_distributed(device)
+    if config.batch_size % world:
+        raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
+    run_dir = Path(config.out)
+    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
+    _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
+    if rank == 0:
+        _prepare_run_dir(run_dir, config, resume, overwrite)
+    train_windows = dataset.windows("train", history=config.history, chunk=config.chunk).to(device)
+    valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk).to(device) \
+        if dataset.valid_indices else None
+
+    torch.manual_seed(config.seed)
+    policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk, **config.policy_options)
+    stats = dataset.normalization()
+    policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
+    policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
+    policy.to(device)  # initialized on the CPU: the same initial weights on every device
+    # The EMA copy is made before the optimizer hooks the policy's layers, so it carries no hooks.
+    ema = WeightEMA(policy, config.ema_decay) if config.ema_decay > 0 else None
+    model = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None) \
+        if world > 1 else policy
+    optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
+    run = _Run(config, run_dir, device, rank, world, dataset, train_windows, valid_windows, policy, ema,
+               forward=_mixed_precision(model, device, config.amp), optimizer=optimizer,
+               scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps)),
+               sampler=torch.Generator().manual_seed(config.seed))
+    if resume:
+        _restore(run, load_checkpoint(run_dir))
+    return run
+
+
+def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """Put the run back where its checkpoint left it: weights, EMA, optimizer, schedule, every RNG and
+    the step; the log loses what was written after the checkpoint."""
+    run.policy.load_state_dict(checkpoint["model"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(checkpoint["ema"])
+        run.ema.updates = checkpoint["ema_updates"]
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if run.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
+        torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], run.device)  # dropout on the GPU
+    run.sampler.set_state(checkpoint["rng"]["sampler"])
+    run.step, run.best = checkpoint["step"], checkpoint["best"]
+    if run.rank == 0:
+        truncate_metrics(run.run_dir / METRICS_NAME, run.step)
+
+
+def _validate(run: _Run, eval_policy: Policy, step: int) -> dict[str, float]:
+    """The validation metrics at ``step`` (val_loss, + val_flow_loss for flow policies, of the evaluated
+    policy; val_loss_raw of the raw weights); the best val_loss is kept in ``run.best``."""
+    val = validation_metrics(eval_policy, run.valid_windows)
+    if run.best is None or val["val_loss"] < run.best["val_loss"]:
+        run.best = {"val_loss": val["val_loss"], "step": step}
+    return {**val, "val_loss_raw": validation_loss(run.policy, run.valid_windows)}
+
+
+def _evaluate(run: _Run, evaluator: Evaluator, eval_policy: Policy, step: int) -> dict[str, float]:
+    """The evaluator's metrics at ``step`` (the policy in eval mode)."""
+    metrics = evaluator(eval_policy.eval(), step)
+    # Without the EMA, eval_policy is the policy being trained: back to training mode, or DoPr's hooks
+    # (training-mode forwards only) record nothing from here on.
+    run.policy.train()
+    return metrics
+
+
+def _save(run: _Run, step: int) -> None:
+    """The checkpoint at ``step`` (rank 0 writes it, atomically)."""
+    if run.rank == 0:
+        save_atomic(_checkpoint_dict(run, step), run.run_dir / CHECKPOINT_NAME)
+
+
+def _open_log(run: _Run, dopr: bool, progress: bool) -> MetricsLog:
+    """The run's metrics log; for DoPr, its coverage table (which parameters get AP) written beside it."""
+    if run.rank == 0 and dopr:
+        coverage = run.optimizer.format_coverage()
+        write_text_atomic(run.run_dir / COVERAGE_FILE, coverage + "\n")
+        if progress:
+            print(f"{run.config.optimizer}: which parameters get activation preconditioning\n{coverage}", flush=True)
+    return MetricsLog(run.run_dir, enabled=run.rank == 0)
+
+
+class _LossMeter:
+    """The mean training loss between log points, and the first step whose loss was not finite.
+
+    Both stay on the device: reading the loss each step would make the host wait for the device
+    every step. They are read where the loop syncs anyway (when it logs, validates or checkpoints).
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.count = 0
+        self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        detached = loss.detach().double()
+        self.first_bad_step = torch.where((self.first_bad_step < 0) & ~torch.isfinite(detached), step,
+                                          self.first_bad_step)
+        self.total += detached
+        self.count += 1
+
+    def mean(self) -> float:
+        """The mean since the last call (which starts a new window)."""
+        mean = float(self.total) / self.count
+        self.total.zero_()
+        self.count = 0
+        return mean
+
+
+def _check_finite(run: _Run, meter: _LossMeter, step: int) -> None:
+    """Stop the run when the loss or the weights stopped being finite."""
+    bad = int(meter.first_bad_step)
+    what = f"the training loss became non-finite (nan or inf) at step {bad}"
+    if bad < 0 and not all(bool(torch.isfinite(p).all()) for p in run.policy.parameters()):
+        bad, what = step, f"the weights became non-finite (nan or inf) by step {step}"
+    if bad >= 0:
+        raise UserError(f"{what}; the last good checkpoint is kept in {run.run_dir} (try a lower --lr, or --grad-clip)")
 
 
 @torch.no_grad()
@@ -329,10 +404,11 @@ def _field_defaults() -> dict[str, Any]:
             if f.default is not MISSING or f.default_factory is not MISSING}
 
 
-def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler, step, best, device) -> dict[str, Any]:
-    rng = {"torch": torch.get_rng_state(), "sampler": sampler.get_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
+def _checkpoint_dict(run: _Run, step: int) -> dict[str, Any]:
+    config, dataset, policy, ema = run.config, run.dataset, run.policy, run.ema
+    rng = {"torch": torch.get_rng_state(), "sampler": run.sampler.get_state()}
+    if run.device.type == "cuda":
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
     return {
         "format": FORMAT,
         "step": step,
@@ -342,8 +418,8 @@ def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler
         "model": policy.state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "ema_updates": ema.updates if ema is not None else 0,
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
         "rng": rng,
         "dataset": {"source": str(dataset.source), "task": dataset.task, "env_kwargs": dataset.env_kwargs,
                     "obs_keys": list(dataset.obs_keys), "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
@@ -352,7 +428,7 @@ def _checkpoint_dict(config, dataset, policy, ema, optimizer, scheduler, sampler
                     # how the data was made (collect's expert, noise, seed; an importer's provenance):
                     # reports state the settings a run actually used from here, not from a default
                     "metadata": _json_safe(dataset.metadata)},
-        "best": best,
+        "best": run.best,
     }
 
 
@@ -389,40 +465,3 @@ def _mixed_precision(model: nn.Module, device: torch.device, amp: str) -> Callab
             return model(*args, **kwargs).float()
 
     return autocast_forward
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop lines logged after the checkpoint a resumed run restarts from."""
-    if path.exists():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in kept))
-
-
-class _MetricsLog:
-    """metrics.jsonl (one JSON object per line), and TensorBoard when it is installed."""
-
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.enabled = enabled
-        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
-        self.tensorboard = None
-        if enabled:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.tensorboard = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                pass
-
-    def write(self, step: int, **values: float) -> None:
-        if not self.enabled:
-            return
-        self.file.write(json.dumps({"step": step, **values}) + "\n")
-        self.file.flush()
-        if self.tensorboard is not None:
-            for key, value in values.items():
-                self.tensorboard.add_scalar(key, value, step)
-
-    def close(self) -> None:
-        if self.file is not None:
-            self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
