@@ -4,7 +4,8 @@ Episode ``i`` is reset with seed ``seed + i``. With ``noise = sigma > 0`` the en
 expert action plus Gaussian noise of scale ``sigma`` (clipped to the action bounds) while the file
 records the clean expert action at the visited state as the label: noise injection (DART; see also
 arXiv 2507.09061), so the demos cover states slightly off the expert's path, labelled with how the
-expert recovers from them. Episode ``i`` draws its noise from its own ``np.random.Generator``
+expert recovers from them. Episodes run in the toolkit's one rollout loop (:mod:`envs.rollout`, one
+env), which evaluation uses too. Episode ``i`` draws its noise from its own ``np.random.Generator``
 seeded with ``(seed + i, NOISE_STREAM)``: the same seed gives the same file, and the first ``k``
 episodes of a longer collection equal a collection of ``k``. The file appears only when complete.
 
@@ -28,7 +29,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from contextlib import closing
+from functools import partial
+from typing import Any, Iterable, Iterator, Sequence
 
 import gymnasium
 import numpy as np
@@ -38,6 +41,7 @@ import envs
 from demos.episode import Episode, default_split, make_episode
 from demos.hdf5 import ENV_TYPE, atomic_hdf5, demo_name, write_episode, write_index
 from dopr_robot.errors import UserError
+from envs.rollout import ExpertController, Trajectory, run_episodes
 
 # Second word of every noise generator's seed, so noise streams never coincide with the env's own
 # reset randomness (which gymnasium seeds with the plain reset seed).
@@ -105,38 +109,52 @@ def _check_arguments(episodes: int, seed: int, noise: float, out: Path, overwrit
         raise UserError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
 
 
-def run_episode(
-    env: gymnasium.Env,
-    expert: envs.Expert,
-    name: str,
-    seed: int,
-    noise: float,
-    rng: np.random.Generator | None,
-) -> tuple[Episode, np.ndarray]:
-    """One episode from ``env.reset(seed=seed)`` until terminated or truncated.
+class NoisyExpert:
+    """The expert in the rollout loop with noise injection: each slot executes the expert's action plus
+    Gaussian noise of scale ``noise`` (clipped to the action bounds), drawn from the episode's own
+    generator seeded ``(reset seed, NOISE_STREAM)``; ``labels`` hold the clean expert actions."""
 
-    Returns the episode (labels: the clean expert action at each visited state) and the
-    observations after each step ``(T, D)``.
-    """
-    low, high = env.action_space.low, env.action_space.high
-    obs, _ = env.reset(seed=seed)
-    observations, labels, rewards, dones, successes, next_observations = [], [], [], [], [], []
-    while True:
-        label = expert.act(obs)
-        executed = label if noise == 0 else np.clip(label + noise * rng.standard_normal(label.shape), low, high)
-        next_obs, reward, terminated, truncated, info = env.step(executed.astype(env.action_space.dtype))
-        observations.append(obs)
-        labels.append(label)
-        rewards.append(reward)
-        dones.append(terminated or truncated)
-        successes.append(bool(info["is_success"]))
-        next_observations.append(next_obs)
-        obs = next_obs
-        if terminated or truncated:
-            break
-    episode = make_episode(name, np.stack(observations), np.stack(labels), np.array(rewards), np.array(dones),
-                           np.array(successes), seed=seed)
-    return episode, np.stack(next_observations)
+    def __init__(self, expert: envs.Expert, action_space: gymnasium.spaces.Box, noise: float, num_envs: int):
+        self.clean = ExpertController(expert, action_space.shape[0])
+        self.low, self.high, self.dtype, self.noise = action_space.low, action_space.high, action_space.dtype, noise
+        self.generators: list[np.random.Generator | None] = [None] * num_envs
+        self.labels = np.zeros((num_envs, action_space.shape[0]), dtype=np.float32)
+
+    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
+        for i in np.flatnonzero(slots):
+            seed = None if seeds is None else seeds[i]
+            self.generators[i] = None if seed is None else np.random.default_rng([seed, NOISE_STREAM])
+
+    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        self.labels = self.clean.act(obs, active)
+        if self.noise == 0:
+            return self.labels
+        executed = self.labels.copy()
+        for i in np.flatnonzero(active):
+            label = self.labels[i]
+            noise = self.noise * self.generators[i].standard_normal(label.shape)
+            executed[i] = np.clip(label + noise, self.low, self.high).astype(self.dtype)
+        return executed
+
+
+def expert_episodes(env: gymnasium.Env, expert: envs.Expert, seeds: Iterable[int], noise: float
+                    ) -> Iterator[Trajectory]:
+    """The expert's episodes from ``env.reset(seed)`` for each seed in turn (read lazily; stop when
+    you have enough), each until terminated or truncated, in the loop of :mod:`envs.rollout` with
+    one env; ``labels`` hold the clean expert action at each visited state. Closes ``env``."""
+    controller = partial(NoisyExpert, expert, env.action_space, float(noise))
+    with closing(run_episodes(lambda: env, controller, seeds, num_envs=1)) as runs:
+        for _, trajectory in runs:
+            yield trajectory
+
+
+def to_episode(name: str, trajectory: Trajectory) -> tuple[Episode, np.ndarray]:
+    """The episode to store (labels as actions, done on the last step) and its next observations ``(T, D)``."""
+    dones = np.zeros(trajectory.length, dtype=bool)
+    dones[-1] = True
+    episode = make_episode(name, trajectory.obs[:-1], trajectory.labels, trajectory.rewards, dones,
+                           trajectory.success, seed=trajectory.seed)
+    return episode, trajectory.obs[1:]
 
 
 def collect(
@@ -191,32 +209,32 @@ def collect(
     start = time.perf_counter()
     transitions = successes = attempts = 0
     names, dropped = [], []
-    try:
-        bar = tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress)
-        with atomic_hdf5(out, overwrite=overwrite) as file, bar:
-            while len(names) < episodes:
-                if attempts == max_attempts:
-                    raise UserError(
-                        f"--success-only: the {spec.name} expert succeeded in {len(names)} of {attempts} attempts "
-                        f"(seeds {seed}..{seed + attempts - 1}), short of --episodes {episodes}; raise --max-attempts, "
-                        "lower --episodes or --noise, or collect without --success-only")
-                rng = np.random.default_rng([seed + attempts, NOISE_STREAM]) if noise > 0 else None
-                episode, next_obs = run_episode(env, expert, demo_name(len(names)), seed + attempts, float(noise), rng)
-                attempts += 1
-                if success_only and not episode.is_success:
-                    dropped.append(episode.seed)
-                else:
-                    write_episode(file, episode, next_obs)
-                    names.append(episode.name)
-                    transitions += len(episode)
-                    successes += bool(episode.is_success)
-                    bar.update()
-                postfix = {"success": f"{successes}/{len(names)}"} | ({"dropped": len(dropped)} if success_only else {})
-                bar.set_postfix(postfix, refresh=False)
-            if success_only:
-                meta |= {"attempts": attempts, "dropped": len(dropped), "dropped_seeds": dropped}
-            train, valid = default_split(episodes)
-            write_index(file, names, train, valid, transitions, env_args, meta)
-    finally:
-        env.close()
+    bar = tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress)
+    runs = expert_episodes(env, expert, range(seed, seed + max_attempts), noise)
+    # closing(env): the loop closes it too, but not when the destination is refused before it starts.
+    with closing(env), closing(runs), atomic_hdf5(out, overwrite=overwrite) as file, bar:
+        for trajectory in runs:
+            attempts += 1
+            episode, next_obs = to_episode(demo_name(len(names)), trajectory)
+            if success_only and not episode.is_success:
+                dropped.append(episode.seed)
+            else:
+                write_episode(file, episode, next_obs)
+                names.append(episode.name)
+                transitions += len(episode)
+                successes += bool(episode.is_success)
+                bar.update()
+            postfix = {"success": f"{successes}/{len(names)}"} | ({"dropped": len(dropped)} if success_only else {})
+            bar.set_postfix(postfix, refresh=False)
+            if len(names) == episodes:
+                break
+        else:
+            raise UserError(
+                f"--success-only: the {spec.name} expert succeeded in {len(names)} of {attempts} attempts "
+                f"(seeds {seed}..{seed + attempts - 1}), short of --episodes {episodes}; raise --max-attempts, "
+                "lower --episodes or --noise, or collect without --success-only")
+        if success_only:
+            meta |= {"attempts": attempts, "dropped": len(dropped), "dropped_seeds": dropped}
+        train, valid = default_split(episodes)
+        write_index(file, names, train, valid, transitions, env_args, meta)
     return CollectResult(out, spec.name, episodes, transitions, successes, time.perf_counter() - start, attempts, tuple(dropped))

@@ -4,6 +4,7 @@ divergence, early falls) against closed-form answers on a linear system."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import gymnasium
@@ -16,6 +17,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate, policy_actions
 from dopr_robot.evaluate.metrics import DIVERGENCE_C
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, rollout
+from envs.rollout import run_episodes
 from policies import Policy, make_policy
 
 
@@ -85,6 +87,33 @@ def test_every_seed_once_in_order_with_its_own_length() -> None:
         assert t.obs[0, 0] == x0(t.seed) and t.obs.shape == (t.length + 1, 1)
         np.testing.assert_allclose(t.obs[-1, 0], x0(t.seed) * 0.5 ** t.length, rtol=1e-6)
         assert t.truncated and not t.terminated
+
+
+class OffsetExpert(ExpertController):
+    """Means the linear expert's action, executes it plus 1: ``labels`` say what it meant."""
+
+    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        self.labels = super().act(obs, active)
+        return self.labels + 1.0
+
+
+def test_seeds_are_read_lazily_a_run_can_stop_early_and_labels_are_recorded() -> None:
+    read = []
+
+    def seeds():  # endless: the loop must read one seed per started episode, no more
+        for seed in itertools.count(10):
+            read.append(seed)
+            yield seed
+
+    runs = run_episodes(LineEnv, lambda k: OffsetExpert(LinearExpert(0.5), 1), seeds(), num_envs=1)
+    first = [trajectory for _, trajectory in itertools.islice(runs, 3)]
+    runs.close()
+    assert [t.seed for t in first] == [10, 11, 12] and read == [10, 11, 12]
+    for t in first:
+        np.testing.assert_array_equal(t.labels, (-0.5 * t.obs[:-1]).astype(np.float32))  # meant, at each state
+        np.testing.assert_array_equal(t.actions, t.labels + 1.0)  # executed
+        np.testing.assert_allclose(t.obs[1:], t.obs[:-1] + t.actions, rtol=1e-6)
+    assert rollout(LineEnv, lambda k: ExpertController(LinearExpert(0.5), 1), [3], 1)[0].labels is None
 
 
 def test_terminated_episodes_end_early_and_report_time_to_failure() -> None:

@@ -1,29 +1,16 @@
-"""Seeded closed-loop rollouts in K environments at once, with one batched controller call per step.
+"""Policies in the rollout loop: :class:`PolicyController`, and :func:`rollout` with torch set up for inference.
 
-``rollout(make_env, controller, seeds, num_envs)`` runs episode ``i`` from ``env.reset(seed=seeds[i])``
-in whichever of the K slots of a ``gymnasium.vector.SyncVectorEnv`` is free, and returns one
-:class:`Trajectory` per seed, in seed order. Exactly ``len(seeds)`` episodes are recorded, each from
-its reset to the step on which it terminated or truncated.
-
-Autoreset: the vector env is built with ``AutoresetMode.DISABLED`` and this loop resets finished
-slots itself (``reset(seed=..., options={"reset_mask": done})``). gymnasium's NEXT_STEP and SAME_STEP
-modes reset a finished sub-env with ``reset()`` and no seed, so the next episode would start from
-whatever the env's RNG holds, and which initial state an episode gets would depend on K and on
-the lengths of the episodes before it. With our own resets, episode i faces the same initial
-state for every K, and two checkpoints evaluated with the same seeds face the same initial states.
-Slots left without an episode near the end are reset (with the seed they last ran) and stepped with
-the rest, their data dropped: DISABLED mode refuses to step a finished env.
-
-Controllers turn a batch of observations into a batch of actions and keep per-slot memory:
+The loop itself (seeded episodes in K slots of a vector env, :class:`Trajectory`, the
+:class:`Controller` protocol, :class:`ExpertController`) is :mod:`envs.rollout`, shared with
+demonstration collection; this module adds what needs ``policies`` and torch:
 :class:`PolicyController` (observation history padded with the first observation at an episode's
 start, as training windows are; action chunks executed ``actions_per_chunk`` steps per prediction)
-and :class:`ExpertController` (the task's scripted/SB3 expert, batched).
+and :func:`rollout`, the loop run in ``torch.inference_mode`` with ``inference_threads`` intra-op threads.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Sequence
 
 import gymnasium
 import numpy as np
@@ -31,57 +18,11 @@ import torch
 
 from dopr_robot.devices import module_device
 from dopr_robot.errors import UserError
+from envs import rollout as envs_rollout
+from envs.rollout import Controller, ExpertController, Trajectory
 from policies import Policy
 
-
-@dataclass
-class Trajectory:
-    """One episode. ``T`` = steps taken.
-
-    obs ``(T + 1, D)``: the reset observation, then the one after each step. actions ``(T, A)``: what
-    the controller commanded (before the env's own clipping). rewards ``(T,)``. success ``(T,)``:
-    ``info["is_success"]`` after each step. frames: ``T + 1`` RGB arrays when rendered, else None.
-    """
-
-    seed: int
-    obs: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    success: np.ndarray
-    terminated: bool
-    truncated: bool
-    frames: list[np.ndarray] | None = None
-
-    @property
-    def length(self) -> int:
-        return int(self.actions.shape[0])
-
-
-class Controller(Protocol):
-    """Batched actor over the K slots of a vector env."""
-
-    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
-        """Slots ``slots`` (bool ``(K,)``) start new episodes; ``obs`` ``(K, D)`` holds their first observations,
-        ``seeds`` (length K) the reset seed of each slot's episode."""
-
-    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Actions ``(K, A)`` for observations ``(K, D)``; rows of inactive slots may be anything finite."""
-
-
-class ExpertController:
-    """The task's expert: ``expert.act`` on the batch of active rows, no memory."""
-
-    def __init__(self, expert, act_dim: int):
-        self.expert, self.act_dim = expert, act_dim
-
-    def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
-        pass
-
-    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
-        actions = np.zeros((obs.shape[0], self.act_dim), dtype=np.float32)
-        if active.any():
-            actions[active] = self.expert.act(obs[active])
-        return actions
+__all__ = ["Controller", "ExpertController", "PolicyController", "Trajectory", "check_actions_per_chunk", "rollout"]
 
 
 class PolicyController:
@@ -149,103 +90,17 @@ def check_actions_per_chunk(actions_per_chunk: int, chunk: int) -> None:
         raise UserError(f"--actions-per-chunk must be between 1 and the policy's chunk ({chunk}), got {actions_per_chunk}")
 
 
-@dataclass
-class _Running:
-    """Buffers of the episode a slot is running."""
-
-    episode: int
-    obs: list = field(default_factory=list)
-    actions: list = field(default_factory=list)
-    rewards: list = field(default_factory=list)
-    success: list = field(default_factory=list)
-    frames: list | None = None
-
-
 def rollout(make_env: Callable[[], gymnasium.Env], controller_factory: Callable[[int], Controller],
-            seeds: list[int], num_envs: int, render: bool = False,
+            seeds: Sequence[int], num_envs: int, render: bool = False,
             on_episode: Callable[[Trajectory], None] | None = None, inference_threads: int = 1) -> list[Trajectory]:
-    """Run one episode per seed in ``min(num_envs, len(seeds))`` envs; trajectories in seed order.
-
-    ``controller_factory(K)`` builds the controller for K slots. ``render``: also keep
-    ``env.render()`` frames (the env must have been made with ``render_mode="rgb_array"``).
-    ``on_episode`` is called as each episode finishes (progress bars). Torch runs with
-    ``inference_threads`` intra-op threads meanwhile (restored after).
-    """
-    if len(seeds) < 1:
-        raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
-    k = min(num_envs, len(seeds))
-    if k < 1:
-        raise UserError(f"--num-envs must be >= 1, got {num_envs}")
-    vec = gymnasium.vector.SyncVectorEnv([make_env] * k, copy=False,
-                                         autoreset_mode=gymnasium.vector.AutoresetMode.DISABLED)
+    """:func:`envs.rollout.rollout` (one episode per seed, trajectories in seed order) in
+    ``torch.inference_mode``, with ``inference_threads`` intra-op threads meanwhile (restored after)."""
     threads = torch.get_num_threads()
     # One intra-op thread: a batch of K observations is too small to split, and on a busy 2-core
     # machine OpenMP's spin-waiting made a 16-row MLP call ~170x slower with 2 threads (160 ms vs 0.9 ms).
     torch.set_num_threads(inference_threads)
     try:
         with torch.inference_mode():
-            return _run(vec, controller_factory(k), list(seeds), render, on_episode)
+            return envs_rollout.rollout(make_env, controller_factory, seeds, num_envs, render, on_episode)
     finally:
         torch.set_num_threads(threads)
-        vec.close()
-
-
-def _run(vec, controller: Controller, seeds: list[int], render: bool, on_episode) -> list[Trajectory]:
-    k = vec.num_envs
-    results: list[Trajectory | None] = [None] * len(seeds)
-    running: list[_Running | None] = [None] * k
-    last_seed: list[int | None] = [None] * k
-    next_episode = 0
-
-    def start(slots: np.ndarray) -> np.ndarray:
-        """Reset ``slots``: the next seeds to them in slot order; once all are handed out, a slot idles
-        (reset with the seed it last ran, its data dropped)."""
-        nonlocal next_episode
-        reset_seeds: list[int | None] = [None] * k
-        for i in np.flatnonzero(slots):
-            if next_episode < len(seeds):
-                running[i] = _Running(next_episode, frames=[] if render else None)
-                last_seed[i] = seeds[next_episode]
-                next_episode += 1
-            else:
-                running[i] = None
-            reset_seeds[i] = last_seed[i]
-        obs, _ = vec.reset(seed=reset_seeds, options={"reset_mask": slots.copy()})
-        for i in np.flatnonzero(slots):
-            if running[i] is not None:
-                running[i].obs.append(np.array(obs[i]))
-                if render:
-                    running[i].frames.append(vec.envs[i].render())
-        controller.reset(slots, obs, reset_seeds)
-        return obs
-
-    obs = start(np.ones(k, dtype=bool))
-    while any(r is not None for r in running):
-        active = np.array([r is not None for r in running])
-        actions = np.array(controller.act(obs, active), dtype=np.float32)  # own copy: rows are kept
-        if not np.isfinite(actions[active]).all():
-            raise UserError("the policy produced a non-finite action (NaN or Inf); the checkpoint may be broken")
-        obs, rewards, terminated, truncated, info = vec.step(actions)
-        success = info.get("is_success", np.zeros(k, dtype=bool))
-        done = terminated | truncated
-        obs_rows = obs.copy()  # one copy per step; the slots keep views of its rows
-        for i in np.flatnonzero(active):
-            r = running[i]
-            r.actions.append(actions[i])
-            r.rewards.append(rewards[i])
-            r.success.append(success[i])
-            r.obs.append(obs_rows[i])
-            if render:
-                r.frames.append(vec.envs[i].render())
-            if done[i]:
-                trajectory = Trajectory(
-                    seed=seeds[r.episode], obs=np.stack(r.obs), actions=np.stack(r.actions),
-                    rewards=np.asarray(r.rewards, dtype=np.float64), success=np.asarray(r.success, dtype=bool),
-                    terminated=bool(terminated[i]), truncated=bool(truncated[i]), frames=r.frames)
-                results[r.episode] = trajectory
-                if on_episode is not None:
-                    on_episode(trajectory)
-        if done.any():
-            obs = start(done)
-    assert all(t is not None for t in results)
-    return results
