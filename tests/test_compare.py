@@ -18,7 +18,7 @@ from dopr_robot.cli import main
 from dopr_robot.compare import PER_CELL, CompareConfig, compare, load_compare_config, train_template
 from dopr_robot.config import EvalConfig, TrainConfig, config_to_dict
 from dopr_robot.errors import UserError
-from envs.seeds import REPLICATION, REPLICATION_DEMO_SEED
+from envs.seeds import POLICY_EVAL, REPLICATION, REPLICATION_DEMO_SEED
 
 TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo_episodes=4,
             train=train_template(steps=20, batch_size=32, policy_options={"width": 16, "depth": 1}),
@@ -44,6 +44,9 @@ def test_tiny_grid_writes_agreeing_csv_summary_and_plots(tmp_path: Path) -> None
         assert float(line["success_rate"]) == eval_json["closed_loop"]["success_rate"]
         assert float(line["val_loss"]) == eval_json["validation"]["val_loss"]
         assert int(line["eval_episodes"]) == 3
+        # evaluated with the expert (the default): the compounding error and the expert's fields are there
+        assert eval_json["compounding"] is not None and float(line["j_traj"]) == eval_json["compounding"]["j_traj"]["mean"]
+        assert all({"j_traj", "expert_return", "time_to_divergence"} <= set(r) for r in eval_json["records"])
 
     summary = (tmp_path / "summary.md").read_text()  # its statistics are tests/test_report.py's business
     for optimizer in ("adamw", "dopr-adamw"):
@@ -57,7 +60,8 @@ class Killed(Exception):
     pass
 
 
-def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   train_calls: list, file_contents) -> None:
     config = CompareConfig(out=str(tmp_path / "made"), **TINY)
     real_evaluate = compare_module.evaluate_checkpoint
     calls = []
@@ -76,24 +80,15 @@ def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Pa
     config = replace(config, out=str(tmp_path / "moved"))
     finished = sorted((tmp_path / "moved").glob("runs/*/*/seed*/eval.json"))
     assert len(finished) == 2
-    first_written = {p: p.stat().st_mtime_ns for p in finished}
+    first_written = file_contents(finished)
 
     monkeypatch.setattr(compare_module, "evaluate_checkpoint", real_evaluate)
-    trained = []
-    import dopr_robot.train as train_module  # compare() imports train() at call time: patch it there
-
-    original_train = train_module.train
-
-    def counting_train(train_config, **kwargs):
-        trained.append((train_config.optimizer, train_config.seed, kwargs["resume"]))
-        return original_train(train_config, **kwargs)
-
-    monkeypatch.setattr(train_module, "train", counting_train)
+    train_calls.clear()
     rows = compare(config, progress=False)
     assert len(rows) == 4
-    assert {p: p.stat().st_mtime_ns for p in finished} == first_written  # finished cells untouched
+    assert file_contents(finished) == first_written  # finished cells untouched
     # Cell 3 had its final checkpoint: it resumes (no steps left) and is evaluated; cell 4 trains anew.
-    assert trained == [("dopr-adamw", 0, True), ("dopr-adamw", 1, False)]
+    assert train_calls == [("dopr-adamw", 0, True), ("dopr-adamw", 1, False)]
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
@@ -296,3 +291,94 @@ def test_a_grid_saved_in_the_earlier_flat_form_loads_as_the_same_grid(tmp_path: 
     assert config == CompareConfig(out=str(tmp_path), tasks=["Push-v0"], seeds=5)
     # The cadences the flat form derived by hand are today's defaults.
     assert (config.train.val_every, config.train.checkpoint_every, config.train.log_every) == (200, 500, 50)
+
+
+# A value other than the default for every EvalConfig option a grid takes (the `--eval-*` options), and
+# how each is seen in a cell's eval.json: a new EvalConfig field must be added to both.
+NON_DEFAULT_EVAL = {"episodes": 3, "seed": POLICY_EVAL + 7, "num_envs": 2, "actions_per_chunk": 2,
+                    "with_expert": False, "use_ema": False, "flow_steps": 3}
+
+
+def _eval_flag_args(name: str, value: object) -> list[str]:
+    """The command-line form of EvalConfig field ``name`` set to ``value`` in a grid (``--eval-*``)."""
+    f = next(f for f in fields(EvalConfig) if f.name == name)
+    flag = "--eval-" + (f.metadata.get("flag") or "--" + name.replace("_", "-"))[2:]
+    if isinstance(value, bool):  # a boolean option is a flag that turns its default off
+        return [flag] if value != f.default else []
+    return [flag, str(value)]
+
+
+def _hand_rollout(policy, task: str, seed: int, actions_per_chunk: int) -> float:
+    """The return of one episode, stepped here one env at a time: history padded with the first
+    observation, a chunk predicted every ``actions_per_chunk`` steps, a flow policy's noise from a
+    generator seeded with the reset seed."""
+    import envs
+
+    env = envs.make(task)
+    obs, _ = env.reset(seed=seed)
+    history, generator = [obs] * policy.history, torch.Generator().manual_seed(seed)
+    total, done, executed, plan = 0.0, False, actions_per_chunk, None
+    with torch.no_grad():
+        while not done:
+            if executed == actions_per_chunk:
+                window = torch.as_tensor(np.array(history[-policy.history:]), dtype=torch.float32)[None]
+                plan, executed = policy.predict(window, generator=[generator])[0].numpy(), 0
+            obs, reward, terminated, truncated, _ = env.step(plan[executed])
+            executed += 1
+            total += float(reward)
+            history.append(obs)
+            done = terminated or truncated
+    env.close()
+    return total
+
+
+def test_every_eval_option_on_the_command_line_reaches_every_cell(tmp_path: Path) -> None:
+    """Each --eval-* option is used by the cell's evaluation: its eval.json records it, and the returns
+    equal an evaluation made here by hand with those settings (raw weights, 3 flow steps, 2 actions
+    per chunk, one env), which differ from the returns the default of each setting gives."""
+    passed = [f.name for f in fields(EvalConfig)
+              if f.name not in next(c for c in fields(CompareConfig) if c.name == "eval").metadata["exclude"]]
+    assert sorted(passed) == sorted(NON_DEFAULT_EVAL), "give every EvalConfig field compare takes a value and a check"
+    defaults = EvalConfig()
+    assert all(getattr(defaults, name) != value for name, value in NON_DEFAULT_EVAL.items())
+    args = [arg for name, value in NON_DEFAULT_EVAL.items() for arg in _eval_flag_args(name, value)]
+    out = tmp_path / "grid"
+    assert main(["compare", "--out", str(out), "--tasks", "Reach-v0", "--optimizers", "adamw", "--seeds", "1",
+                 "--demo-episodes", "3", "--policy", "flow-mlp", "--policy-options", '{"width": 16, "depth": 1}',
+                 "--history", "2", "--chunk", "2", "--steps", "6", "--batch-size", "16", "--lr", "0.01",
+                 "--no-progress", *args]) == 0
+    run_dir = out / "runs" / "Reach-v0" / "adamw" / "seed0"
+    result = json.loads((run_dir / "eval.json").read_text())
+    settings = NON_DEFAULT_EVAL
+    # episodes and seed: one record per episode, reset seeds seed .. seed + episodes - 1
+    assert [r["seed"] for r in result["records"]] == [settings["seed"] + i for i in range(settings["episodes"])]
+    assert (result["episodes"], result["seed"], result["closed_loop"]["n"]) == (settings["episodes"], settings["seed"], 3)
+    assert (result["num_envs"], result["actions_per_chunk"]) == (settings["num_envs"], settings["actions_per_chunk"])
+    # with_expert off: no expert rollouts, so no compounding error and no expert fields in the records
+    assert result["compounding"] is None and result["compounding_note"]
+    assert not any({"j_traj", "expert_return", "time_to_divergence"} & set(r) for r in result["records"])
+    assert result["checkpoint"]["use_ema"] is False and result["checkpoint"]["flow_steps"] == settings["flow_steps"]
+
+    # The oracle: the checkpoint's weights loaded here, rolled out one env at a time.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    spec = checkpoint["policy"]
+    assert spec["name"] == "flow-mlp" and checkpoint["ema"] is not None
+
+    def policy(weights: str, flow_steps: int):
+        from policies import make_policy
+
+        built = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"], **spec["config"])
+        built.load_state_dict(checkpoint[weights])
+        built.flow_steps = flow_steps
+        return built.eval()
+
+    raw = policy("model", settings["flow_steps"])
+    expected = [_hand_rollout(raw, "Reach-v0", r["seed"], settings["actions_per_chunk"]) for r in result["records"]]
+    assert [r["return"] for r in result["records"]] == pytest.approx(expected, rel=1e-5, abs=1e-6)
+    # ...and each default would have given other returns (so the match above sees each setting).
+    first = result["records"][0]["seed"]
+    for name, other in [("use_ema", policy("ema", settings["flow_steps"])),
+                        ("flow_steps", policy("model", spec["config"].get("flow_steps", 10))),
+                        ("actions_per_chunk", raw)]:
+        apc = defaults.actions_per_chunk if name == "actions_per_chunk" else settings["actions_per_chunk"]
+        assert _hand_rollout(other, "Reach-v0", first, apc) != pytest.approx(expected[0], rel=1e-3), name

@@ -35,8 +35,9 @@ def numbers(out: Path) -> list[dict[str, str]]:
         return [{key: value for key, value in row.items() if key != "wall_time_s"} for row in csv.DictReader(f)]
 
 
-def eval_files(out: Path) -> dict[Path, int]:
-    return {path: path.stat().st_mtime_ns for path in sorted(out.glob("runs/*/*/seed*/eval.json"))}
+def eval_files(out: Path) -> dict[Path, bytes]:
+    """Each finished cell's eval.json and its content (a rewritten one differs: it holds the wall time)."""
+    return {path: path.read_bytes() for path in sorted(out.glob("runs/*/*/seed*/eval.json"))}
 
 
 def block(out: Path, optimizer: str, seed: int) -> Path:
@@ -45,15 +46,6 @@ def block(out: Path, optimizer: str, seed: int) -> Path:
     stray.parent.mkdir(parents=True)
     stray.write_text("not a run\n")
     return stray
-
-
-@pytest.fixture
-def one_thread():
-    """The thread count the workers get (--threads 1): results are bitwise equal at equal thread counts."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +71,7 @@ def local_ray():
 
 
 def test_workers_give_the_serial_numbers_name_a_failed_cell_and_resume(tmp_path: Path, serial: Path, one_thread,
-                                                                       capsys) -> None:
+                                                                       capsys, train_calls: list) -> None:
     out = tmp_path / "grid"
     stray = block(out, "adamw", 1)
     assert main(["compare", "--out", str(out), *TINY_ARGS, "--workers", "2", "--threads", "1"]) == 2
@@ -94,7 +86,8 @@ def test_workers_give_the_serial_numbers_name_a_failed_cell_and_resume(tmp_path:
 
     stray.unlink()
     compare(CompareConfig(out=str(out), **TINY), progress=False)  # finished one cell at a time
-    assert {path: mtime for path, mtime in eval_files(out).items() if path in finished} == finished
+    assert {path: content for path, content in eval_files(out).items() if path in finished} == finished
+    assert train_calls == [("adamw", 1, False)]  # only the failed cell trains (here, in this process)
     assert len(eval_files(out)) == 4
     assert numbers(out) == numbers(serial)
 
@@ -138,7 +131,7 @@ def test_a_failed_ray_grid_reruns_only_its_missing_cells(local_ray, tmp_path: Pa
     stray.unlink()
     rows = compare(config, progress=False, execution=Execution("ray", threads=1))
     assert len(rows) == 2
-    assert {path: mtime for path, mtime in eval_files(tmp_path).items() if path in finished} == finished
+    assert {path: content for path, content in eval_files(tmp_path).items() if path in finished} == finished
 
 
 def die_once(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str) -> None:

@@ -109,7 +109,8 @@ def test_the_experiment_file_itself_runs_tiny_on_humanoid(tmp_path: Path, capsys
     assert run["ema_decay"] == 0.995 and run["grad_clip"] == 1.0 and run["policy"] == "mlp"
 
 
-def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Path, capsys) -> None:
+def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Path, capsys, train_calls: list,
+                                                                    file_contents) -> None:
     settings = tmp_path / "optimizer_settings.json"  # what a sweep writes
     settings.write_text(json.dumps({"adamw": {"lr": 0.002, "weight_decay": 0.0},
                                     "dopr-adamw": {"lr": 0.003, "weight_decay": 0.01, "damping": 0.05}}))
@@ -145,9 +146,13 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
 
     # Resumable: the same command trains nothing; a changed per-optimizer setting is refused like any other.
     checkpoint = out / "demos2" / "runs" / "Hopper-v5" / "adamw" / "seed0" / "checkpoint.pt"
-    before = checkpoint.stat().st_mtime_ns
+    runs = sorted(out.glob("demos*/runs/*/*/seed*/*"))
+    before = file_contents(runs)
+    assert checkpoint in before and sum(p.name == "checkpoint.pt" for p in before) == 2 * 2 * 2  # every run's files
+    assert len(train_calls) == 8  # the spy sees the cells train (so it would see them train again)
+    train_calls.clear()
     assert main(args) == 0
-    assert checkpoint.stat().st_mtime_ns == before
+    assert file_contents(runs) == before and train_calls == []
     capsys.readouterr()
     changed = json.loads(settings.read_text())
     changed["dopr-adamw"]["damping"] = 0.2
@@ -157,7 +162,9 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
             in capsys.readouterr().err)
 
 
-def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_the_damping(tmp_path: Path, capsys) -> None:
+def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_the_damping(tmp_path: Path, capsys,
+                                                                                           train_calls: list,
+                                                                                           file_contents) -> None:
     out = tmp_path / "sweep"
     assert main(["sweep", "--config", str(EXPERIMENT), "--out", str(out), *TINY_GRID, "--demo-episodes", "3",
                  "--bases", "adamw", "--lrs", "0.0003,0.01", "--weight-decays", "0", "--dampings", "0.01,0.3"]) == 0
@@ -193,10 +200,13 @@ def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_th
     # Moved elsewhere, the sweep resumes there: every setting is found finished (nothing trains) and chosen alike.
     moved = tmp_path / "moved"
     out.rename(moved)
-    checkpoints = {p: p.stat().st_mtime_ns for p in moved.glob("*/*/runs/*/*/seed*/checkpoint.pt")}
+    runs = sorted(moved.glob("*/*/runs/*/*/seed*/*"))
+    before = file_contents(runs)
+    assert len(train_calls) == 8  # the spy sees the cells train (so it would see them train again)
+    train_calls.clear()
     assert main(["sweep", "--config", str(EXPERIMENT), "--out", str(moved), *TINY_GRID, "--demo-episodes", "3",
                  "--bases", "adamw", "--lrs", "0.0003,0.01", "--weight-decays", "0", "--dampings", "0.01,0.3"]) == 0
-    assert len(checkpoints) == 8 and {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    assert sum(p.name == "checkpoint.pt" for p in before) == 8 and file_contents(runs) == before and train_calls == []
     assert json.loads((moved / "optimizer_settings.json").read_text()) == chosen
 
 
