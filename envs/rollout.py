@@ -95,6 +95,8 @@ class ExpertController:
         pass
 
     def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+        if active.all():  # the usual case: no gather
+            return np.asarray(self.expert.act(obs), dtype=np.float32)
         actions = np.zeros((obs.shape[0], self.act_dim), dtype=np.float32)
         if active.any():
             actions[active] = self.expert.act(obs[active])
@@ -182,13 +184,14 @@ def _run(vec, controller: Controller, seeds: Iterator[int], render: bool) -> Ite
                 if render:
                     running[i].frames.append(vec.envs[i].render())
         controller.reset(slots, obs, reset_seeds)
+        active[:] = [r is not None for r in running]
         return obs
 
+    active = np.zeros(k, dtype=bool)
     obs = start(np.ones(k, dtype=bool))
-    while any(r is not None for r in running):
-        active = np.array([r is not None for r in running])
+    while active.any():
         actions = np.array(controller.act(obs, active), dtype=np.float32)  # own copy: rows are kept
-        if not np.isfinite(actions[active]).all():
+        if not np.isfinite(actions).all():  # inactive rows are finite too (Controller.act)
             raise UserError("the policy produced a non-finite action (NaN or Inf); the checkpoint may be broken")
         labels = getattr(controller, "labels", None)  # a LabellingController's
         labels = None if labels is None else np.array(labels)
