@@ -21,6 +21,8 @@ import errno
 import json
 import math
 import os
+import secrets
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -121,6 +123,47 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         raise UserError(f"cannot write {path}: {_cause(err)}; nothing was written there") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_directory(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty directory beside ``path`` to fill; when the block completes it takes the
+    place of ``path`` (a directory already there is renamed aside, the new one renamed in, the old one
+    deleted), so readers find the old set of files or the new one, never a mix. On any exception the
+    new directory is deleted and ``path`` is untouched. Only a crash between the two renames leaves
+    ``path`` missing, with the old directory intact beside it as ``.<name>.<random>.old``."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{path} is a file; a directory is meant")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as err:
+        raise UserError(f"cannot write {path}: {_cause(err)}") from None
+    try:
+        yield tmp
+        umask = os.umask(0)  # mkdtemp's 0700 would survive the rename
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        if path.exists():
+            old = path.parent / f".{path.name}.{secrets.token_hex(4)}.old"
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if err.errno not in _STORAGE_ERRORS:
+            raise
+        raise UserError(f"cannot write {path}: {_cause(err)}; nothing was written there") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 

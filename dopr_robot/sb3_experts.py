@@ -19,13 +19,14 @@ loop (``dopr_robot.evaluate.rollout``); every file is written atomically (``dopr
 
 from __future__ import annotations
 
+import argparse
 import json
 import pickle
 import platform
 import re
 import time
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +34,8 @@ from typing import Any, Callable
 import numpy as np
 
 import envs
-from dopr_robot.atomic import atomic_path, write_json_atomic
+from dopr_robot.atomic import atomic_directory, atomic_path, check_directory_destination, write_json_atomic
+from dopr_robot.config import option
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.rollout import ExpertController, rollout
 from envs import seeds as seed_ranges
@@ -56,22 +58,32 @@ KEEP_CHECKPOINTS = 2
 _ACTIVATION_NAMES = {"ReLU": "relu", "Tanh": "tanh", "ELU": "elu", "LeakyReLU": "leaky_relu"}
 
 
+def _positive_int(text: str) -> int:
+    """A command-line count >= 1 (argparse turns the error into one line and exit 2)."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
 @dataclass(frozen=True)
 class ExpertTrainConfig:
-    """One ``expert train`` call; the resolved hyperparameters are saved in ``RUN/run.json``."""
+    """One ``expert train`` call, and its command line (``dopr_robot.config.add_config_arguments``);
+    the resolved hyperparameters are saved in ``RUN/run.json``."""
 
-    task: str  # a locomotion task of the registry, e.g. Hopper-v5
-    algo: str  # sac, td3, ppo or tqc
-    steps: int  # total env steps the run should reach (a resumed run continues up to it)
-    out: Path  # the run folder
-    seed: int = 0  # seeds the env and the algorithm
-    resume: bool = False  # continue from the latest checkpoint in ``out``
-    checkpoint_every: int = 20_000  # env steps between checkpoints (model + replay buffer + normalizer)
-    eval_every: int = 20_000  # env steps between deterministic evaluations (0: none)
-    eval_episodes: int = EVAL_EPISODES  # episodes per periodic evaluation (it chooses best/)
-    overrides: dict[str, Any] = field(default_factory=dict)  # hyperparameters over the data file's
-    threads: int = 1  # torch threads
-    command: str = ""  # the command line, recorded in run.json and the manifest
+    task: str = option(help="locomotion task, e.g. Hopper-v5")
+    algo: str = option(help=f"{' | '.join(ALGOS)} (tqc needs sb3-contrib; hyperparameters: envs/experts/hyperparams.json)",
+                       parse=str.lower)
+    steps: int = option(help="total env steps to reach (a resumed run continues up to it)")
+    out: str = option(help="run folder: checkpoints, logs, run.json")
+    seed: int = option(0, help="seed of the env and the algorithm")
+    resume: bool = option(False, help="continue the run in --out from its latest checkpoint")
+    checkpoint_every: int = option(20_000, help="env steps between checkpoints (model + replay buffer + normalizer)")
+    eval_every: int = option(20_000, help="env steps between deterministic evaluations (0: none)")
+    eval_episodes: int = option(EVAL_EPISODES, help="episodes per periodic evaluation, which chooses best/")
+    # Given as repeated --hp KEY=VALUE (the command adds that option itself: config options take one value).
+    overrides: dict = option({}, help="hyperparameters over the data file's")
+    threads: int = option(1, help="torch threads", parse=_positive_int, metavar="N")
+    command: str = option("", help="the command line, recorded in run.json and the manifest")
 
     def __post_init__(self) -> None:
         if self.task not in SB3_TASKS:
@@ -81,9 +93,15 @@ class ExpertTrainConfig:
         for name in ("steps", "checkpoint_every", "threads"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, got {self.seed}")
         if self.eval_every < 0 or not 1 <= self.eval_episodes <= len(EVAL_SEEDS):
             raise UserError(f"eval-every must be >= 0 and eval-episodes between 1 and {len(EVAL_SEEDS)} (the expert-selection "
                             f"seeds), got {self.eval_every}, {self.eval_episodes}")
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.out)
 
 
 # -- hyperparameters ---------------------------------------------------------------------------------
@@ -209,8 +227,8 @@ def episode_returns(expert, task: str, seeds, horizon: int | None = None) -> tup
 def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: float, start_steps: int, log: Callable[[str], None]):
     from stable_baselines3.common.callbacks import BaseCallback
 
-    ckpt_dir = cfg.out / "checkpoints"
-    best_dir = cfg.out / "best"
+    ckpt_dir = cfg.run_dir / "checkpoints"
+    best_dir = cfg.run_dir / "best"
     off_policy = cfg.algo in OFF_POLICY
 
     class CheckpointAndEval(BaseCallback):
@@ -245,7 +263,7 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
         def record_run(self) -> None:
             run["wall_time_s"] = run["wall_time_before_s"] + (time.time() - session_start)
             run["steps_done"] = self.num_timesteps
-            write_json_atomic(cfg.out / "run.json", {k: v for k, v in run.items() if k != "wall_time_before_s"})
+            write_json_atomic(cfg.run_dir / "run.json", {k: v for k, v in run.items() if k != "wall_time_before_s"})
 
         def evaluate(self) -> None:
             n = self.num_timesteps
@@ -288,7 +306,7 @@ def _load_latest(algo_cls, cfg: ExpertTrainConfig, vec_env, log):
     """Model (and replay buffer / normalizer) from the newest loadable checkpoint; ``(model, vec_env)``."""
     from stable_baselines3.common.vec_env import VecNormalize
 
-    ckpt_dir = cfg.out / "checkpoints"
+    ckpt_dir = cfg.run_dir / "checkpoints"
     for steps in checkpoint_steps(ckpt_dir):
         files = _checkpoint_files(ckpt_dir, steps)
         try:
@@ -309,13 +327,31 @@ def _load_latest(algo_cls, cfg: ExpertTrainConfig, vec_env, log):
     raise UserError(f"nothing to resume in {ckpt_dir}: no loadable checkpoint; start without --resume")
 
 
-def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
-    """Train (or continue) an expert; checkpoints, logs and ``run.json`` go to ``cfg.out``. Returns run.json."""
-    import torch
-    from stable_baselines3.common.logger import configure
+def check_overrides(overrides: dict[str, Any], base: dict[str, Any], algo_cls: type) -> None:
+    """Refuse an override whose JSON type cannot be the hyperparameter's: text for a number (SB3 takes
+    ``learning_rate="abc"`` and fails later with an assertion), a fraction for a count, anything but
+    true/false for a switch. The reference is the data file's value, else the algorithm's default."""
+    import inspect
 
-    torch.set_num_threads(cfg.threads)
-    out = cfg.out
+    defaults = {name: p.default for name, p in inspect.signature(algo_cls).parameters.items() if p.default is not p.empty}
+    for key, value in overrides.items():
+        reference = base.get(key, defaults.get(key))
+        if isinstance(reference, bool):
+            wrong, kind = not isinstance(value, bool), "true or false"
+        elif isinstance(reference, int):
+            wrong, kind = isinstance(value, str) or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()), "an integer"
+        elif isinstance(reference, float):
+            wrong, kind = isinstance(value, (str, bool)), "a number"
+        else:
+            continue
+        if wrong:
+            raise UserError(f"hyperparameter {key} must be {kind} (like {json.dumps(reference)}), got {json.dumps(value)}")
+
+
+def _open_run(cfg: ExpertTrainConfig, algo_cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(run, hyperparameters)``: run.json of the run being resumed, or a new run's record; the run
+    folder is checked first (a file, a folder of something else or no permission is one line)."""
+    out = check_directory_destination(cfg.run_dir, what="expert training run")
     run_file = out / "run.json"
     if cfg.resume:
         if not run_file.is_file():
@@ -323,13 +359,27 @@ def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
         run = json.loads(run_file.read_text())
         if (run["task"], run["algo"]) != (cfg.task, cfg.algo):
             raise UserError(f"{out} holds a {run['algo']} run on {run['task']}, not {cfg.algo} on {cfg.task}")
-        hp = run["hyperparams"]
-    else:
-        if run_file.exists():
-            raise UserError(f"{out} already holds a run: continue it with --resume, or choose another --out")
-        hp = load_hyperparams(cfg.task, cfg.algo) | cfg.overrides
-        run = {"task": cfg.task, "algo": cfg.algo, "seed": cfg.seed, "hyperparams": hp, "commands": [], "wall_time_s": 0.0, "steps_done": 0}
+        return run, run["hyperparams"]
+    if run_file.exists():
+        raise UserError(f"{out} already holds a run: continue it with --resume, or choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no expert training run; choose another --out")
+    base = load_hyperparams(cfg.task, cfg.algo)
+    check_overrides(cfg.overrides, base, algo_cls)
+    hp = base | cfg.overrides
+    return {"task": cfg.task, "algo": cfg.algo, "seed": cfg.seed, "hyperparams": hp, "commands": [], "wall_time_s": 0.0, "steps_done": 0}, hp
+
+
+def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
+    """Train (or continue) an expert; checkpoints, logs and ``run.json`` go to ``cfg.out``. Returns run.json."""
+    import torch
+    from stable_baselines3.common.logger import configure
+
+    torch.set_num_threads(cfg.threads)
+    out = cfg.run_dir
+    run_file = out / "run.json"
     algo_cls = algorithm_class(cfg.algo)
+    run, hp = _open_run(cfg, algo_cls)
     kwargs, normalize = _algorithm_kwargs(cfg.algo, hp, envs.task_spec(cfg.task).act_dim)
     session = len(run["commands"]) + 1
     vec_env = _make_vec_env(cfg.task, cfg.seed + 1000 * (session - 1), normalize, cfg.algo)
@@ -340,6 +390,10 @@ def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
             vec_env.close()
             raise UserError(f"unknown hyperparameter for {algo_cls.__name__}: {err}; see envs/experts/hyperparams.json "
                             "(policy arguments go in policy_kwargs)") from err
+        except (ValueError, AssertionError) as err:  # a value the algorithm refuses (SB3 asserts some)
+            vec_env.close()
+            raise UserError(f"a hyperparameter value {algo_cls.__name__} refuses: {err}; see the hyperparameters "
+                            f"{json.dumps(cfg.overrides)} given and envs/experts/hyperparams.json") from err
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     run["commands"].append(cfg.command)
     run["steps_target"] = cfg.steps
@@ -483,16 +537,23 @@ def load_sb3_model(path: Path, algo: str):
     return model, vec_normalize
 
 
-def export_run(
-    run_dir: Path, to: Path, which: str = "best", episodes: int = len(MANIFEST_SEEDS), command: str = "", note: str = ""
-) -> dict[str, Any]:
-    """Export run ``run_dir``'s best or latest model to ``to`` (actor + manifest); returns the manifest."""
-    run_dir, to = Path(run_dir), Path(to)
-    run_file = run_dir / "run.json"
-    if not run_file.is_file():
-        raise UserError(f"{run_dir} is not a training run folder (no run.json)")
-    run = json.loads(run_file.read_text())
-    task, algo = run["task"], run["algo"]
+def check_export_destination(to: str | Path, *, overwrite: bool) -> Path:
+    """Refuse, before any work, a folder an export must not replace: a file, a folder of other files
+    (always: replacing the folder would delete them), or an expert already there without ``overwrite``."""
+    to = check_directory_destination(to, what="exported expert")
+    if to.is_dir() and any(to.iterdir()):
+        if not sb3_weights.is_expert_folder(to):
+            raise UserError(f"{to} is not empty and holds no expert (an export replaces the whole folder); choose another folder")
+        if not overwrite:
+            shipped = " shipped with the toolkit" if to.resolve().is_relative_to(sb3_weights.WEIGHTS_ROOT.resolve()) else ""
+            made_for = sb3_weights.manifest_task(to)
+            raise UserError(f"{to} already holds {'an' if made_for is None else 'the ' + made_for} expert{shipped}; "
+                            "pass --overwrite to replace it, or export to another folder")
+    return to
+
+
+def _export_source(run_dir: Path, run: dict[str, Any], which: str) -> tuple[Path, float | None]:
+    """``(model file, training wall time up to it)`` of a run's best or latest model."""
     if which == "best":
         if not (run_dir / "best" / "model.zip").is_file():
             raise UserError(f"{run_dir} has no best model yet (evaluations run every --eval-every steps); use --which latest")
@@ -508,10 +569,40 @@ def export_run(
         raise UserError(f"unknown --which {which!r}; valid: best, latest")
     if wall_time is None and len(run["commands"]) == 1:
         wall_time = _wall_time_from_log(run_dir / "progress.log", steps)
+    return model_path, wall_time
+
+
+def export_run(
+    run_dir: Path, to: Path, which: str = "best", episodes: int = len(MANIFEST_SEEDS), command: str = "", note: str = "",
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Export run ``run_dir``'s best or latest model to ``to`` (actor + manifest); returns the manifest.
+
+    An expert already in ``to`` is replaced only with ``overwrite`` (:func:`check_export_destination`).
+    The actor, its config and the manifest are written into a new folder that then takes the place of
+    ``to`` (:func:`dopr_robot.atomic.atomic_directory`): a failure or a kill during the export's
+    evaluation leaves the old expert whole, never a new actor beside the old manifest.
+    """
+    run_dir = Path(run_dir)
+    to = check_export_destination(to, overwrite=overwrite)
+    run_file = run_dir / "run.json"
+    if not run_file.is_file():
+        raise UserError(f"{run_dir} is not a training run folder (no run.json)")
+    run = json.loads(run_file.read_text())
+    model_path, wall_time = _export_source(run_dir, run, which)
+    with atomic_directory(to) as staging:
+        manifest = _export_into(staging, run, model_path, wall_time, episodes, command, note)
+    return manifest
+
+
+def _export_into(folder: Path, run: dict[str, Any], model_path: Path, wall_time: float | None, episodes: int,
+                 command: str, note: str) -> dict[str, Any]:
+    """Write the actor of ``model_path`` into ``folder``, evaluate it, and write its manifest last."""
+    task, algo = run["task"], run["algo"]
     model, vec_normalize = load_sb3_model(model_path, algo)
     actor, config = actor_from_sb3(model, vec_normalize)
-    save_actor(actor, config, to)
-    expert = sb3_weights.load_expert_folder(to, envs.task_spec(task).obs_dim, task)
+    save_actor(actor, config, folder)
+    expert = sb3_weights.load_expert_folder(folder, envs.task_spec(task).obs_dim, task)
 
     start = time.time()
     returns, lengths, successes = episode_returns(expert, task, MANIFEST_SEEDS[:episodes])
@@ -556,7 +647,7 @@ def export_run(
             "min_return": round(floor, 2),
         },
     }
-    write_json_atomic(to / sb3_weights.MANIFEST_FILE, manifest)
+    write_json_atomic(folder / sb3_weights.MANIFEST_FILE, manifest)
     return manifest
 
 
@@ -581,6 +672,8 @@ def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: in
         raise UserError(f"unknown task {task!r} for expert evaluation; valid: {', '.join(SB3_TASKS)}")
     if episodes < 1:
         raise UserError(f"episodes must be >= 1, got {episodes}")
+    if seed < 0:
+        raise UserError(f"seed must be >= 0 (episodes are reset with seeds seed..seed+episodes-1), got {seed}")
     obs_dim = envs.task_spec(task).obs_dim
     if expert_path is None:
         expert = envs.make_expert(task)
@@ -592,6 +685,8 @@ def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: in
             run = next((json.loads(p.read_text()) for p in (path.parent / "run.json", path.parent.parent / "run.json") if p.is_file()), None)
             if run is None:
                 raise UserError(f"cannot tell the algorithm of {path}: expected run.json in its run folder")
+            if run.get("task") != task:
+                raise UserError(f"{path} was trained on {run.get('task')}, not {task} (its run.json says so)")
             expert = SB3Actor(*load_sb3_model(path, run["algo"]))
         else:
             raise UserError(f"--expert {path} is neither an exported expert folder (with {sb3_weights.ACTOR_FILE}) nor an SB3 .zip")

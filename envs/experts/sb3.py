@@ -47,6 +47,22 @@ def has_weights(task: str, root: Path | None = None) -> bool:
     return (folder / ACTOR_FILE).is_file() or (folder / MODEL_FILE).is_file()
 
 
+def is_expert_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds an expert (either format, or a manifest of one): a folder an export
+    may replace with ``overwrite``, unlike a folder of other files."""
+    folder = Path(folder)
+    return any((folder / name).is_file() for name in (ACTOR_FILE, MANIFEST_FILE, MODEL_FILE))
+
+
+def manifest_task(folder: Path) -> str | None:
+    """The task named in ``folder``'s manifest.json (None without a readable one)."""
+    try:
+        task = json.loads((Path(folder) / MANIFEST_FILE).read_text()).get("task")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return task if isinstance(task, str) else None
+
+
 def build_actor(config: dict[str, Any]):
     """The torch module of an exported actor, with zeroed statistics (load ``actor.pt`` into it).
 
@@ -159,7 +175,13 @@ def load_sb3_expert(task: str, obs_dim: int, root: Path | None = None) -> TorchE
 
 
 def load_expert_folder(folder: Path, obs_dim: int, task: str) -> TorchExpert:
-    """The exported actor in ``folder``, checked against the task's observation size."""
+    """The exported actor in ``folder``, checked against the task its manifest names (tasks of the same
+    sizes, such as Walker2d-v5 and HalfCheetah-v5, would run each other's experts) and the task's
+    observation size."""
+    made_for = manifest_task(folder)
+    if made_for is not None and made_for != task:
+        raise UserError(f"the expert in {folder} was trained on {made_for}, not {task} (its manifest.json says so); "
+                        f"use {task}'s expert or evaluate it on {made_for}")
     actor, config = load_actor(folder)
     if int(config["obs_dim"]) != obs_dim:
         raise UserError(
