@@ -40,6 +40,8 @@ holds the evaluation options; on the command line they carry ``eval-`` (``--eval
 from __future__ import annotations
 
 import json
+import math
+import shutil
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,7 +49,7 @@ from typing import Any
 
 import demos
 import envs
-from dopr_robot.atomic import write_json_atomic
+from dopr_robot.atomic import check_directory_destination, write_json_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME
 from dopr_robot.config import (
     EvalConfig,
@@ -65,12 +67,12 @@ from dopr_robot.config import (
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint
 from dopr_robot.grid import Execution, run_cells
-from dopr_robot.optim import OPTIMIZERS, is_dopr
-from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+from dopr_robot.optim import OPTIMIZERS, dopr_only_arguments, is_dopr
 from dopr_robot.report import write_counts_report, write_replication_report, write_report
 from envs import seeds as seed_ranges
 
 CONFIG_FILE = "compare_config.json"
+EVAL_FILE = "eval.json"  # a cell's evaluation: the cell is done when it exists
 REPLICATION_DIR = "replication"
 REPLICATION_REPORT = "replication.md"
 
@@ -136,6 +138,12 @@ class CompareConfig:
             raise UserError(f"--demo-episodes must be a count >= 1 or a list of them, got {self.demo_episodes!r}")
         if len(set(counts)) < len(counts):
             raise UserError(f"--demo-episodes lists a count twice: {self.demo_episodes!r}")
+        if not (isinstance(self.demo_noise, (int, float)) and math.isfinite(self.demo_noise) and self.demo_noise >= 0):
+            raise UserError(f"--demo-noise must be a finite number >= 0 (the std of the action noise), got {self.demo_noise!r}")
+        not_paths = {task: path for task, path in self.data.items() if not isinstance(path, str) or not path}
+        if not_paths:
+            raise UserError(f"--data maps each task to a demonstrations file path (a JSON string), got "
+                            f"{json.dumps(not_paths)}; e.g. '{{\"Reach-v0\": \"reach.hdf5\"}}'")
         extra = sorted(set(self.data) - set(self.tasks))
         if extra:
             raise UserError(f"--data names task(s) {', '.join(extra)} that are not in --tasks")
@@ -180,7 +188,7 @@ class CompareConfig:
                                 f"per-optimizer settings: {', '.join(PER_OPTIMIZER)}")
             for key, value in settings.items():
                 check_value_type(TrainConfig, key, value, f"{where}.{key}")
-            dopr_only = sorted(set(settings.get("optimizer_options", {})) & set(DOPR_ONLY_ARGUMENTS))
+            dopr_only = dopr_only_arguments(settings.get("optimizer_options", {}))
             if "damping" in settings:
                 dopr_only.insert(0, "damping")
             if dopr_only and not is_dopr(name):
@@ -222,35 +230,112 @@ def _span(seeds: range) -> str:
     return f"{seeds.start:,}..{seeds.stop - 1:,}"
 
 
-def compare(config: CompareConfig, progress: bool = True, execution: Execution = Execution()) -> list[dict[str, Any]]:
-    """Run every missing cell (one at a time, in local processes or on Ray: ``execution``), then
-    write the report. Returns the result rows."""
-    check_experts(config)
+def compare(config: CompareConfig, progress: bool = True, execution: Execution = Execution(),
+            overwrite: bool = False) -> list[dict[str, Any]]:
+    """Check everything that can be checked (:func:`check_comparison`) before writing anything, then
+    run every missing cell (one at a time, in local processes or on Ray: ``execution``) and write the
+    report. Returns the result rows. ``overwrite``: make the comparison afresh in ``config.out`` (see
+    :func:`check_comparison`)."""
+    check_comparison(config, overwrite)
+    return _compare(config, progress, execution, overwrite)
+
+
+def _compare(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool) -> list[dict[str, Any]]:
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_same_comparison(config, out / CONFIG_FILE)
-    write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
+    _start(config, overwrite)
     if isinstance(config.demo_episodes, list):  # one comparison per count, then the summary over counts
         counts = config.by_demo_count()
         for count in counts.values():
-            compare(count, progress=progress, execution=execution)
+            _compare(count, progress, execution, overwrite)
         return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
-    data, missing = pending_cells(config, progress)
+    data = {task: demonstrations(config, task, out, progress, overwrite) for task in config.tasks}
+    missing = _missing_cells(config)
     run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
     return write_report(out)
 
 
 def pending_cells(config: CompareConfig, progress: bool = True) -> tuple[dict[str, Path], list[tuple[str, str, int]]]:
-    """A comparison of one demonstration count made ready to run: its directory, its saved config
-    (a changed one refused) and its demonstrations; returns the demonstration file per task and the
-    cells that have no eval.json yet."""
+    """A comparison of one demonstration count made ready to run: checked (:func:`check_comparison`),
+    its config saved and its demonstrations collected; returns the demonstration file per task and
+    the cells that have no eval.json yet."""
+    check_comparison(config)
+    _start(config, overwrite=False)
+    data = {task: demonstrations(config, task, Path(config.out), progress) for task in config.tasks}
+    return data, _missing_cells(config)
+
+
+def _missing_cells(config: CompareConfig) -> list[tuple[str, str, int]]:
+    return [cell for cell in config.cells() if not (config.run_dir(*cell) / EVAL_FILE).exists()]
+
+
+def check_comparison(config: CompareConfig, overwrite: bool = False) -> None:
+    """Every check that can fail, before anything is written (a refused command leaves nothing behind).
+
+    ``config.out`` must be a directory that can be written and is new, empty or this comparison's
+    (the same settings; see :data:`GROWABLE`); the files given with ``data`` must be readable
+    demonstrations of their task; demonstrations collected there before must be the collection this
+    comparison asks for (their recorded task, episodes, seed, noise); every cell's eval.json must be
+    that cell's. ``overwrite`` lets ``config.out`` hold anything: the comparison is made afresh there
+    (every cell trained and evaluated again, demonstrations that differ collected again, the report
+    replaced), and files compare does not write are kept.
+    """
     check_experts(config)
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    for task, path in config.data.items():
+        check_data_file(task, path)
+    for grid in (config, *config.by_demo_count().values()):  # with several counts, each count's directory too
+        out = check_directory_destination(grid.out, what="comparison (--out)")
+        if overwrite:
+            continue
+        _check_directory(grid, out)
+        if isinstance(grid.demo_episodes, list):
+            continue  # its data and cells are its counts'
+        for task in (t for t in grid.tasks if t not in grid.data):
+            path = out / "data" / f"{task}.hdf5"
+            check_other_collection(grid, task, path)
+        for cell in grid.cells():
+            _check_cell_evaluation(grid, *cell)
+
+
+def _check_directory(config: CompareConfig, out: Path) -> None:
+    """``out`` is new, empty, or holds this comparison (:func:`_check_same_comparison`)."""
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / CONFIG_FILE).exists():
+        raise UserError(f"{out} is not empty and holds no comparison (no {CONFIG_FILE}); choose another --out, or "
+                        "pass --overwrite to make the comparison there (only the files compare writes are replaced)")
     _check_same_comparison(config, out / CONFIG_FILE)
+
+
+def _check_cell_evaluation(config: CompareConfig, task: str, optimizer: str, seed: int) -> None:
+    """A cell's eval.json, when there is one, is that cell's evaluation written by compare (a plain
+    ``dopr-robot eval`` of the cell writes the same file without the cell's record)."""
+    path = config.run_dir(task, optimizer, seed) / EVAL_FILE
+    if not path.exists():
+        return
+    try:
+        cell = json.loads(path.read_text())["cell"]
+        ours = (cell["task"], cell["optimizer"], cell["seed"]) == (task, optimizer, seed)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        ours = False
+    if not ours:
+        raise UserError(f"{path} is not this comparison's evaluation of the cell ({task}, {optimizer}, seed {seed}); "
+                        "a plain `dopr-robot eval` of the cell writes that file. Move it elsewhere or delete it: the "
+                        "same command then evaluates the cell again from its checkpoint")
+
+
+def _start(config: CompareConfig, overwrite: bool) -> None:
+    """Make the directory and save the config; with ``overwrite``, first remove what earlier cells
+    wrote (a run's own files only), so that every cell is made again and no stale one is reported."""
+    from dopr_robot.train import RUN_FILES  # training's import cost only where a comparison runs
+
+    out = Path(config.out)
+    if overwrite:
+        for run_dir in out.glob("runs/*/*/seed*"):
+            for name in RUN_FILES:
+                path = run_dir / name
+                shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
-    data = {task: demonstrations(config, task, out, progress) for task in config.tasks}
-    return data, [cell for cell in config.cells() if not (config.run_dir(*cell) / "eval.json").exists()]
 
 
 def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str = "auto") -> None:
@@ -263,16 +348,29 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
     settings = config.eval
     started = time.perf_counter()
     resume = (run_dir / CHECKPOINT_NAME).exists()
-    train(config.cell_config(optimizer, seed, data, run_dir), resume=resume, overwrite=not resume, progress=False,
-          device=device)
-    result = evaluate_checkpoint(run_dir, task=task, use_ema=settings.use_ema, device=device, episodes=settings.episodes,
-                                 seed=settings.seed, num_envs=settings.num_envs,
-                                 actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert,
-                                 flow_steps=settings.flow_steps)
+    try:
+        train(config.cell_config(optimizer, seed, data, run_dir), resume=resume, overwrite=not resume, progress=False,
+              device=device)
+    except UserError as err:
+        if resume and not _readable_checkpoint(run_dir):
+            raise UserError(f"{err}; delete the cell's directory {run_dir} and the same command trains the cell "
+                            "again") from None
+        raise
+    result = evaluate_checkpoint(run_dir, settings, task=task, device=device)
     record = result.to_dict()
     record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
                       "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
-    write_json_atomic(run_dir / "eval.json", record)
+    write_json_atomic(run_dir / EVAL_FILE, record)
+
+
+def _readable_checkpoint(run_dir: Path) -> bool:
+    from dopr_robot.checkpoint import load_checkpoint
+
+    try:
+        load_checkpoint(run_dir)
+    except UserError:
+        return False
+    return True
 
 
 def load_compare_config(out: str | Path) -> CompareConfig:
@@ -326,7 +424,7 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     changed += _changed_optimizer_settings(saved_config, config)
     if changed:
         raise UserError(f"{saved_file.parent} holds a comparison made with other settings (changed: {', '.join(changed)}); "
-                        "use a new --out directory")
+                        "use a new --out directory, or pass --overwrite to make the comparison afresh there")
 
 
 def _changed_optimizer_settings(saved: CompareConfig, config: CompareConfig) -> list[str]:
@@ -356,15 +454,71 @@ def check_experts(config: CompareConfig) -> None:
         raise UserError(f"task {task} is unavailable: {spec.unavailable_reason}{how}")
 
 
-def demonstrations(config: CompareConfig, task: str, out: Path, progress: bool) -> Path:
-    """The task's demonstration file: given with --data, or collected once into DIR/data/."""
-    if task in config.data:
-        path = Path(config.data[task])
-        demos.load(path)  # fail early, with the loader's message, on a bad file
-        return path
-    path = out / "data" / f"{task}.hdf5"
+def check_data_file(task: str, path: str) -> None:
+    """A file given with ``--data`` for ``task``: demonstrations the loader accepts (readable, no NaN,
+    ...), of ``task`` when the file names one of the toolkit's tasks, with ``task``'s observation and
+    action sizes."""
+    try:
+        dataset = demos.load(path)
+    except UserError as err:  # the loader names the problem; here the file it is in, where it does not
+        raise (err if path in str(err) else UserError(f"--data gives {path} for {task}: {err}")) from None
+    if dataset.task in envs.list_tasks() and dataset.task != task:
+        raise UserError(f"--data gives {path} for {task}, but it holds demonstrations of {dataset.task}: give a file "
+                        f"of {task} demonstrations in --data (e.g. from `dopr-robot collect --task {task}`)")
+    spec = envs.task_spec(task)
+    if (dataset.obs_dim, dataset.act_dim) != (spec.obs_dim, spec.act_dim):
+        raise UserError(f"--data gives {path} for {task}, but its observations and actions have {dataset.obs_dim} and "
+                        f"{dataset.act_dim} dimensions, {task}'s {spec.obs_dim} and {spec.act_dim}: give a file of "
+                        f"{task} demonstrations in --data")
+
+
+def collection_record(config: CompareConfig, task: str) -> dict[str, Any]:
+    """What a file of ``task``'s demonstrations collected for ``config`` records (its ``dopr_meta``)."""
+    return {"task": task, "episodes": config.demo_episodes, "seed": config.demo_seed,
+            "noise": float(config.demo_noise), "success_only": False}
+
+
+def _collection_differs(config: CompareConfig, task: str, path: Path) -> str:
+    """How the demonstrations in ``path`` differ from the collection ``config`` asks for ("" when
+    they do not, or when there is no file yet): compare reuses such a file only when it matches."""
     if not path.exists():
-        demos.collect(task, config.demo_episodes, path, seed=config.demo_seed, noise=config.demo_noise, progress=progress)
+        return ""
+    try:
+        recorded = demos.load(path).metadata
+    except UserError as err:
+        return f"unreadable: {err}"
+    wanted = collection_record(config, task)
+    recorded = {"success_only": False, **recorded}  # files from before success-only collection
+    differs = [f"{key} {recorded.get(key)!r}, asked {value!r}" for key, value in wanted.items()
+               if recorded.get(key) != value]
+    return "; ".join(differs)
+
+
+def check_other_collection(config: CompareConfig, task: str, path: Path) -> None:
+    """Refuse demonstrations in ``path`` that are not the collection ``config`` asks for."""
+    differs = _collection_differs(config, task, path)
+    if differs:
+        raise _other_collection(path, differs)
+
+
+def _other_collection(path: Path, differs: str) -> UserError:
+    return UserError(f"{path} is not the demonstrations this comparison collects ({differs}); delete it (the same "
+                     "command then collects them), use another --out, or pass --overwrite to collect them again")
+
+
+def demonstrations(config: CompareConfig, task: str, out: Path, progress: bool, overwrite: bool = False) -> Path:
+    """The task's demonstration file: given with --data, or collected into DIR/data/ (once: a file
+    there is reused when its record matches the collection asked for; with ``overwrite`` one that
+    differs is collected again, without it :func:`check_comparison` has refused it)."""
+    if task in config.data:
+        return Path(config.data[task])  # checked by check_comparison
+    path = out / "data" / f"{task}.hdf5"
+    differs = _collection_differs(config, task, path)
+    if differs and not overwrite:
+        raise _other_collection(path, differs)
+    if differs or not path.exists():  # replaced only once the new file is complete
+        demos.collect(task, config.demo_episodes, path, seed=config.demo_seed, noise=config.demo_noise,
+                      overwrite=True, progress=progress)
     return path
 
 
@@ -401,7 +555,7 @@ def replicate(out: str | Path, progress: bool = True, execution: Execution = Exe
         raise UserError(f"{out} holds one comparison per demonstration count ({', '.join(map(str, original.demo_counts()))}); "
                         f"replicate them one by one: `dopr-robot compare --out {first} --replicate`, ...")
     config = replication_config(original)
-    unfinished = [cell for cell in original.cells() if not (original.run_dir(*cell) / "eval.json").exists()]
+    unfinished = [cell for cell in original.cells() if not (original.run_dir(*cell) / EVAL_FILE).exists()]
     if unfinished:
         raise UserError(f"{out} holds an unfinished comparison ({len(unfinished)} of {len(original.cells())} runs not "
                         f"evaluated yet): finish it with `dopr-robot compare --config {out / CONFIG_FILE} --out {out}`, "

@@ -42,12 +42,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from dopr_robot.atomic import write_json_atomic, write_text_atomic
-from dopr_robot.compare import GROWABLE, CompareConfig, check_experts, compare, demonstrations, pending_cells, run_cell
+from dopr_robot.atomic import check_directory_destination, write_json_atomic, write_text_atomic
+from dopr_robot.compare import (
+    GROWABLE,
+    CompareConfig,
+    check_data_file,
+    check_experts,
+    check_other_collection,
+    compare,
+    demonstrations,
+    pending_cells,
+    run_cell,
+)
 from dopr_robot.config import config_from_dict, config_items, config_to_dict, nested, number_list, option
 from dopr_robot.errors import UserError
 from dopr_robot.grid import CellsFailed, Execution, run_cells
-from dopr_robot.optim import OPTIMIZERS, is_dopr
+from dopr_robot.optim import OPTIMIZERS, base_of, is_dopr
+from dopr_robot.optim.registry import DOPR_PREFIX
 from dopr_robot.report.results import episode_values
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap
 from envs import seeds as seed_ranges
@@ -80,10 +91,10 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.bases:  # the resolved list is what the saved sweep_config.json holds
-            object.__setattr__(self, "bases", list(dict.fromkeys(_base(name) for name in self.grid.optimizers)))
-        bad = [name for name in self.bases if is_dopr(name) or name not in OPTIMIZERS or f"dopr-{name}" not in OPTIMIZERS]
+            object.__setattr__(self, "bases", list(dict.fromkeys(base_of(name) for name in self.grid.optimizers)))
+        bad = [name for name in self.bases if is_dopr(name) or name not in OPTIMIZERS or DOPR_PREFIX + name not in OPTIMIZERS]
         if bad:
-            valid = [name for name in OPTIMIZERS if not is_dopr(name) and f"dopr-{name}" in OPTIMIZERS]
+            valid = [name for name in OPTIMIZERS if not is_dopr(name) and DOPR_PREFIX + name in OPTIMIZERS]
             raise UserError(f"--bases {', '.join(bad)}: not a base optimizer with a DoPr variant; valid: {', '.join(valid)}")
         for name in ("lrs", "weight_decays", "dampings"):
             values = getattr(self, name)
@@ -104,7 +115,7 @@ class SweepConfig:
                 for weight_decay in self.weight_decays:
                     self.setting(base, lr, weight_decay)
             for damping in self.dampings:
-                self.setting(f"dopr-{base}", self.lrs[0], self.weight_decays[0], damping)
+                self.setting(DOPR_PREFIX + base, self.lrs[0], self.weight_decays[0], damping)
 
     @property
     def out(self) -> Path:
@@ -141,10 +152,6 @@ class SweepConfig:
                        eval=replace(self.grid.eval, seed=self.tuning_eval_seed()))
 
 
-def _base(name: str) -> str:
-    return name[len("dopr-"):] if is_dopr(name) else name
-
-
 @dataclass(frozen=True)
 class Outcome:
     """One setting's result: per task (return, success) as (mean, low, high) and the mean validation
@@ -165,10 +172,9 @@ class Outcome:
 def sweep(config: SweepConfig, progress: bool = True, execution: Execution = Execution()) -> dict[str, dict[str, float]]:
     """Run every setting (resuming finished ones), choose, write OUT/sweep.md and
     OUT/optimizer_settings.json; return the chosen settings (compare's optimizer_settings)."""
-    check_experts(config.grid)
+    check_sweep(config)
     out = config.out
     out.mkdir(parents=True, exist_ok=True)
-    _check_same_sweep(config, out / CONFIG_FILE)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(config))
     for task in config.grid.tasks:  # collected once, into OUT/data/, for every setting
         demonstrations(config.grid, task, out, progress)
@@ -186,22 +192,39 @@ def sweep(config: SweepConfig, progress: bool = True, execution: Execution = Exe
         best = _choose(outcomes[base])
         if best is not None:
             chosen[base] = dict(best.values)
-    stage = [(f"dopr-{base}", {**chosen[base], "damping": damping}) for base in config.bases if base in chosen
+    stage = [(DOPR_PREFIX + base, {**chosen[base], "damping": damping}) for base in config.bases if base in chosen
              for damping in config.dampings]
     for (optimizer, _), outcome in zip(stage, _run_stage(config, stage, progress, execution)):
         outcomes.setdefault(optimizer, []).append(outcome)
     for base in config.bases:
-        best_dopr = _choose(outcomes.get(f"dopr-{base}", []))
+        best_dopr = _choose(outcomes.get(DOPR_PREFIX + base, []))
         if best_dopr is not None:
-            chosen[f"dopr-{base}"] = dict(best_dopr.values)
-    outcomes = {name: outcomes[name] for base in config.bases for name in (base, f"dopr-{base}") if name in outcomes}
+            chosen[DOPR_PREFIX + base] = dict(best_dopr.values)
+    outcomes = {name: outcomes[name] for base in config.bases for name in (base, DOPR_PREFIX + base) if name in outcomes}
     write_text_atomic(out / REPORT_FILE, sweep_markdown(config, outcomes, chosen))
     write_json_atomic(out / SETTINGS_FILE, chosen)
-    unchosen = [name for base in config.bases for name in (base, f"dopr-{base}") if name not in chosen]
+    unchosen = [name for base in config.bases for name in (base, DOPR_PREFIX + base) if name not in chosen]
     if unchosen:
         raise UserError(f"every setting of {', '.join(unchosen)} failed, so nothing was chosen for them (see "
                         f"{out / REPORT_FILE}); {out / SETTINGS_FILE} holds the others")
     return chosen
+
+
+def check_sweep(config: SweepConfig) -> None:
+    """Before anything is written: experts, the given demonstration files, and ``--out``: a directory
+    that can be written and is new, empty or this sweep's (then its collected demonstrations must be
+    the ones it asks for)."""
+    check_experts(config.grid)
+    for task, path in config.grid.data.items():
+        check_data_file(task, path)
+    out = check_directory_destination(config.grid.out, what="sweep (--out)")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not (out / CONFIG_FILE).exists():
+        raise UserError(f"{out} is not empty and holds no sweep (no {CONFIG_FILE}); choose another --out")
+    _check_same_sweep(config, out / CONFIG_FILE)
+    for task in (t for t in config.grid.tasks if t not in config.grid.data):
+        check_other_collection(config.grid, task, out / "data" / f"{task}.hdf5")
 
 
 def _run_stage(config: SweepConfig, settings: list[tuple[str, dict[str, float]]], progress: bool,
@@ -331,7 +354,7 @@ def sweep_markdown(config: SweepConfig, outcomes: dict[str, list[Outcome]], chos
         swept = ["damping"] if is_dopr(name) else ["lr", "weight_decay"]
         title = f"## {name}"
         if is_dopr(name) and found:
-            title += f" (at {_base(name)}'s choice: {_describe({k: found[0].values[k] for k in ('lr', 'weight_decay')})})"
+            title += f" (at {base_of(name)}'s choice: {_describe({k: found[0].values[k] for k in ('lr', 'weight_decay')})})"
         headings = [HEADINGS[k] for k in swept] + columns + ["mean return", "chosen"]
         lines += [title, "", "| " + " | ".join(headings) + " |", "|" + "---|" * len(headings)]
         best = chosen.get(name)

@@ -23,7 +23,7 @@ SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo_episodes": 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/quickstart"), help="output directory (default runs/quickstart)")
+    parser.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_device_argument(parser)
@@ -32,26 +32,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
     from dopr_robot.commands.video import render
-    from dopr_robot.compare import CompareConfig, compare
+    from dopr_robot.compare import CompareConfig, check_comparison, compare
     from dopr_robot.config import config_from_dict
     from dopr_robot.devices import resolve_device
     from dopr_robot.grid import Execution
 
     resolve_device(args.device)  # a device this machine lacks fails before any work
 
-    config = config_from_dict(CompareConfig, {**SETTINGS, "out": str(args.out), "tasks": [args.task]})
+    config = config_from_dict(CompareConfig, {**SETTINGS, "out": args.out, "tasks": [args.task]})
+    check_comparison(config)  # --out refused before the plan is printed (compare checks again before its work)
     print(f"quickstart: {args.task}, {config.demo_episodes} expert demonstrations, optimizers "
           f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.train.steps} training steps each, "
           f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
     compare(config, progress=not args.no_progress, execution=Execution(device=args.device))
-    print((args.out / "summary.md").read_text())
+    out = Path(args.out)
+    print((out / "summary.md").read_text())
 
-    run_dir = args.out / "runs" / args.task / "dopr-adamw" / "seed0"
-    video = render(policy_from_checkpoint(load_checkpoint(run_dir), device=args.device), args.task, args.out / "rollout.mp4",
+    run_dir = out / "runs" / args.task / "dopr-adamw" / "seed0"
+    video = render(policy_from_checkpoint(load_checkpoint(run_dir), device=args.device), args.task, out / "rollout.mp4",
                    config.eval, episodes=1)
     print("wrote:")
-    for path in [args.out / "summary.md", args.out / "results.csv", *sorted(args.out.glob("*.png")), Path(video["path"])]:
+    for path in [out / "summary.md", out / "results.csv", *sorted(out.glob("*.png")), Path(video["path"])]:
         print(f"  {path}")
-    print(f"runs (config, metrics, checkpoint, eval.json): {args.out / 'runs' / args.task}")
+    print(f"runs (config, metrics, checkpoint, eval.json): {out / 'runs' / args.task}")
     print(f"next: dopr-robot eval --checkpoint {run_dir} --plot compounding.png; dopr-robot compare --help")
     return 0
