@@ -215,6 +215,7 @@ def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str
         pool.shutdown(wait=False, cancel_futures=True)
         for worker in set(multiprocessing.active_children()) - others:
             worker.kill()
+        pool.shutdown()  # quick now that no worker runs: it releases the pool's queues and locks
         raise
     pool.shutdown()
     return failures
@@ -225,6 +226,9 @@ def _start_worker(slots: Any, gpus: list[str], thread_count: int, parent: int) -
     Ctrl-C to it (which stops the workers), and takes its GPU and its thread budget."""
     _die_with(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # tqdm's default lock is a multiprocessing one, which a worker stopped by SIGKILL would leave for
+    # Python's resource tracker to warn about; the cells' bars need no lock shared between processes.
+    tqdm.set_lock(threading.RLock())
     slot = slots.get()
     if len(gpus) > 1:  # one GPU per worker: --device cuda (or auto) then means this one
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from dopr_robot.errors import UserError
-from dopr_robot.optim import OPTIMIZERS, is_dopr, make_optimizer
+from dopr_robot.optim import OPTIMIZERS, base_of, is_dopr, make_optimizer, optimizer_arguments
 
 
 @dataclass(frozen=True)
@@ -88,24 +88,41 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    names = [name.strip() for name in args.optimizers.split(",") if name.strip()]
-    unknown = [name for name in names if name not in OPTIMIZERS]
-    if unknown:
-        raise UserError(f"unknown optimizer(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
-    if args.condition < 1.0 or args.max_steps < 10 or args.lr <= 0 or args.target <= 0:
-        raise UserError("need --condition >= 1, --max-steps >= 10, --lr > 0 and --target > 0")
+    names = _check_demo_arguments(args)
     problem = make_anisotropic_regression(seed=args.seed, condition=args.condition)
     print(f"Linear regression, d_in=32, inputs with condition number {args.condition:g} (rotated, "
           f"non-zero mean); lr={args.lr:g} for every optimizer, damping={args.damping:g} for DoPr.")
     print(f"{'optimizer':<12} {'steps to loss<=' + format(args.target, 'g'):>20} {'final rel. loss':>16} {'time':>7}")
     for name in names:
-        extra = {"damping": args.damping} if is_dopr(name) else {}
         start = time.perf_counter()
-        steps, final = steps_to_target(name, problem, lr=args.lr, target=args.target,
-                                       max_steps=args.max_steps, seed=args.seed, **extra)
+        steps, final = steps_to_target(name, problem, lr=args.lr, target=args.target, max_steps=args.max_steps,
+                                       seed=args.seed, **optimizer_arguments(name, {"damping": args.damping}))
         shown = str(steps) if steps is not None else f"> {args.max_steps}"
         print(f"{name:<12} {shown:>20} {final:>16.2e} {time.perf_counter() - start:>6.1f}s")
     return 0
+
+
+def _check_demo_arguments(args: argparse.Namespace) -> list[str]:
+    """The optimizer names, once every value is known to work: nothing is printed before a bad one."""
+    names = [name.strip() for name in args.optimizers.split(",") if name.strip()]
+    if not names:
+        raise UserError(f"--optimizers names no optimizer, got {args.optimizers!r}; valid: {', '.join(OPTIMIZERS)}")
+    unknown = [name for name in names if name not in OPTIMIZERS]
+    if unknown:
+        raise UserError(f"unknown optimizer(s) {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
+    if not (math.isfinite(args.condition) and args.condition >= 1):
+        raise UserError(f"--condition must be a finite number >= 1, got {args.condition}")
+    for flag, value in (("--lr", args.lr), ("--target", args.target)):
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(f"{flag} must be a finite number > 0, got {value}")
+    if args.max_steps < 10:
+        raise UserError(f"--max-steps must be >= 10, got {args.max_steps}")
+    for name in names:  # the optimizers check their own hyperparameters (damping), on a throwaway layer
+        try:
+            make_optimizer(name, nn.Linear(2, 2), lr=args.lr, **optimizer_arguments(name, {"damping": args.damping}))
+        except ValueError as err:
+            raise UserError(f"--damping: {err}" if "damping" in str(err) else f"--optimizers {name}: {err}") from None
+    return names
 
 
 class SelfAttentionBlock(nn.Module):
@@ -148,6 +165,6 @@ def coverage_table(model_name: str, base: str) -> str:
     if model_name not in DEMO_MODELS:
         raise UserError(f"unknown model {model_name!r}; valid: {', '.join(DEMO_MODELS)}")
     if f"dopr-{base}" not in OPTIMIZERS:
-        raise UserError(f"unknown base {base!r}; valid: {', '.join(n[5:] for n in OPTIMIZERS if is_dopr(n))}")
+        raise UserError(f"unknown base {base!r}; valid: {', '.join(base_of(n) for n in OPTIMIZERS if is_dopr(n))}")
     optimizer = make_optimizer(f"dopr-{base}", DEMO_MODELS[model_name]())
     return f"dopr-{base} on the demo {model_name!r} model:\n{optimizer.format_coverage()}"

@@ -77,3 +77,31 @@ def test_a_bad_compare_option_is_one_line_and_exit_2(tmp_path) -> None:
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == "dopr-robot compare: error: --ema-decay must be in [0, 1), got 1.5\n"
     assert not (tmp_path / "grid").exists()
+
+
+@pytest.mark.parametrize("args", [["--help"], []])
+def test_the_command_list_imports_no_command(args: list[str]) -> None:
+    """``dopr-robot --help`` (and no command) lists the commands without importing them: no torch,
+    gymnasium, mujoco or h5py."""
+    code = ("import sys\nfrom dopr_robot.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('torch', 'gymnasium', 'mujoco', 'h5py') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "[]"
+    assert "optimizer-demo" in result.stdout and "DoPr vs its base optimizers" in result.stdout
+
+
+def test_each_listed_help_line_is_its_commands_own() -> None:
+    from dopr_robot.cli import COMMANDS, command_module
+
+    for name, command in COMMANDS.items():
+        assert command_module(name).HELP == command.help, name
+
+
+def test_a_command_help_shows_its_options(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit:
+        main(["optimizer-demo", "--help"])
+    assert exit.value.code == 0
+    out = capsys.readouterr().out
+    assert "--damping" in out and "--threads N" in out
