@@ -205,3 +205,156 @@ def test_bad_inputs_are_user_errors(tmp_path: Path, capsys) -> None:
     assert cli.main(["expert", "train", "--task", "Nope-v0", "--algo", "sac", "--steps", "5", "--out", str(tmp_path / "x")]) == 2
     assert "unknown task 'Nope-v0'" in capsys.readouterr().err
     assert cli.main(["expert"]) == 2 and "missing action" in capsys.readouterr().err
+
+
+# -- output paths, replacing experts, bad options ---------------------------------------------------------
+
+
+def _fake_run(tmp_path: Path, task: str = "Hopper-v5") -> Path:
+    """A run folder as `expert train` leaves it, with an untrained tiny SAC model as its latest checkpoint."""
+    model, _ = _tiny_model("sac", task, False)
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model.save(run / "checkpoints" / "model_100_steps.zip")
+    record = {"task": task, "algo": "sac", "seed": 0, "hyperparams": {}, "commands": ["(test)"], "wall_time_s": 1.0, "steps_done": 100}
+    (run / "run.json").write_text(json.dumps(record))
+    return run
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _shipped_copy(tmp_path: Path, monkeypatch, task: str = "Hopper-v5") -> Path:
+    """The weights root moved to a copy holding ``task``'s shipped expert: nothing here can touch the real one."""
+    import shutil
+
+    if not sb3_weights.has_weights(task):
+        pytest.skip(f"no shipped expert for {task}")
+    root = tmp_path / "weights"
+    shutil.copytree(sb3_weights.weights_dir(task), root / task)
+    monkeypatch.setattr(sb3_weights, "WEIGHTS_ROOT", root)
+    return root / task
+
+
+def test_export_replaces_an_expert_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    run = _fake_run(tmp_path)
+    to = tmp_path / "expert"
+    args = ["expert", "export", "--run", str(run), "--which", "latest", "--episodes", "1", "--to", str(to)]
+    assert cli.main(args) == 0
+    before = _contents(to)
+    assert set(before) == {"actor.pt", "actor.json", "manifest.json"}
+    capsys.readouterr()
+    assert cli.main([*args, "--note", "second"]) == 2
+    assert "already holds the Hopper-v5 expert; pass --overwrite to replace it" in capsys.readouterr().err
+    assert _contents(to) == before
+    assert cli.main([*args, "--note", "second", "--overwrite"]) == 0
+    assert json.loads((to / "manifest.json").read_text())["note"] == "second"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expert", "run"]  # no staging or old folder left
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    (tmp_path / "x.txt").write_text("keep")
+    for dest, message in ((tmp_path / "mine", "is not empty and holds no expert"), (tmp_path / "x.txt", "x.txt is a file")):
+        assert cli.main([*args[:-1], str(dest), "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep" and (tmp_path / "x.txt").read_text() == "keep"
+
+
+def test_export_never_replaces_the_shipped_expert_by_default(tmp_path: Path, monkeypatch, capsys) -> None:
+    shipped = _shipped_copy(tmp_path, monkeypatch)
+    before = _contents(shipped)
+    run = _fake_run(tmp_path)
+    args = ["expert", "export", "--run", str(run), "--which", "latest", "--episodes", "1"]
+    for extra, message in (([], "holds the shipped expert; export elsewhere with --to DIR"),
+                           (["--overwrite"], "holds the shipped expert; export elsewhere with --to DIR"),
+                           (["--to", str(shipped)], "already holds the Hopper-v5 expert shipped with the toolkit; pass --overwrite")):
+        assert cli.main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+        assert _contents(shipped) == before
+    assert cli.main([*args, "--to", str(shipped), "--overwrite"]) == 0  # asked for by name
+    assert _contents(shipped)["actor.pt"] != before["actor.pt"]
+
+
+def test_an_export_that_fails_midway_leaves_the_old_expert_whole(tmp_path: Path, monkeypatch) -> None:
+    run = _fake_run(tmp_path)
+    to = tmp_path / "expert"
+    sb3_experts.export_run(run, to, which="latest", episodes=1)
+    before = _contents(to)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the evaluation interrupted after the new actor was written
+
+    monkeypatch.setattr(sb3_experts, "episode_returns", killed)
+    with pytest.raises(KeyboardInterrupt):
+        sb3_experts.export_run(run, to, which="latest", episodes=1, note="new", overwrite=True)
+    assert _contents(to) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["expert", "run"]
+
+
+def test_expert_train_refuses_bad_outputs_before_training(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sb3_experts, "_make_vec_env", lambda *a: pytest.fail("training started"))
+    (tmp_path / "x.txt").write_text("keep")
+    (tmp_path / "expert").mkdir()
+    (tmp_path / "expert" / "manifest.json").write_text('{"task": "Hopper-v5"}')
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep")
+    base = ["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", "100"]
+    for extra, message in ((["--out", str(tmp_path / "x.txt")], "x.txt is a file"),
+                           (["--out", str(tmp_path / "x.txt" / "run")], "x.txt is a file, not a directory"),
+                           (["--out", str(tmp_path / "full")], "is not empty and holds no expert training run"),
+                           (["--out", str(tmp_path / "r"), "--export-to", str(tmp_path / "x.txt")], "x.txt is a file"),
+                           (["--out", str(tmp_path / "r"), "--export-to", str(tmp_path / "expert")],
+                            "already holds the Hopper-v5 expert; pass --overwrite"),
+                           (["--out", str(tmp_path / "r"), "--hp", "learning_rate=abc"],
+                            'hyperparameter learning_rate must be a number (like 0.0003), got "abc"'),
+                           (["--out", str(tmp_path / "r"), "--hp", "buffer_size=1.5"], "buffer_size must be an integer"),
+                           (["--out", str(tmp_path / "r"), "--seed", "-1"], "seed must be >= 0")):
+        assert cli.main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r").exists() and (tmp_path / "x.txt").read_text() == "keep"
+
+
+def test_expert_train_threads_zero_is_a_usage_error(capsys) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", "100", "--out", "x", "--threads", "0"])
+    assert exited.value.code == 2
+    assert "argument --threads: must be an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_expert_eval_refuses_a_negative_seed_and_another_tasks_expert(tmp_path: Path, capsys) -> None:
+    assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--seed", "-1", "--episodes", "1"]) == 2
+    assert "seed must be >= 0" in capsys.readouterr().err
+    expert = tmp_path / "walker"
+    sb3_experts.save_actor(*sb3_experts.actor_from_sb3(_tiny_model("sac", "HalfCheetah-v5", False)[0]), expert)
+    (expert / "manifest.json").write_text(json.dumps({"task": "Walker2d-v5"}))  # the same sizes as HalfCheetah-v5
+    assert envs.task_spec("Walker2d-v5").obs_dim == envs.task_spec("HalfCheetah-v5").obs_dim
+    assert cli.main(["expert", "eval", "--task", "HalfCheetah-v5", "--expert", str(expert), "--episodes", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained on Walker2d-v5, not HalfCheetah-v5" in err, err
+
+
+def test_expert_train_options_are_the_config_fields(capsys) -> None:
+    """Every ExpertTrainConfig field the command line sets is an option with the field's default."""
+    from dataclasses import fields
+
+    from dopr_robot.commands.expert import TRAIN_OWN_FIELDS, _train_command
+    from dopr_robot.config import resolve_config
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["expert", "train", "--task", "Hopper-v5", "--algo", "SAC", "--steps", "7", "--out", "r"])
+    cfg = resolve_config(sb3_experts.ExpertTrainConfig, args, exclude=TRAIN_OWN_FIELDS)
+    assert cfg == sb3_experts.ExpertTrainConfig(task="Hopper-v5", algo="sac", steps=7, out="r")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["expert", "train", "--help"])
+    help_text = capsys.readouterr().out
+    for f in fields(sb3_experts.ExpertTrainConfig):
+        if f.name not in TRAIN_OWN_FIELDS:
+            assert "--" + f.name.replace("_", "-") in help_text
+    args = parser.parse_args(["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", "7", "--out", "r",
+                              "--eval-episodes", "3", "--resume", "--hp", "batch_size=32"])
+    assert _train_command(args) == ("dopr-robot expert train --task Hopper-v5 --algo sac --steps 7 --out r --resume "
+                                    "--eval-episodes 3 --hp batch_size=32")
