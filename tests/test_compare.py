@@ -66,11 +66,11 @@ def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Pa
     real_evaluate = compare_module.evaluate_checkpoint
     calls = []
 
-    def evaluate_then_die(run_dir, **kwargs):
+    def evaluate_then_die(run_dir, *args, **kwargs):
         calls.append(Path(run_dir))
         if len(calls) == 3:
             raise Killed  # dies after training cell 3, before its evaluation is written
-        return real_evaluate(run_dir, **kwargs)
+        return real_evaluate(run_dir, *args, **kwargs)
 
     monkeypatch.setattr(compare_module, "evaluate_checkpoint", evaluate_then_die)
     with pytest.raises(Killed):
