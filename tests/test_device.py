@@ -18,7 +18,7 @@ import dopr_robot.train as train_module
 from dopr_robot import threads
 from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
-from dopr_robot.config import TrainConfig
+from dopr_robot.config import EvalConfig, TrainConfig
 from dopr_robot.devices import module_device, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint, policy_actions
@@ -345,7 +345,7 @@ def test_a_run_resumes_on_the_other_device(reach_demos: Path, tmp_path: Path, mo
 def test_cuda_evaluation_matches_cpu_evaluation(reach_demos: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     train(tiny_config(reach_demos, run, steps=60), progress=False, device="cpu")
-    results = {device: evaluate_checkpoint(run, device=device, episodes=8, num_envs=4)
+    results = {device: evaluate_checkpoint(run, EvalConfig(episodes=8, num_envs=4), device=device)
                for device in ("cpu", "cuda")}
     cpu, cuda = results["cpu"].closed_loop, results["cuda"].closed_loop
     assert abs(cpu["successes"] - cuda["successes"]) <= 1  # float32 rounding differs between the devices

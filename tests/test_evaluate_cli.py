@@ -13,7 +13,7 @@ import torch
 import demos
 from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
-from dopr_robot.config import TrainConfig
+from dopr_robot.config import EvalConfig, TrainConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import DEFAULT_EVAL_SEED, evaluate_checkpoint, make_evaluator
 from dopr_robot.evaluate.plots import plot_compounding
@@ -30,7 +30,8 @@ def run_dir(tmp_path_factory) -> Path:
     config = TrainConfig(data=str(root / "reach.hdf5"), out=str(root / "run"), steps=20, batch_size=16, lr=3e-3,
                          warmup_steps=2, val_every=10, checkpoint_every=20, log_every=10, history=2, chunk=3,
                          policy_options={"width": 32, "depth": 1})
-    evaluator = make_evaluator("Reach-v0", 2, env_kwargs={"horizon": HORIZON}, num_envs=2, with_expert=False)
+    evaluator = make_evaluator("Reach-v0", EvalConfig(episodes=2, num_envs=2, with_expert=False),
+                               env_kwargs={"horizon": HORIZON})
     train(config, evaluator=evaluator, evaluate_every=20, progress=False)
     return root / "run"
 
@@ -153,7 +154,7 @@ def test_write_video_scales_frames_to_a_size(tmp_path: Path) -> None:
 
 
 def test_plot_reads_a_result_without_the_divergence_summaries(run_dir: Path, tmp_path: Path) -> None:
-    result = evaluate_checkpoint(run_dir, episodes=2, num_envs=2).to_dict()
+    result = evaluate_checkpoint(run_dir, EvalConfig(episodes=2, num_envs=2)).to_dict()
     for key in ("time_to_divergence", "deviation_at"):
         del result["compounding"][key]  # a file written before they existed
     assert plot_compounding(result, tmp_path / "old.png").stat().st_size > 10_000
@@ -181,17 +182,14 @@ def test_eval_flags_map_to_an_eval_config(run_dir: Path, monkeypatch: pytest.Mon
 
     seen = {}
 
-    def capture(checkpoint, **kwargs):
-        seen.update(kwargs)
+    def capture(checkpoint, config, **kwargs):
+        seen.update(kwargs, config=config)
         raise Captured
 
     monkeypatch.setattr(evaluate_module, "evaluate_checkpoint", capture)
     with pytest.raises(Captured):
         main(["eval", "--checkpoint", str(run_dir), *args])
-    settings = EvalConfig(**expected)
-    assert seen == dict(task=None, use_ema=settings.use_ema, episodes=settings.episodes, seed=settings.seed,
-                        num_envs=settings.num_envs, actions_per_chunk=settings.actions_per_chunk,
-                        with_expert=settings.with_expert, progress=True, device="auto", flow_steps=settings.flow_steps)
+    assert seen == dict(config=EvalConfig(**expected), task=None, progress=True, device="auto")
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from demos.history import history_indices
+from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate, policy_actions
 from dopr_robot.evaluate.metrics import DIVERGENCE_C
@@ -119,7 +120,8 @@ def test_seeds_are_read_lazily_a_run_can_stop_early_and_labels_are_recorded() ->
 def test_terminated_episodes_end_early_and_report_time_to_failure() -> None:
     # u = +1 per step: x0 = 1.0 .. 1.5 pass |x| > 2.6 on step 2, x0 = 1.75, 2.0 on step 1 (horizons 3..6).
     policy = LinearPolicy(gain=0.0, offset=1.0)
-    result = evaluate(policy, "line", 8, seed=0, num_envs=3, make_env=lambda: LineEnv(limit=2.6), with_expert=False)
+    result = evaluate(policy, "line", EvalConfig(episodes=8, seed=0, num_envs=3, with_expert=False),
+                      make_env=lambda: LineEnv(limit=2.6))
     for record in result.records:
         steps_to_fail = math.floor(2.6 - x0(record["seed"])) + 1
         expected = min(steps_to_fail, horizon(record["seed"]))
@@ -131,8 +133,8 @@ def test_terminated_episodes_end_early_and_report_time_to_failure() -> None:
 def test_same_seed_same_result_and_num_envs_does_not_matter() -> None:
     torch.manual_seed(0)
     policy = make_policy("mlp", 1, 1, history=2, chunk=3, width=16, depth=1)
-    runs = [evaluate(policy, "line", 9, seed=5, num_envs=k, make_env=LineEnv, expert=LinearExpert(0.5),
-                     actions_per_chunk=2) for k in (3, 3, 1)]
+    runs = [evaluate(policy, "line", EvalConfig(episodes=9, seed=5, num_envs=k, actions_per_chunk=2), make_env=LineEnv,
+                     expert=LinearExpert(0.5)) for k in (3, 3, 1)]
     assert runs[0].to_dict()["records"] == runs[1].to_dict()["records"]
     for a, b in zip(runs[0].records, runs[2].records):  # batch size changes float32 rounding only
         assert a.keys() == b.keys() and a["seed"] == b["seed"] and a["length"] == b["length"]
@@ -167,7 +169,7 @@ def test_history_is_padded_with_the_first_observation_and_chunks_are_executed() 
 def test_compounding_error_of_an_action_offset_matches_the_closed_form() -> None:
     k, c, sx, su = 0.5, 0.1, 2.0, 0.5
     seeds = list(range(7))
-    result = evaluate(LinearPolicy(k, c, sx, su), "line", len(seeds), seed=0, num_envs=3, make_env=LineEnv,
+    result = evaluate(LinearPolicy(k, c, sx, su), "line", EvalConfig(episodes=len(seeds), seed=0, num_envs=3), make_env=LineEnv,
                       expert=LinearExpert(k))
     # e_t = x^_t - x*_t obeys e_{t+1} = (1 - k) e_t + c, so e_t = c (1 - (1-k)^t) / k; the action
     # difference at step t is -k e_t + c = c (1-k)^t; at any state pi - pi* = c.
@@ -187,7 +189,7 @@ def test_compounding_error_of_an_action_offset_matches_the_closed_form() -> None
 def test_action_error_ratio_of_a_wrong_gain_matches_the_closed_form() -> None:
     k, k_policy, su = 0.5, 0.2, 0.5
     seeds = list(range(8))
-    result = evaluate(LinearPolicy(k_policy, 0.0, su=su), "line", len(seeds), seed=0, num_envs=4,
+    result = evaluate(LinearPolicy(k_policy, 0.0, su=su), "line", EvalConfig(episodes=len(seeds), seed=0, num_envs=4),
                       make_env=LineEnv, expert=LinearExpert(k))
     # The error at state x is ((k - k') x / su)^2; the policy visits x0 (1-k')^t, the expert x0 (1-k)^t.
     on_policy, on_expert = [], []
@@ -217,7 +219,7 @@ def test_the_expert_as_policy_has_zero_compounding_error() -> None:
     import envs
 
     policy = ExpertAsPolicy(envs.make_expert("Reach-v0"), 18, 3)
-    result = evaluate(policy, "Reach-v0", 3, seed=0, num_envs=2, env_kwargs={"horizon": 15})
+    result = evaluate(policy, "Reach-v0", EvalConfig(episodes=3, seed=0, num_envs=2), env_kwargs={"horizon": 15})
     compounding = result.compounding
     assert max(compounding["state_deviation"]["mean"]) == 0.0
     assert compounding["j_traj"]["mean"] == 0.0
@@ -252,7 +254,7 @@ def test_time_to_divergence_of_a_drifting_policy_matches_the_hand_count() -> Non
     # Policy u = +1 (x^_t = x0 + t), expert u = -0.5 x (x*_t = x0 0.5^t); obs std 2, D = 1, so the pair
     # has diverged at the first t with (x0 + t - x0 0.5^t) / 2 > tau = DIVERGENCE_C.
     seeds = list(range(8))
-    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=2.0), "line", len(seeds), seed=0, num_envs=3,
+    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=2.0), "line", EvalConfig(episodes=len(seeds), seed=0, num_envs=3),
                       make_env=LineEnv, expert=LinearExpert(0.5))
     expected = []
     for record in result.records:
@@ -277,7 +279,7 @@ def test_time_to_divergence_of_a_drifting_policy_matches_the_hand_count() -> Non
 def test_a_policy_that_fails_early_diverges_when_it_fails() -> None:
     # u = +1 passes |x| > 2.6 (terminated) on step 2 (x0 <= 1.5) or 1 (x0 >= 1.75); the expert runs its
     # horizon. sx = 100 keeps the deviation under the threshold, so only the fall counts.
-    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=100.0), "line", 8, seed=0, num_envs=3,
+    result = evaluate(LinearPolicy(gain=0.0, offset=1.0, sx=100.0), "line", EvalConfig(episodes=8, seed=0, num_envs=3),
                       make_env=lambda: LineEnv(limit=2.6), expert=LinearExpert(0.5))
     for record in result.records:
         assert record["terminated"] and record["length"] < record["expert_length"]

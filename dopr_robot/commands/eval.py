@@ -42,10 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if args.plot is not None and not settings.with_expert:
         raise UserError("--plot draws the compounding error, which needs the expert: drop --no-expert")
     out = args.out if args.out is not None else checkpoint_path(args.checkpoint).parent / "eval.json"
-    result = evaluate_checkpoint(args.checkpoint, task=args.task, use_ema=settings.use_ema, episodes=settings.episodes,
-                                 seed=settings.seed, num_envs=settings.num_envs,
-                                 actions_per_chunk=settings.actions_per_chunk, with_expert=settings.with_expert,
-                                 progress=not args.no_progress, device=args.device, flow_steps=settings.flow_steps)
+    result = evaluate_checkpoint(args.checkpoint, settings, task=args.task, device=args.device,
+                                 progress=not args.no_progress)
     data = result.to_dict()
     write_json(data, out)
     print(result.table())

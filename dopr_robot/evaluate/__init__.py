@@ -2,18 +2,18 @@
 
 Public API::
 
-    evaluate(policy, task, episodes, seed=DEFAULT_EVAL_SEED, num_envs=8, *, env_kwargs=None,
-             actions_per_chunk=1, with_expert=True, ...) -> EvalResult
-    evaluate_checkpoint(run_dir_or_file, task=None, **evaluate_kwargs) -> EvalResult  # + validation loss
-    make_evaluator(task, episodes, seed=..., **evaluate_kwargs) -> (policy, step) -> dict  # for train()
+    evaluate(policy, task, config: EvalConfig, *, env_kwargs=None, progress=False, ...) -> EvalResult
+    evaluate_checkpoint(run_dir_or_file, config: EvalConfig, *, task=None, device="auto",
+                        progress=False) -> EvalResult           # + validation loss, checkpoint record
+    make_evaluator(task, config: EvalConfig, **evaluate_kwargs) -> (policy, step) -> dict  # for train()
     write_json(data, path)                                   # atomic (temp file + os.replace)
 
 Episode ``i`` always starts from ``reset(seed=seed + i)``, whatever ``num_envs`` is; the default
 first seed is ``envs.seeds.POLICY_EVAL`` (every seed range is in ``envs/seeds.py``).
 
 Where things are: ``evaluation.py`` (:func:`evaluate`, :class:`EvalResult`, the relabelling of visited
-states), ``checkpoints.py`` (evaluating a run's checkpoint), ``rollout.py`` (the seeded rollout loop
-in K envs), ``metrics.py`` (intervals, the compounding-error metrics), ``plots.py``, ``video.py``.
+states), ``checkpoints.py`` (evaluating a run's checkpoint), ``rollout.py`` (policies in the seeded rollout
+loop of ``envs/rollout.py``), ``metrics.py`` (intervals, the compounding-error metrics), ``plots.py``, ``video.py``.
 """
 
 from dopr_robot.evaluate.checkpoints import checkpoint_task, evaluate_checkpoint, validation_record

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.evaluation import EvalResult, evaluate
 
@@ -47,18 +48,21 @@ def validation_record(run_or_file: str | Path, checkpoint: dict[str, Any]) -> di
             "best_step": best.get("step"), "checkpoint_step": step}
 
 
-def evaluate_checkpoint(run_or_file: str | Path, task: str | None = None, use_ema: bool = True,
-                        device: str | torch.device = "auto", flow_steps: int = 0, **kwargs: Any) -> EvalResult:
+def evaluate_checkpoint(run_or_file: str | Path, config: EvalConfig, *, task: str | None = None,
+                        device: str | torch.device = "auto", progress: bool = False) -> EvalResult:
     """Load a checkpoint (run directory or file) onto ``device`` (``auto``: CUDA when available;
-    the environments stay on the CPU), evaluate it, and attach its validation loss and a
+    the environments stay on the CPU), its EMA weights unless ``config.use_ema`` is off and its flow
+    sampler with ``config.flow_steps``; evaluate it with ``config`` on ``task`` (default: its
+    demonstrations' task, :func:`checkpoint_task`), and attach its validation loss and a
     record of it: path, step, EMA or not, policy, optimizer, history, chunk, and ``dataset`` (what
     training stored about its data: episodes, splits, source, task, collection metadata)."""
     from dopr_robot.checkpoint import checkpoint_path, load_checkpoint, policy_from_checkpoint
 
     checkpoint = load_checkpoint(run_or_file)
     task, env_kwargs = checkpoint_task(checkpoint, task)
-    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device, flow_steps=flow_steps)
-    result = evaluate(policy, task, env_kwargs=env_kwargs, **kwargs)
+    use_ema = config.use_ema
+    policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device, flow_steps=config.flow_steps)
+    result = evaluate(policy, task, config, env_kwargs=env_kwargs, progress=progress)
     result.validation = validation_record(run_or_file, checkpoint)
     result.checkpoint = {"path": str(checkpoint_path(run_or_file)), "step": checkpoint.get("step"),
                          "use_ema": use_ema and checkpoint.get("ema") is not None,

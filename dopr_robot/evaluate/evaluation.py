@@ -26,6 +26,7 @@ import torch
 import envs
 from demos.history import history_indices
 from dopr_robot.atomic import write_json_atomic
+from dopr_robot.config import EvalConfig
 from dopr_robot.devices import module_device
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.metrics import (
@@ -160,21 +161,25 @@ def resolve_task(task: str, env_kwargs: dict[str, Any] | None, with_expert: bool
     return spec.name, partial(envs.make, spec.name, **env_kwargs), expert, note
 
 
-def evaluate(policy: Policy, task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED, num_envs: int = 8, *,
-             env_kwargs: dict[str, Any] | None = None, actions_per_chunk: int = 1, with_expert: bool = True,
+def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[str, Any] | None = None,
              make_env: Callable[[], Any] | None = None, expert: Any = None, bootstrap_seed: int = 0,
              progress: bool = False) -> EvalResult:
-    """Roll ``policy`` out for ``episodes`` seeded episodes (seeds ``seed .. seed + episodes - 1``) in
-    ``num_envs`` envs at once, and (``with_expert``) the task's expert from the same initial states.
+    """Roll ``policy`` out for ``config.episodes`` seeded episodes (``config.seeds``) in
+    ``config.num_envs`` envs at once, executing ``config.actions_per_chunk`` actions of each chunk,
+    and (``config.with_expert``) the task's expert from the same initial states. The checkpoint
+    settings of ``config`` (``use_ema``, ``flow_steps``) and the video ones are for the caller that
+    made ``policy``.
 
     ``make_env``/``expert`` replace the registry's env factory and expert (``task`` is then only a
     label, and the horizon of ``deviation_at`` is the longest episode pair): tests use this for envs
     with known answers. The policy runs in eval mode (restored after).
     """
-    for name, value, least in (("episodes", episodes, 1), ("num-envs", num_envs, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < least:
-            raise UserError(f"--{name} must be an integer >= {least}, got {value!r}")
-    episodes, num_envs, seed = int(episodes), int(num_envs), int(seed)
+    for name in ("episodes", "num_envs", "seed"):
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise UserError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
+    episodes, num_envs, seed = int(config.episodes), int(config.num_envs), int(config.seed)
+    actions_per_chunk, with_expert = config.actions_per_chunk, config.with_expert
     check_actions_per_chunk(actions_per_chunk, policy.chunk)
     if make_env is None:
         task, make_env, registry_expert, note = resolve_task(task, env_kwargs, with_expert)
@@ -285,12 +290,12 @@ def _progress_bar(total: int, task: str, enabled: bool):
     return tqdm(total=total, desc=f"eval {task}", unit="episode", disable=not enabled)
 
 
-def make_evaluator(task: str, episodes: int, seed: int = DEFAULT_EVAL_SEED, **kwargs: Any
-                   ) -> Callable[[Policy, int], dict[str, float]]:
-    """An ``evaluator(policy, step) -> metrics`` for :func:`dopr_robot.train.train` (flat ``eval_*`` numbers)."""
+def make_evaluator(task: str, config: EvalConfig, **kwargs: Any) -> Callable[[Policy, int], dict[str, float]]:
+    """An ``evaluator(policy, step) -> metrics`` for :func:`dopr_robot.train.train` (flat ``eval_*``
+    numbers): :func:`evaluate` with ``config`` and the keyword arguments ``kwargs``."""
 
     def evaluator(policy: Policy, step: int) -> dict[str, float]:
-        return evaluate(policy, task, episodes, seed, **kwargs).metrics()
+        return evaluate(policy, task, config, **kwargs).metrics()
 
     return evaluator
 
