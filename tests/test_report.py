@@ -362,3 +362,189 @@ def test_the_counts_summary_bolds_only_differences_whose_interval_excludes_zero(
     _, low, high = interval(return_row[1].removesuffix(" (3 pairs)"))
     assert not return_row[1].startswith("**") and low < 0 < high
     assert loss_row[1].startswith("**") and interval(loss_row[1].removesuffix(" (3 pairs)").strip("*"))[2] < 0
+
+
+# -- the figures, read back from their artists against values recomputed here from what write_run wrote --
+
+PLOT_SEEDS = (0, 1, 2)
+
+
+def plot_inputs(root: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """A grid for the figures (Push-v0: adamw and dopr-adamw, 3 seeds; Reach-v0: adamw, 2 seeds) and,
+    per run, what it was written with: success per episode, returns, validation loss, seed."""
+    inputs = {}
+    for task, optimizers, seeds in ((TASK, ("adamw", "dopr-adamw"), PLOT_SEEDS), ("Reach-v0", ("adamw",), (0, 1))):
+        for optimizer in optimizers:
+            for seed in seeds:
+                success = outcomes(seed + 10 * len(optimizer) + len(task), 8, 0.5)
+                returns = [float(s) * 10 - i * 0.1 + 0.5 * seed + len(optimizer) for i, s in enumerate(success)]
+                val_loss = 0.02 + 0.003 * seed + (0.01 if optimizer == "adamw" else 0.0) + (0.1 if task != TASK else 0.0)
+                write_run(root, optimizer, seed, success, returns, task=task, val_loss=val_loss)
+                inputs[task, optimizer, seed] = {"success": success, "returns": returns, "val_loss": val_loss, "seed": seed}
+    return inputs
+
+
+def runs_of(inputs: dict, task: str, optimizer: str) -> list[dict[str, Any]]:
+    return [run for (t, o, _), run in sorted(inputs.items()) if (t, o) == (task, optimizer)]
+
+
+def panels(fig) -> dict[str, Any]:
+    """Axes by task (a panel's title starts with its task)."""
+    return {ax.get_title().split(",")[0]: ax for ax in fig.axes if ax.get_title()}
+
+
+def xs(line) -> np.ndarray:
+    return np.asarray(line.get_xdata(), dtype=float)
+
+
+def ys(line) -> np.ndarray:
+    return np.asarray(line.get_ydata(), dtype=float)
+
+
+def labelled_lines(ax) -> dict[str, Any]:
+    return {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+
+
+def check_validation_vs_success(fig, inputs: dict) -> None:
+    for task, ax in panels(fig).items():
+        containers = {c.get_label(): c for c in ax.containers}
+        optimizers = sorted({o for t, o, _ in inputs if t == task})
+        assert sorted(containers) == optimizers
+        for optimizer in optimizers:
+            runs = runs_of(inputs, task, optimizer)
+            rate = np.array([np.mean(run["success"]) for run in runs])
+            data, _, bar_lines = containers[optimizer].lines
+            assert len(bar_lines) == 1, "one set of error bars"
+            bars = bar_lines[0]
+            np.testing.assert_allclose(xs(data), [run["val_loss"] for run in runs])
+            np.testing.assert_allclose(ys(data), rate)
+            # write_run's Wilson stand-in: [p - 0.2, p + 0.2] clipped to [0, 1]
+            expected = [[[x, max(0.0, p - 0.2)], [x, min(1.0, p + 0.2)]] for x, p in zip([r["val_loss"] for r in runs], rate)]
+            np.testing.assert_allclose(np.array(bars.get_segments()), expected, atol=1e-12)
+
+
+def check_deviation(fig, inputs: dict) -> None:
+    for task, ax in panels(fig).items():
+        lines = labelled_lines(ax)
+        for optimizer in sorted({o for t, o, _ in inputs if t == task}):
+            seeds = [run["seed"] for run in runs_of(inputs, task, optimizer)]
+            line = lines.get(f"{optimizer} ({len(seeds)} runs)")
+            assert line is not None, f"no curve of {optimizer} in {task}"
+            t = np.arange(HORIZON + 1)
+            np.testing.assert_array_equal(xs(line), t)
+            np.testing.assert_allclose(ys(line), 0.02 * t * np.mean([1 + s for s in seeds]))  # write_run's curves
+        assert "divergence threshold" in lines
+        np.testing.assert_allclose(ys(lines["divergence threshold"]), [0.3, 0.3])
+
+
+def check_learning_curves(fig, inputs: dict) -> None:
+    for task, ax in panels(fig).items():
+        lines = labelled_lines(ax)
+        for optimizer in sorted({o for t, o, _ in inputs if t == task}):
+            seeds = [run["seed"] for run in runs_of(inputs, task, optimizer)]
+            line = lines.get(f"{optimizer} ({len(seeds)} runs)")
+            assert line is not None, f"no curve of {optimizer} in {task}"
+            steps = np.array([50, 100, 150, 200])
+            np.testing.assert_array_equal(xs(line), steps)
+            np.testing.assert_allclose(ys(line), 0.1 / steps + 0.01 * np.mean(seeds))  # write_run's metrics.jsonl
+
+
+def check_terminal_reward(fig, inputs: dict) -> None:
+    for task, ax in panels(fig).items():
+        bars = [patch for container in ax.containers if hasattr(container, "patches") for patch in container.patches]
+        optimizers = sorted({o for t, o, _ in inputs if t == task}, key=lambda o: o.startswith("dopr-"))
+        assert len(bars) == len(optimizers)
+        for offset, (bar, optimizer) in zip((-0.19, 0.19), zip(bars, optimizers)):
+            mean = np.mean([np.mean(run["returns"]) for run in runs_of(inputs, task, optimizer)])
+            assert bar.get_x() + bar.get_width() / 2 == pytest.approx(offset if len(optimizers) == 2 else -0.19)
+            assert bar.get_height() == pytest.approx(mean)
+        deltas = [text.get_text() for text in ax.texts if text.get_text().startswith("Δ")]
+        if len(optimizers) == 2:  # the paired difference above the pair: mean over seeds of DoPr - base
+            difference = np.mean([np.mean(d["returns"]) - np.mean(b["returns"]) for b, d in
+                                  zip(runs_of(inputs, task, "adamw"), runs_of(inputs, task, "dopr-adamw"))])
+            assert len(deltas) == 1 and float(deltas[0].split()[1]) == pytest.approx(difference, rel=1e-2)
+        else:
+            assert deltas == []
+
+
+def check_validation_vs_return(fig, inputs: dict) -> None:
+    for task, ax in panels(fig).items():
+        lines = labelled_lines(ax)
+        optimizers = sorted({o for t, o, _ in inputs if t == task})
+        assert sorted(lines) == optimizers
+        for optimizer in optimizers:
+            runs = runs_of(inputs, task, optimizer)
+            np.testing.assert_allclose(xs(lines[optimizer]), [run["val_loss"] for run in runs])
+            np.testing.assert_allclose(ys(lines[optimizer]), [np.mean(run["returns"]) for run in runs])
+
+
+FIGURE_CHECKS = {"validation_vs_success": check_validation_vs_success, "deviation": check_deviation,
+                 "learning_curves": check_learning_curves, "terminal_reward": check_terminal_reward,
+                 "validation_vs_return": check_validation_vs_return}
+
+
+@pytest.fixture(scope="module")
+def figure_grid(tmp_path_factory) -> tuple[list[dict[str, Any]], dict]:
+    root = tmp_path_factory.mktemp("figures")
+    inputs = plot_inputs(root)
+    return load_rows(root), inputs
+
+
+def check_figure(name: str, fig, inputs: dict) -> None:
+    """A panel per task, each showing what FIGURE_CHECKS[name] recomputes from the runs."""
+    assert sorted(panels(fig)) == sorted({task for task, _, _ in inputs})
+    FIGURE_CHECKS[name](fig, inputs)
+
+
+def test_every_figure_of_the_report_is_checked() -> None:
+    from dopr_robot.report import files
+
+    assert sorted(f.__name__.removeprefix("plot_") for f in files.FIGURES.values()) == sorted(FIGURE_CHECKS)
+
+
+@pytest.mark.parametrize("name", FIGURE_CHECKS)
+def test_each_figure_draws_the_values_of_the_runs(name: str, figure_grid) -> None:
+    import matplotlib.pyplot as plt
+
+    from dopr_robot.report import plots
+
+    rows, inputs = figure_grid
+    fig = getattr(plots, f"{name}_figure")(rows)
+    try:
+        check_figure(name, fig, inputs)
+    finally:
+        plt.close(fig)
+
+
+@pytest.mark.parametrize("name, method, planted", [
+    ("validation_vs_success", "errorbar", "nothing"),
+    ("deviation", "plot", "shifted"),
+    ("learning_curves", "plot", "nothing"),
+    ("terminal_reward", "bar", "shifted"),
+    ("validation_vs_return", "plot", "shifted"),
+])
+def test_a_planted_wrong_figure_fails_its_check(name: str, method: str, planted: str, figure_grid,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks above see a figure that draws nothing, or draws the data moved by 0.1."""
+    import matplotlib.pyplot as plt
+    from matplotlib.axes import Axes
+
+    from dopr_robot.report import plots
+
+    real = getattr(Axes, method)
+
+    def wrong(self, *args, **kwargs):
+        if planted == "nothing":
+            return real(self, [], [], **{k: v for k, v in kwargs.items() if k not in ("yerr", "width")})
+        shifted = [np.asarray(args[0]), np.asarray(args[1], dtype=float) + 0.1] if len(args) > 1 else \
+            [np.arange(len(args[0])), np.asarray(args[0], dtype=float) + 0.1]
+        return real(self, *shifted, *args[2:], **kwargs)
+
+    monkeypatch.setattr(Axes, method, wrong)
+    rows, inputs = figure_grid
+    fig = getattr(plots, f"{name}_figure")(rows)
+    try:
+        with pytest.raises(AssertionError):
+            check_figure(name, fig, inputs)
+    finally:
+        plt.close(fig)

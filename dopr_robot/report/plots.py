@@ -4,12 +4,14 @@ saying how many seeds, episodes per run and which evaluation seeds it shows.
 One panel per task (the terminal-reward and validation-vs-return figures: per task and demonstration
 count); each optimizer keeps one colour for its base and its DoPr variant (solid line / circles /
 filled bars for the base, dashed line / triangles / hatched bars for DoPr), listed base beside variant.
+``<name>_figure(rows)`` builds a figure (the matplotlib Figure, whose artists tests read) and
+``plot_<name>(rows, path)`` saves it as a PNG.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -18,11 +20,14 @@ from dopr_robot.report.results import deviation_curve, episode_values, optimizer
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap, run_band
 from dopr_robot.report.tables import METRICS, demo_count, paired_difference
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 BAND = "band: 95% percentile bootstrap over runs (B=2000)"
 RETURN = next(m for m in METRICS if m.column == "mean_return")
 
 
-def plot_validation_vs_success(rows: list[dict[str, Any]], path: str | Path) -> None:
+def validation_vs_success_figure(rows: list[dict[str, Any]]) -> Figure:
     """One point per run, validation loss against closed-loop success with the run's Wilson 95% bars:
     does a lower validation loss mean a higher success rate?"""
     fig, axes = _figure(rows, "Validation loss vs closed-loop success rate (one point per run)")
@@ -40,10 +45,10 @@ def plot_validation_vs_success(rows: list[dict[str, Any]], path: str | Path) -> 
                ylabel="success rate (fraction of episodes)", ylim=(-0.05, 1.05))
         _legend(ax)
     _caption(fig, rows, "error bars: Wilson 95% interval over each run's evaluation episodes")
-    _save(fig, path)
+    return fig
 
 
-def plot_deviation(rows: list[dict[str, Any]], path: str | Path) -> None:
+def deviation_figure(rows: list[dict[str, Any]]) -> Figure:
     """Per optimizer, the mean over runs of each run's mean state deviation from the expert (rolled out
     from the same initial state) against t, with a 95% band across runs."""
     fig, axes = _figure(rows, "State deviation from the expert, same initial state (mean over runs)")
@@ -64,10 +69,10 @@ def plot_deviation(rows: list[dict[str, Any]], path: str | Path) -> None:
         ax.set_ylim(bottom=0)
         _legend(ax)
     _caption(fig, rows, f"curve: mean over runs of each run's mean over episodes still running at t; {BAND}")
-    _save(fig, path)
+    return fig
 
 
-def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
+def learning_curves_figure(rows: list[dict[str, Any]]) -> Figure:
     """Validation loss against training step per optimizer (from each run's metrics.jsonl), the mean
     over seeds with a 95% band across runs, at the steps every run logged."""
     fig, axes = _figure(rows, "Validation loss during training (EMA weights, held-out episodes)")
@@ -90,10 +95,10 @@ def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
             ax.set_yscale("log")
             _legend(ax)
     _caption(fig, rows, BAND)
-    _save(fig, path)
+    return fig
 
 
-def plot_terminal_reward(rows: list[dict[str, Any]], path: str | Path) -> None:
+def terminal_reward_figure(rows: list[dict[str, Any]]) -> Figure:
     """The paper's figure: mean closed-loop return per base optimizer, the base and its DoPr variant
     side by side with 95% cluster-bootstrap intervals, and the paired difference DoPr-X - X with its
     paired interval above each pair; one panel per task and demonstration count."""
@@ -131,10 +136,10 @@ def plot_terminal_reward(rows: list[dict[str, Any]], path: str | Path) -> None:
     _caption(fig, rows, f"bars: mean over training seeds of each run's mean return; error bars: 95% cluster bootstrap "
                         f"over seeds and episodes (B={BOOTSTRAP_RESAMPLES}); Δ: paired DoPr-X - X over seed pairs and "
                         "shared episodes with its 95% interval")
-    _save(fig, path)
+    return fig
 
 
-def plot_validation_vs_return(rows: list[dict[str, Any]], path: str | Path) -> None:
+def validation_vs_return_figure(rows: list[dict[str, Any]]) -> Figure:
     """One point per run, validation loss against mean closed-loop return (base circles, DoPr
     triangles): a lower validation loss need not mean a higher return. One panel per task and
     demonstration count."""
@@ -158,7 +163,28 @@ def plot_validation_vs_return(rows: list[dict[str, Any]], path: str | Path) -> N
         _legend(ax)
     _caption(fig, rows, "each point: one run's validation loss (EMA weights, held-out episodes) and mean return over "
                         "its evaluation episodes; circles: base optimizers, triangles: DoPr")
-    _save(fig, path)
+    return fig
+
+
+def plot_validation_vs_success(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`validation_vs_success_figure` saved as a PNG at ``path``."""
+    _save(validation_vs_success_figure(rows), path)
+
+def plot_deviation(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`deviation_figure` saved as a PNG at ``path``."""
+    _save(deviation_figure(rows), path)
+
+def plot_learning_curves(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`learning_curves_figure` saved as a PNG at ``path``."""
+    _save(learning_curves_figure(rows), path)
+
+def plot_terminal_reward(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`terminal_reward_figure` saved as a PNG at ``path``."""
+    _save(terminal_reward_figure(rows), path)
+
+def plot_validation_vs_return(rows: list[dict[str, Any]], path: str | Path) -> None:
+    """:func:`validation_vs_return_figure` saved as a PNG at ``path``."""
+    _save(validation_vs_return_figure(rows), path)
 
 
 def _base(name: str) -> str:
