@@ -121,6 +121,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         if err.errno not in _STORAGE_ERRORS:
             raise
         raise UserError(f"cannot write {path}: {_cause(err)}; nothing was written there") from None
+    except Exception:
+        # Some writers hide a full disk behind their own error (torch.save: "unexpected pos"); look
+        # while the temporary file still takes its space.
+        full = _disk_full(path.parent)
+        Path(tmp).unlink(missing_ok=True)
+        if full:
+            raise UserError(f"cannot write {path}: No space left on device; nothing was written there") from None
+        raise
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -169,6 +177,15 @@ def atomic_directory(path: str | Path) -> Iterator[Path]:
 
 # Errors of the destination's storage (full, read-only, no permission, failing), not of the writer.
 _STORAGE_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+
+
+def _disk_full(folder: Path) -> bool:
+    """Whether the file system of ``folder`` has (next to) no space left for us (checked after a failure)."""
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):  # statvfs is POSIX only
+        return False
+    return stats.f_bavail * stats.f_frsize < 64 * 1024
 
 
 def _cause(err: OSError) -> str:

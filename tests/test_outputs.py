@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from dopr_robot.atomic import atomic_path, check_destination, check_directory_destination, write_text_atomic
+from dopr_robot.atomic import (
+    atomic_directory,
+    atomic_path,
+    check_destination,
+    check_directory_destination,
+    write_text_atomic,
+)
 from dopr_robot.cli import main
 from dopr_robot.errors import UserError
 
@@ -93,6 +99,44 @@ def test_a_failed_write_is_one_line_and_leaves_the_old_file_and_no_temporary(tmp
     with pytest.raises(UserError, match="a_dir is a directory"):
         (tmp_path / "a_dir").mkdir()
         write_text_atomic(tmp_path / "a_dir", "x")
+
+
+def test_a_writer_that_hides_a_full_disk_behind_its_own_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save reports a full disk as RuntimeError("unexpected pos ..."): with no space left that is
+    the one line too; with space left the writer's error passes through."""
+    target = tmp_path / "checkpoint.pt"
+
+    def failing_writer():
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"part")
+            raise RuntimeError("[enforce fail at inline_container.cc] . unexpected pos 704 vs 598")
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):
+        failing_writer()
+    full = os.statvfs_result((4096, 4096, 1000, 0, 0, 100, 0, 0, 0, 255))
+    monkeypatch.setattr(os, "statvfs", lambda folder: full)
+    with pytest.raises(UserError, match="cannot write .*checkpoint.pt: No space left on device"):
+        failing_writer()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_directory_swaps_whole_folders(tmp_path: Path) -> None:
+    target = tmp_path / "expert"
+    with atomic_directory(target) as folder:
+        (folder / "a").write_text("1")
+        (folder / "b").write_text("1")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a": "1", "b": "1"}
+    with pytest.raises(KeyboardInterrupt), atomic_directory(target) as folder:
+        (folder / "a").write_text("2")
+        raise KeyboardInterrupt
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"a": "1", "b": "1"}  # no mix of old and new
+    with atomic_directory(target) as folder:
+        (folder / "c").write_text("3")
+    assert {p.name: p.read_text() for p in target.iterdir()} == {"c": "3"}
+    assert [p.name for p in tmp_path.iterdir()] == ["expert"]
+    (tmp_path / "x.txt").write_text("keep")
+    with pytest.raises(UserError, match="x.txt is a file"), atomic_directory(tmp_path / "x.txt"):
+        pass
 
 
 # -- collect --------------------------------------------------------------------------------------------
