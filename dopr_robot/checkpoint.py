@@ -12,8 +12,11 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     scheduler       learning-rate scheduler state_dict
     rng             {"torch": global CPU RNG state, "sampler": batch-order generator state,
                      "cuda": the CUDA generator's state (runs on a GPU only)}
-    dataset         {"source", "task", "env_kwargs", "obs_keys", "obs_dim", "act_dim", "episodes", ...}
+    dataset         {"source", "task", "env_kwargs", "obs_keys", "obs_dim", "act_dim", "episodes", ...,
+                     "sha256": the demonstrations' content, which a resume checks}
     best            {"val_loss", "step"} or None
+    best_eval       {"eval_success_rate", "step"} of the best closed-loop evaluation (``--eval-every``)
+                    or None
 
 Tensors are written from the CPU, whatever device trained, so any machine reads the file (a plain
 ``torch.load`` on a CPU-only machine too); loading puts them back where the model and the optimizer

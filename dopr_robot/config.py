@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import types
@@ -95,6 +96,9 @@ class TrainConfig:
     val_every: int = option(0, help="validation loss on the held-out episodes every N steps and at the end (0: steps // 10)")
     checkpoint_every: int = option(0, help="write RUN_DIR/checkpoint.pt every N steps and at the end (0: steps // 4)")
     log_every: int = option(0, help="append the mean training loss to metrics.jsonl every N steps (0: steps // 40)")
+    eval_every: int = option(0, help="closed-loop evaluation of the policy every N steps and at the end, logged as "
+                                     "eval_* in metrics.jsonl; the checkpoint records the step of the best success "
+                                     "rate (0: off)")
     seed: int = option(0, help="seed for initialization, batch order and dropout")
     amp: str = option("none", help=f"mixed precision: {' | '.join(AMP_MODES)} (bf16: the network's forward and "
                                    "backward under torch.autocast in bfloat16; weights, loss and DoPr's statistics "
@@ -111,6 +115,8 @@ class TrainConfig:
         if unknown:
             raise UserError(f"policy {self.policy!r} has no option(s) {', '.join(unknown)}; "
                             f"valid: {', '.join(policy_config_fields(self.policy))}")
+        for name, value in self.policy_options.items():  # 64.0 for a width would fail deep inside torch
+            check_value_type(POLICIES[self.policy][1], name, value, f"--policy-options {name}")
         try:  # the policy config's own checks (e.g. width >= 1), before anything is written
             POLICIES[self.policy][1](**self.policy_options)
         except (TypeError, ValueError) as err:
@@ -118,12 +124,17 @@ class TrainConfig:
         for name in ("steps", "batch_size", "history", "chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "damping", "grad_clip", "warmup_steps", *DERIVED_FROM_STEPS):
+        for name in ("lr", "weight_decay", "damping", "grad_clip"):
+            if not math.isfinite(getattr(self, name)):
+                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
+        for name in ("lr", "weight_decay", "damping", "grad_clip", "warmup_steps", "eval_every", *DERIVED_FROM_STEPS):
             if not getattr(self, name) >= 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        fields_there = sorted({"lr", "weight_decay"} & set(self.optimizer_options))
+        # One source for each setting: a field given again among the options would be what ran while
+        # config.json and the reports said otherwise.
+        fields_there = sorted({f.name for f in fields(self)} & set(self.optimizer_options))
         if fields_there:
             raise UserError(f"--optimizer-options must not set {', '.join(fields_there)}: use "
                             f"{', '.join('--' + name.replace('_', '-') for name in fields_there)}")
@@ -146,7 +157,7 @@ class TrainConfig:
         """
         options = dict(self.optimizer_options)
         if is_dopr(self.optimizer):
-            options.setdefault("damping", self.damping)
+            options["damping"] = self.damping
         else:
             options = {name: value for name, value in options.items() if name not in DOPR_ONLY_ARGUMENTS}
         return dict(lr=self.lr, weight_decay=self.weight_decay, **options)
@@ -290,6 +301,10 @@ def read_config_file(path: Path, config_class: type) -> dict[str, Any]:
         values = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; pass a JSON file (a run's is RUN_DIR/config.json)") from None
+    except OSError as err:
+        raise UserError(f"config file {path} cannot be read: {err.strerror or err}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"config file {path} is not valid JSON: {err}") from None
     check_config_dict(config_class, values, where=f"config file {path}")
@@ -417,6 +432,8 @@ _EXPECTED = {
 
 def _check_type(value: Any, kind: Any, name: str) -> None:
     kinds = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)  # int | list: either
+    if not all(k in _EXPECTED for k in kinds):
+        return  # a type this check does not know: the config's own __post_init__ is the judge
     if not any(_EXPECTED[k][1](value) for k in kinds):
         expected = " or ".join(_EXPECTED[k][0] for k in kinds)
         raise UserError(f"{name} must be {expected}, got {value!r}")

@@ -16,6 +16,7 @@ CUDA each rank takes ``cuda:LOCAL_RANK`` and NCCL, on the CPU gloo.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import demos
+from demos.minari_source import minari_data_dir
 from dopr_robot import threads
 from dopr_robot.atomic import write_text_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
@@ -38,7 +40,7 @@ from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
-from dopr_robot.run_log import METRICS_NAME, MetricsLog, truncate_metrics
+from dopr_robot.run_log import METRICS_NAME, MetricsLog, read_metrics, truncate_metrics
 from policies import Policy, make_policy
 
 # What a run writes into its directory (and --overwrite removes).
@@ -57,6 +59,8 @@ class RunResult:
     final_train_loss: float
     final_val_loss: float | None
     policy: Policy  # the EMA policy (or the raw one with the EMA off), eval mode
+    steps_run: int = 0  # by this call (0: a resumed run that had already finished)
+    best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"}: the best closed-loop success
 
 
 def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False, overwrite: bool = False,
@@ -65,13 +69,16 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
 
     ``device`` (``auto``: CUDA when available) is where the run executes; not part of the config, so
     a run resumes on another device (bit-exact on the same one). The returned policy is on it.
+    ``evaluator`` runs every ``config.eval_every`` steps (``evaluate_every`` sets the cadence of a
+    config without one).
     """
+    evaluate_every = _evaluation_cadence(config, evaluator, evaluate_every)
     run = _setup(config, resume, overwrite, device)
     policy, optimizer, scheduler, ema, step = run.policy, run.optimizer, run.scheduler, run.ema, run.step
     eval_policy = ema.module if ema is not None else policy
     ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
     log = _open_log(run, ap_watch.enabled, progress)
-    last_loss, val_loss, started = float("nan"), None, time.perf_counter()
+    last_loss, val_loss, started = run.last_train_loss, run.last_val_loss, time.perf_counter()
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or run.rank)
 
     def due(every: int) -> bool:  # every N steps, and at the last step
@@ -113,7 +120,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     finally:
         bar.close()
         log.close()
-    return RunResult(run.run_dir, step, last_loss, val_loss, eval_policy.eval())
+    return RunResult(run.run_dir, step, last_loss, val_loss, eval_policy.eval(), step - run.step, run.best_eval)
 
 
 @dataclass
@@ -134,8 +141,12 @@ class _Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: torch.Generator  # the batch order, on the CPU
-    step: int = 0
+    data_sha256: str | None  # the demonstrations' content (data_fingerprint), checked on a resume
+    step: int = 0  # where this call starts
     best: dict[str, Any] | None = None  # {"val_loss", "step"} of the best validation so far
+    best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"} of the best closed-loop evaluation
+    last_train_loss: float = math.nan  # the last logged numbers (a resumed run starts with its own)
+    last_val_loss: float | None = None
 
 
 def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device) -> _Run:
@@ -146,7 +157,9 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     rank, world = _init_distributed(device)
     if config.batch_size % world:
         raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
-    run_dir = Path(config.out)
+    run_dir = _checked_out(config.out)
+    data_sha256 = data_fingerprint(config.data)
+    checkpoint = _resume_checkpoint(run_dir, config, data_sha256) if resume else None
     dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
     _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
     if rank == 0:
@@ -169,10 +182,73 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     run = _Run(config, run_dir, device, rank, world, dataset, train_windows, valid_windows, policy, ema,
                forward=_mixed_precision(model, device, config.amp), optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps)),
-               sampler=torch.Generator().manual_seed(config.seed))
-    if resume:
-        _restore(run, load_checkpoint(run_dir))
+               sampler=torch.Generator().manual_seed(config.seed), data_sha256=data_sha256)
+    if checkpoint is not None:
+        _restore(run, checkpoint)
     return run
+
+
+def _evaluation_cadence(config: TrainConfig, evaluator: Evaluator | None, evaluate_every: int) -> int:
+    """Every how many steps the evaluator runs: ``config.eval_every``, or the argument for a config
+    without one (one source: both set and different is refused)."""
+    if config.eval_every and evaluate_every and config.eval_every != evaluate_every:
+        raise UserError(f"the config says eval_every={config.eval_every} and the call evaluate_every={evaluate_every}; "
+                        "give one")
+    if config.eval_every and evaluator is None:
+        raise UserError(f"--eval-every {config.eval_every} needs an evaluator: `dopr-robot train` builds one from the "
+                        "data's task; from Python pass train(config, evaluator=dopr_robot.evaluate.make_evaluator(...))")
+    return config.eval_every or evaluate_every
+
+
+def _checked_out(out: str) -> Path:
+    """``out`` as a run directory that is, or can be made, and written: checked before any work."""
+    run_dir = Path(out)
+    if not out.strip():
+        raise UserError("--out must name a run directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file; a run directory is meant: choose another --out")
+    existing = run_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"--out {run_dir}: {existing} is a file, not a directory; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--out {run_dir}: cannot write in {existing} (permission denied); choose another --out")
+    return run_dir
+
+
+def data_fingerprint(source: str) -> str | None:
+    """The sha256 of the demonstrations' content: the file's bytes, or for a Minari dataset (directory
+    or local id) every file of its data directory with its name. None when ``source`` names neither
+    (loading it then says why). Read in 1 MiB blocks: memory stays flat for any size."""
+    path = Path(source)
+    if path.is_file():
+        files, root = [path], path.parent
+    else:
+        root = minari_data_dir(source)
+        if root is None:
+            return None
+        files = sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for file in files:
+        if len(files) > 1:
+            digest.update(f"{file.relative_to(root).as_posix()}\0".encode())
+        with open(file, "rb") as stream:
+            while block := stream.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _resume_checkpoint(run_dir: Path, config: TrainConfig, data_sha256: str | None) -> dict[str, Any]:
+    """The checkpoint to resume from, refused when the demonstrations are not the ones it trained on."""
+    if not (run_dir / CHECKPOINT_NAME).exists():
+        raise UserError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}")
+    checkpoint = load_checkpoint(run_dir)
+    recorded = checkpoint["dataset"].get("sha256")  # absent from checkpoints written before it was recorded
+    if recorded is not None and recorded != data_sha256:
+        raise UserError(f"cannot resume {run_dir}: {config.data} is not the data the run started with (its content "
+                        "changed); put the original back, or start a new run directory on this data")
+    return checkpoint
 
 
 def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
@@ -188,9 +264,12 @@ def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
     if run.device.type == "cuda" and checkpoint["rng"].get("cuda") is not None:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], run.device)  # dropout on the GPU
     run.sampler.set_state(checkpoint["rng"]["sampler"])
-    run.step, run.best = checkpoint["step"], checkpoint["best"]
+    run.step, run.best, run.best_eval = checkpoint["step"], checkpoint["best"], checkpoint.get("best_eval")
     if run.rank == 0:
         truncate_metrics(run.run_dir / METRICS_NAME, run.step)
+    logged = read_metrics(run.run_dir / METRICS_NAME)  # what a run that already finished reports
+    run.last_train_loss = next((r["train_loss"] for r in reversed(logged) if "train_loss" in r), math.nan)
+    run.last_val_loss = next((r["val_loss"] for r in reversed(logged) if "val_loss" in r), None)
 
 
 def _validate(run: _Run, eval_policy: Policy, step: int) -> dict[str, float]:
@@ -208,6 +287,9 @@ def _evaluate(run: _Run, evaluator: Evaluator, eval_policy: Policy, step: int) -
     # Without the EMA, eval_policy is the policy being trained: back to training mode, or DoPr's hooks
     # (training-mode forwards only) record nothing from here on.
     run.policy.train()
+    rate = metrics.get("eval_success_rate")
+    if rate is not None and (run.best_eval is None or rate > run.best_eval["eval_success_rate"]):
+        run.best_eval = {"eval_success_rate": rate, "step": step}  # the earliest step of the best rate
     return metrics
 
 
@@ -261,7 +343,15 @@ def _check_finite(run: _Run, meter: _LossMeter, step: int) -> None:
     if bad < 0 and not all(bool(torch.isfinite(p).all()) for p in run.policy.parameters()):
         bad, what = step, f"the weights became non-finite (nan or inf) by step {step}"
     if bad >= 0:
-        raise UserError(f"{what}; the last good checkpoint is kept in {run.run_dir} (try a lower --lr, or --grad-clip)")
+        raise UserError(f"{what}; {_what_is_kept(run.run_dir)} (try a lower --lr, or --grad-clip)")
+
+
+def _what_is_kept(run_dir: Path) -> str:
+    """For a run stopped by an error: whether it left a checkpoint (without one, the same command starts
+    the run over: an unstarted run directory is not refused)."""
+    if (run_dir / CHECKPOINT_NAME).exists():
+        return f"the last good checkpoint is kept in {run_dir}"
+    return "no checkpoint was written"
 
 
 @torch.no_grad()
@@ -340,7 +430,7 @@ class _APWatch:
                 f"DoPr skipped activation preconditioning on {skipped} of the last {window} layer-steps (up to step "
                 f"{step}): its hooks saw no training-mode forwards, or every factorization failed, so the base optimizer "
                 f"got raw gradients. Keep the policy in training mode (policy.train()) while training, or raise "
-                f"--damping; the last good checkpoint is kept in {self.run_dir}")
+                f"--damping; {_what_is_kept(self.run_dir)}")
         self.last = now
         return {"dopr_layer_steps": now["layer_steps"], "dopr_skipped": now["skipped"],
                 "dopr_damping_retries": now["damping_retries"]}
@@ -369,8 +459,6 @@ def _check_data_fits(dataset, config: TrainConfig) -> None:
 def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
     config_file = run_dir / "config.json"
     if resume:
-        if not (run_dir / CHECKPOINT_NAME).exists():
-            raise UserError(f"cannot resume: {run_dir} holds no {CHECKPOINT_NAME}")
         # A field added since the run was saved (amp, ...) counts as its default.
         saved = {**_field_defaults(), **json.loads(config_file.read_text())}
         current = json.loads(config.to_json())
@@ -395,7 +483,7 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
             path = run_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_file.write_text(config.to_json() + "\n")
+    write_text_atomic(config_file, config.to_json() + "\n")
 
 
 def _field_defaults() -> dict[str, Any]:
@@ -424,11 +512,12 @@ def _checkpoint_dict(run: _Run, step: int) -> dict[str, Any]:
         "dataset": {"source": str(dataset.source), "task": dataset.task, "env_kwargs": dataset.env_kwargs,
                     "obs_keys": list(dataset.obs_keys), "obs_dim": dataset.obs_dim, "act_dim": dataset.act_dim,
                     "episodes": len(dataset), "train_episodes": len(dataset.train_indices),
-                    "valid_episodes": len(dataset.valid_indices),
+                    "valid_episodes": len(dataset.valid_indices), "sha256": run.data_sha256,
                     # how the data was made (collect's expert, noise, seed; an importer's provenance):
                     # reports state the settings a run actually used from here, not from a default
                     "metadata": _json_safe(dataset.metadata)},
         "best": run.best,
+        "best_eval": run.best_eval,
     }
 
 

@@ -233,3 +233,25 @@ def test_the_loop_reads_device_values_only_when_it_logs(reach_demos: Path, tmp_p
         train(config, progress=False)
         seen.append(counts["n"])
     assert seen[1] == seen[2], f"conversions grew with steps: {seen}"
+
+
+def test_cli_eval_every_logs_closed_loop_success_and_keeps_the_best_step(reach_demos: Path, tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(reach_demos), "--out", str(run_dir), "--steps", "20", "--batch-size", "16",
+                 "--policy-options", json.dumps(TINY_POLICY["mlp"]), "--eval-every", "10", "--eval-episodes", "2",
+                 "--checkpoint-every", "10", "--no-progress"]) == 0
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [line for line in lines if "eval_success_rate" in line]
+    assert [line["step"] for line in evaluations] == [10, 20]
+    assert all(line["eval_episodes"] == 2 and 0.0 <= line["eval_success_rate"] <= 1.0 for line in evaluations)
+    assert json.loads((run_dir / "config.json").read_text())["eval_every"] == 10
+    rates = [line["eval_success_rate"] for line in evaluations]
+    best = load_checkpoint(run_dir)["best_eval"]
+    assert best == {"eval_success_rate": max(rates), "step": evaluations[rates.index(max(rates))]["step"]}
+    assert f"best closed-loop success rate {max(rates):.3f} at step {best['step']}" in capsys.readouterr().out
+
+
+def test_eval_episodes_without_eval_every_is_refused(reach_demos: Path, tmp_path: Path, capsys) -> None:
+    assert main(["train", "--data", str(reach_demos), "--out", str(tmp_path / "run"), "--eval-episodes", "3"]) == 2
+    assert "--eval-episodes sets the evaluations of --eval-every" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -6,15 +6,19 @@ import argparse
 import json
 from pathlib import Path
 
-from dopr_robot.config import TrainConfig, add_config_arguments, resolve_config
+from dopr_robot.config import EvalConfig, TrainConfig, add_config_arguments, config_from_dict, resolve_config
 from dopr_robot.devices import add_device_argument
 from dopr_robot.errors import UserError
 
+EVAL_EPISODES = 10  # closed-loop episodes of each evaluation during training (--eval-every)
 HELP = "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig)
+    parser.add_argument("--eval-episodes", type=int, default=None, metavar="N",
+                        help=f"with --eval-every: closed-loop episodes of each evaluation, on the data's task from the "
+                             f"policy-evaluation reset seeds, without expert rollouts (default {EVAL_EPISODES})")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint, with its saved config")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -26,25 +30,66 @@ def run(args: argparse.Namespace) -> int:
     from dopr_robot.train import train
 
     if args.resume is not None:
-        saved = args.resume / "config.json"
-        if not saved.exists():
-            raise UserError(f"cannot resume: {saved} does not exist")
-        given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "out"}
-        base = json.loads(saved.read_text())
-        changed = sorted(k for k, v in given.items() if base.get(k) != v)
-        if changed:
-            raise UserError(f"--resume continues the saved config; drop {', '.join('--' + c.replace('_', '-') for c in changed)} "
-                            "or start a new run directory")
-        config = TrainConfig(**{**base, "out": str(args.resume)})
+        config = _resumed_config(args)
     else:
         config = resolve_config(TrainConfig, args)
         _check_dopr_options(config)
-    result = train(config, resume=args.resume is not None, overwrite=args.overwrite, progress=not args.no_progress,
-                   device=args.device)
+    evaluator = _evaluator(config, args.eval_episodes)
+    result = train(config, evaluator=evaluator, resume=args.resume is not None, overwrite=args.overwrite,
+                   progress=not args.no_progress, device=args.device)
     val = f"{result.final_val_loss:.5f}" if result.final_val_loss is not None else "n/a (no validation episodes)"
-    print(f"trained {result.step} steps: train loss {result.final_train_loss:.5f}, validation loss {val}")
+    numbers = f"train loss {result.final_train_loss:.5f}, validation loss {val}"
+    if args.resume is not None and result.steps_run == 0:
+        print(f"{result.run_dir} had already finished ({result.step} steps): {numbers}")
+    else:
+        print(f"trained {result.step} steps: {numbers}")
+    if result.best_eval is not None:
+        print(f"best closed-loop success rate {result.best_eval['eval_success_rate']:.3f} at step {result.best_eval['step']}")
     print(f"run directory: {result.run_dir}")
     return 0
+
+
+def _resumed_config(args: argparse.Namespace) -> TrainConfig:
+    """The saved config of the run in ``--resume``; options given again must agree with it."""
+    saved = args.resume / "config.json"
+    if not saved.is_file():
+        raise UserError(f"cannot resume: {saved} does not exist")
+    if "out" in vars(args) and Path(args.out).resolve() != args.resume.resolve():
+        raise UserError(f"--resume continues {args.resume} in place; drop --out {args.out} (to continue elsewhere, "
+                        "copy the run directory there and resume the copy)")
+    try:
+        values = json.loads(saved.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot resume: {saved} is not valid JSON ({err})") from None
+    if not isinstance(values, dict):
+        raise UserError(f"cannot resume: {saved} must hold a JSON object of options")
+    # Keys unknown to this version are one clear error; keys added since keep their defaults.
+    config = config_from_dict(TrainConfig, {**values, "out": str(args.resume)}, where=str(saved))
+    given = {k: v for k, v in vars(args).items() if k in TrainConfig.__dataclass_fields__ and k != "out"}
+    changed = sorted(k for k, v in given.items() if values.get(k, getattr(config, k)) != v)
+    if changed:
+        raise UserError(f"--resume continues the saved config; drop {', '.join('--' + c.replace('_', '-') for c in changed)} "
+                        "or start a new run directory")
+    return config
+
+
+def _evaluator(config: TrainConfig, episodes: int | None):
+    """With ``--eval-every``: closed-loop evaluation on the task the demonstrations came from."""
+    if not config.eval_every:
+        if episodes is not None:
+            raise UserError("--eval-episodes sets the evaluations of --eval-every; give --eval-every N, or drop it")
+        return None
+    episodes = EVAL_EPISODES if episodes is None else episodes
+    if episodes < 1:
+        raise UserError(f"--eval-episodes must be >= 1, got {episodes}")
+    import demos
+    from dopr_robot.evaluate import make_evaluator
+
+    dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
+    if dataset.task is None:
+        raise UserError(f"--eval-every evaluates on the data's task, and {config.data} names none (no env_args); "
+                        "drop --eval-every and evaluate the checkpoint with `dopr-robot eval --task NAME`")
+    return make_evaluator(dataset.task, EvalConfig(episodes=episodes, with_expert=False), env_kwargs=dataset.env_kwargs)
 
 
 def _check_dopr_options(config: TrainConfig) -> None:
