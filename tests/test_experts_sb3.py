@@ -358,3 +358,14 @@ def test_expert_train_options_are_the_config_fields(capsys) -> None:
                               "--eval-episodes", "3", "--resume", "--hp", "batch_size=32"])
     assert _train_command(args) == ("dopr-robot expert train --task Hopper-v5 --algo sac --steps 7 --out r --resume "
                                     "--eval-episodes 3 --hp batch_size=32")
+
+
+def test_an_interrupted_expert_train_says_how_to_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sb3_experts, "train_expert", interrupted)
+    out = tmp_path / "run"
+    assert cli.main(["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", "100", "--out", str(out)]) == 130
+    assert capsys.readouterr().err == (f"dopr-robot expert: interrupted; resume with: dopr-robot expert train --task "
+                                       f"Hopper-v5 --algo sac --steps 100 --out {out} --resume\n")

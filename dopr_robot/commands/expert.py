@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--hp", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter (JSON value), repeatable")
     train.add_argument("--export-to", default=None, help="when training ends, export the best model here (actor + manifest)")
     train.add_argument("--overwrite", action="store_true", help="with --export-to: replace the expert already there")
+    train.set_defaults(resume=False)  # read by the CLI's Ctrl-C hint whether or not --resume was given
 
     export = sub.add_parser("export", help="export a run's model as a torch actor + manifest.json (no SB3 needed to use it)")
     export.add_argument("--run", required=True, help="run folder written by `expert train`")
@@ -51,7 +52,10 @@ def _train_command(args: argparse.Namespace) -> str:
     parts = ["dopr-robot", "expert", "train"]
     for dest, flag in given_options(ExpertTrainConfig, args, exclude=TRAIN_OWN_FIELDS).items():
         value = getattr(args, dest)
-        parts += [flag] if isinstance(value, bool) else [flag, str(value)]
+        if isinstance(value, bool):
+            parts += [flag] if value else []
+        else:
+            parts += [flag, str(value)]
     for override in args.hp:
         parts += ["--hp", override]
     if args.export_to:
