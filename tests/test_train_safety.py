@@ -205,3 +205,22 @@ def test_read_metrics_skips_a_cut_last_line_and_names_a_damaged_one(tmp_path: Pa
     path.write_text('{"step": 1}\n[1, 2]\n')
     with pytest.raises(UserError, match=f"{path} line 2 is not a metrics record"):
         read_metrics(path)
+
+
+def test_the_data_fingerprint_of_a_minari_dataset_covers_every_file(tmp_path: Path) -> None:
+    from dopr_robot.train import data_fingerprint
+
+    def dataset(where: Path, content: bytes, name: str = "main_data.hdf5") -> Path:
+        (where / "data").mkdir(parents=True)
+        (where / "data" / "metadata.json").write_text('{"dataset_id": "toy"}')
+        (where / "data" / name).write_bytes(content)
+        return where
+
+    original = data_fingerprint(str(dataset(tmp_path / "a", b"episodes")))
+    assert original == data_fingerprint(str(dataset(tmp_path / "moved", b"episodes")))  # where it lies does not count
+    assert original != data_fingerprint(str(dataset(tmp_path / "changed", b"episodez")))
+    assert original != data_fingerprint(str(dataset(tmp_path / "renamed", b"episodes", "other.hdf5")))
+    single = tmp_path / "demos.hdf5"
+    single.write_bytes(b"episodes")
+    assert data_fingerprint(str(single)) == hashlib.sha256(b"episodes").hexdigest()
+    assert data_fingerprint(str(tmp_path / "nothing-here")) is None
