@@ -8,7 +8,6 @@ dataset it was trained on) to the :class:`~dopr_robot.evaluate.evaluation.EvalRe
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import torch
 from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.evaluation import EvalResult, evaluate
+from dopr_robot.run_log import METRICS_NAME, read_metrics
 
 
 def checkpoint_task(checkpoint: dict[str, Any], task: str | None) -> tuple[str, dict[str, Any]]:
@@ -32,17 +32,11 @@ def checkpoint_task(checkpoint: dict[str, Any], task: str | None) -> tuple[str, 
 def validation_record(run_or_file: str | Path, checkpoint: dict[str, Any]) -> dict[str, Any]:
     """The run's validation loss at the checkpoint's step (metrics.jsonl), and its best (the checkpoint)."""
     path = Path(run_or_file)
-    metrics = (path if path.is_dir() else path.parent) / "metrics.jsonl"
     step = checkpoint.get("step")
     val_loss, val_step = None, None
-    if metrics.exists():
-        for line in metrics.read_text().splitlines():
-            try:
-                entry = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill; the others still count
-            if "val_loss" in entry and (step is None or entry.get("step", 0) <= step):
-                val_loss, val_step = float(entry["val_loss"]), entry.get("step")
+    for entry in read_metrics((path if path.is_dir() else path.parent) / METRICS_NAME):  # a line cut by a kill is skipped
+        if "val_loss" in entry and (step is None or entry["step"] <= step):
+            val_loss, val_step = float(entry["val_loss"]), entry["step"]
     best = checkpoint.get("best") or {}
     return {"val_loss": val_loss, "val_loss_step": val_step, "best_val_loss": best.get("val_loss"),
             "best_step": best.get("step"), "checkpoint_step": step}

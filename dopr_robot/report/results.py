@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dopr_robot.errors import UserError
+from dopr_robot.run_log import METRICS_NAME, read_metrics
 
 COLUMNS = ["task", "optimizer", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
            "success_ci_high", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
@@ -121,10 +122,7 @@ def deviation_curve(row: dict[str, Any]) -> np.ndarray | None:
 
 def validation_curve(row: dict[str, Any]) -> dict[int, float]:
     """Validation loss by training step, from the run's metrics.jsonl (empty when absent)."""
-    metrics = Path(row["_run_dir"]) / "metrics.jsonl"
-    if not metrics.exists():
-        return {}
-    entries = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    entries = read_metrics(Path(row["_run_dir"]) / METRICS_NAME)
     return {e["step"]: e["val_loss"] for e in entries if e.get("val_loss") is not None}
 
 
