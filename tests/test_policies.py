@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from dopr_robot.optim import DoPr
 from policies import POLICIES, FlowPolicy, make_policy
+from policies.normalizer import Normalizer
 
 TINY = {"mlp": {"width": 32, "depth": 2}, "transformer": {"d_model": 16, "n_layers": 2, "n_heads": 2}}
 # Regressors: forward maps observations to actions (flow policies: tests/test_policies_flow.py).
@@ -32,7 +34,8 @@ def test_predict_shape_and_normalizers_travel_in_the_state_dict(name: str) -> No
     obs = batch()["obs"]
     actions = policy.predict(obs)
     assert actions.shape == (5, 4, 2)
-    expected = policy(policy.obs_normalizer.normalize(obs)) * torch.tensor([0.5, 3.0]) + torch.tensor([10.0, -10.0])
+    # The normalizers written out by hand: observations (x - arange(6)) / 2 in, actions * std + mean out.
+    expected = policy((obs - torch.arange(6.0)) / 2.0) * torch.tensor([0.5, 3.0]) + torch.tensor([10.0, -10.0])
     torch.testing.assert_close(actions, expected)
 
     state = policy.state_dict()
@@ -102,6 +105,28 @@ def test_predict_checks_the_history_shape() -> None:
     policy = make_policy("mlp", 6, 2, history=3, **TINY["mlp"])
     with pytest.raises(ValueError, match=r"expected observation histories of shape \(B, 3, 6\), got \(5, 2, 6\)"):
         policy.predict(torch.zeros(5, 2, 6))
+
+
+def test_normalizer_against_numpy_statistics() -> None:
+    """Statistics computed here with numpy: normalized data has mean 0 and std 1 per dimension, a
+    constant dimension's std is floored at 1e-3, and unnormalize inverts normalize."""
+    data = np.array([[1.0, 10.0, 5.0], [3.0, 30.0, 5.0], [8.0, -40.0, 5.0], [0.0, 0.0, 5.0]])
+    mean, std = data.mean(axis=0), data.std(axis=0)
+    np.testing.assert_allclose(mean, [3.0, 0.0, 5.0])  # known numbers
+    np.testing.assert_allclose(std[:2], [np.sqrt(9.5), np.sqrt(650.0)])
+    normalizer = Normalizer(3)
+    normalizer.set_statistics(mean, std)
+    np.testing.assert_array_equal(normalizer.std.numpy(), np.float32([np.sqrt(9.5), np.sqrt(650.0), 1e-3]))
+    x = torch.tensor(data, dtype=torch.float32)
+    normalized = normalizer.normalize(x).numpy()
+    np.testing.assert_allclose(normalized[:, :2], (data[:, :2] - mean[:2]) / std[:2], rtol=1e-6)
+    np.testing.assert_allclose(normalized[:, :2].mean(axis=0), 0.0, atol=1e-6)
+    np.testing.assert_allclose(normalized[:, :2].std(axis=0), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(normalized[:, 2], 0.0)
+    np.testing.assert_allclose(normalizer.normalize(torch.tensor([[3.0, 0.0, 5.002]])).numpy(),
+                               [[0.0, 0.0, 2.0]], atol=1e-3)  # (5.002 - 5) / 1e-3
+    np.testing.assert_allclose(normalizer.unnormalize(torch.tensor([[1.0, -2.0, 1000.0]])).numpy(),
+                               [[3.0 + np.sqrt(9.5), -2.0 * np.sqrt(650.0), 6.0]], rtol=1e-6)
 
 
 def test_normalizer_refuses_nan_statistics() -> None:
