@@ -21,6 +21,8 @@ from dopr_robot.evaluate.evaluation import (
     DEFAULT_EVAL_SEED,
     FORMAT,
     EvalResult,
+    check_eval_destination,
+    eval_record,
     evaluate,
     make_evaluator,
     policy_actions,
@@ -30,6 +32,7 @@ from dopr_robot.evaluate.evaluation import (
 )
 from dopr_robot.evaluate.metrics import bootstrap_interval, wilson_interval
 
-__all__ = ["DEFAULT_EVAL_SEED", "FORMAT", "EvalResult", "bootstrap_interval", "checkpoint_task", "evaluate",
+__all__ = ["DEFAULT_EVAL_SEED", "FORMAT", "EvalResult", "bootstrap_interval", "check_eval_destination",
+           "checkpoint_task", "eval_record", "evaluate",
            "evaluate_checkpoint", "make_evaluator", "policy_actions", "resolve_task", "task_horizon",
            "validation_record", "wilson_interval", "write_json"]

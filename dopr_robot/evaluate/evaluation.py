@@ -14,6 +14,7 @@ seed order. The default first seed is ``envs.seeds.POLICY_EVAL``: every seed ran
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -25,7 +26,7 @@ import torch
 
 import envs
 from demos.history import history_indices
-from dopr_robot.atomic import write_json_atomic
+from dopr_robot.atomic import check_destination, write_json_atomic
 from dopr_robot.config import EvalConfig
 from dopr_robot.devices import module_device
 from dopr_robot.errors import UserError
@@ -47,6 +48,7 @@ from envs import seeds
 from policies import Policy
 
 FORMAT = "dopr-robot/eval/1"
+CELL_KEY = "cell"  # compare's record of the grid cell an evaluation belongs to (eval's own JSON has none)
 DEFAULT_EVAL_SEED = seeds.POLICY_EVAL  # disjoint from the demonstration seeds (envs/seeds.py)
 
 
@@ -190,7 +192,7 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
         horizon = None
     if not with_expert:
         expert = None
-    _check_spaces(make_env, policy, task)
+    check_spaces(make_env, policy, task)
 
     episode_seeds = [seed + i for i in range(episodes)]
     started = time.perf_counter()
@@ -272,7 +274,7 @@ def policy_actions(policy: Policy, observations: list[np.ndarray], batch_size: i
     return torch.cat(out).double().cpu().numpy()
 
 
-def _check_spaces(make_env: Callable[[], Any], policy: Policy, task: str) -> None:
+def check_spaces(make_env: Callable[[], Any], policy: Policy, task: str) -> None:
     env = make_env()
     try:
         obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
@@ -298,6 +300,36 @@ def make_evaluator(task: str, config: EvalConfig, **kwargs: Any) -> Callable[[Po
         return evaluate(policy, task, config, **kwargs).metrics()
 
     return evaluator
+
+
+def eval_record(path: str | Path) -> dict[str, Any] | None:
+    """The evaluation JSON at ``path`` (a dict with ``"format": FORMAT``), or None for anything else."""
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return record if isinstance(record, dict) and record.get("format") == FORMAT else None
+
+
+def check_eval_destination(path: str | Path, *, overwrite: bool) -> Path:
+    """Refuse, in one line and before any rollout, a destination ``eval`` must not write its JSON to.
+
+    The rule: an existing evaluation JSON written by ``eval`` (``"format"`` is :data:`FORMAT`, no
+    ``"cell"`` record) is this command's own output and is replaced, since rerunning an evaluation is
+    normal. An evaluation that ``compare`` wrote for a cell of its grid (it has a ``"cell"`` record)
+    belongs to that comparison, and anything else (demonstrations, a checkpoint, any other file) is
+    not ours: both are replaced only with ``overwrite``. An empty path, a directory, or a place that
+    cannot be written is refused always (:func:`dopr_robot.atomic.check_destination`).
+    """
+    if not overwrite and Path(path).is_file() and CELL_KEY in (eval_record(path) or {}):
+        raise UserError(f"{path} is the evaluation of a comparison's cell (compare wrote it and reads it); write this "
+                        f"evaluation elsewhere with --out FILE, or pass --overwrite to replace it")
+    return check_destination(path, overwrite=overwrite, what="evaluation JSON written by eval", ours=_written_by_eval)
+
+
+def _written_by_eval(path: Path) -> bool:
+    record = eval_record(path)
+    return record is not None and CELL_KEY not in record
 
 
 def write_json(data: dict[str, Any], path: str | Path) -> Path:

@@ -5,11 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dopr_robot.atomic import atomic_path
+from dopr_robot.atomic import atomic_path, check_destination
 from dopr_robot.errors import UserError
 
 CAPTION_HEIGHT = 0.06  # fraction of the figure height kept free below the axes for the caption line
 HEADROOM = 1.45  # y-axis top over the highest curve, so the legend does not cover the data
+# The PNG text chunk that marks a plot as this module's: eval --plot replaces such a file on a rerun.
+PLOT_SOURCE = "dopr-robot eval --plot"
+
+
+def check_plot_destination(path: str | Path, *, overwrite: bool) -> Path:
+    """Refuse, in one line and before any rollout, a ``--plot`` destination: not a .png, or an existing
+    file that is not a plot this module drew (replaced only with ``overwrite``; one it drew is replaced,
+    as rerunning an evaluation is normal), or a place that cannot be written."""
+    if Path(path).suffix.lower() != ".png":
+        raise UserError(f"--plot must be a .png file, got {path}")
+    return check_destination(path, overwrite=overwrite, what="compounding-error plot drawn by eval", ours=_our_plot)
+
+
+def _our_plot(path: Path) -> bool:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.text.get("Source") == PLOT_SOURCE
+    except (OSError, ValueError):
+        return False
 
 
 def plot_compounding(result: dict[str, Any], out: str | Path) -> Path:
@@ -91,7 +112,7 @@ def plot_compounding(result: dict[str, Any], out: str | Path) -> Path:
     figure.text(0.01, 0.015, _caption(result), fontsize=8, color="0.25", ha="left", va="bottom")
     try:
         with atomic_path(out) as tmp:
-            figure.savefig(tmp, dpi=100)
+            figure.savefig(tmp, dpi=100, metadata={"Source": PLOT_SOURCE})
     finally:
         plt.close(figure)
     return out

@@ -17,8 +17,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from dopr_robot.atomic import atomic_path
+import envs
+from dopr_robot.atomic import atomic_path, check_destination
 from dopr_robot.errors import UserError
+from dopr_robot.evaluate.evaluation import check_spaces, resolve_task
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, Trajectory, check_actions_per_chunk, rollout
 from policies import Policy
 
@@ -39,6 +41,15 @@ def check_size(size: tuple[int, int], what: str = "--size") -> tuple[int, int]:
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < MIN_SIDE:
             raise UserError(f"{what} must be whole pixels, at least {MIN_SIDE}x{MIN_SIDE}, got {width}x{height}")
     return int(width), int(height)
+
+
+def check_video_destination(path: str | Path, *, overwrite: bool) -> Path:
+    """Refuse, in one line and before any rollout, a video destination: not .mp4/.gif, an existing
+    file (a video is not recognizable as ours, so any existing file is replaced only with
+    ``overwrite``), or a place that cannot be written."""
+    if Path(path).suffix.lower() not in SUFFIXES:
+        raise UserError(f"--out must end in .mp4 or .gif, got {path}")
+    return check_destination(path, overwrite=overwrite, what="video")
 
 
 def annotate(frame: np.ndarray, label: str, step: int, success: bool) -> np.ndarray:
@@ -123,13 +134,10 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
     width, height = check_size(size)
     check_actions_per_chunk(actions_per_chunk, policy.chunk)
     if make_env is None:
-        from dopr_robot.evaluate.evaluation import resolve_task
-
         task, _, registry_expert, _ = resolve_task(task, env_kwargs, with_expert)
         expert = registry_expert if expert is None else expert
-        import envs
-
         make_env = partial(envs.make, task, **dict(env_kwargs or {}))
+    check_spaces(make_env, policy, task)  # a checkpoint of another task: one line, not a shape error mid-rollout
     if not with_expert:
         expert = None
     render_env = partial(make_env, render_mode="rgb_array", width=width, height=height)
