@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from dopr_robot.cli import main
-from dopr_robot.optim import (OPTIMIZERS, AdaMuonWithAdamW, DoPr, MuonWithAdamW, Signum, describe_registry,
-                               make_optimizer)
+from dopr_robot.optim import (OPTIMIZERS, AdaMuonWithAdamW, DoPr, MuonWithAdamW, Signum, base_of, describe_registry,
+                               is_dopr, make_optimizer)
 
 EXPECTED_NAMES = ["sgd", "adam", "adamw", "signum", "muon", "adamuon",
                   "dopr-sgd", "dopr-adam", "dopr-adamw", "dopr-signum", "dopr-muon", "dopr-adamuon"]
@@ -33,15 +33,51 @@ def test_optimizers_command_lists_every_name_and_adamuon_coverage(capsys: pytest
                         "3.weight": "AP + adamuon", "3.bias": "AP + adamw"}
 
 
+def one_step(name: str, model: nn.Module, lr: float = 1e-3) -> tuple[dict, dict, float, float]:
+    """One step of ``name`` on a squared error: (parameter changes, gradients, loss before, loss after)."""
+    inputs, targets = torch.randn(16, 3, generator=torch.Generator().manual_seed(1)), torch.ones(16, 1)
+    optimizer = make_optimizer(name, model, lr=lr, weight_decay=0.0)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    if is_dopr(name):
+        assert isinstance(optimizer, DoPr) and optimizer.base_name == base_of(name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    loss = (model(inputs) - targets).pow(2).mean()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+    optimizer.step()
+    with torch.no_grad():
+        after = (model(inputs) - targets).pow(2).mean().item()
+    return {n: p.detach() - before[n] for n, p in model.named_parameters()}, grads, loss.item(), after
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
+
+
 @pytest.mark.parametrize("name", EXPECTED_NAMES)
 def test_every_registered_optimizer_builds_and_steps(name: str) -> None:
-    model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 1))
-    optimizer = make_optimizer(name, model, lr=1e-3)
-    model(torch.randn(5, 3)).sum().backward()
-    optimizer.step()
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    if name.startswith("dopr-"):
-        assert isinstance(optimizer, DoPr) and optimizer.base_name == name[5:]
+    """Every parameter moves, the loss goes down, and by the kind of update the name promises: SGD
+    -lr g, Adam(W)'s and Signum's first step -lr sign(g); DoPr-X moves the linear layers otherwise than
+    X from the same state and gradient, and the LayerNorm (raw gradient) exactly as X does."""
+    lr = 1e-3
+    moved, grads, loss, after = one_step(name, tiny_model(), lr)
+    for param, change in moved.items():
+        assert torch.isfinite(change).all() and change.abs().min() > 0, f"{param} did not move"
+    assert after < loss
+    if name == "sgd":
+        for param in moved:
+            torch.testing.assert_close(moved[param], -lr * grads[param])
+    if name in ("adam", "adamw", "signum"):
+        for param in moved:
+            torch.testing.assert_close(moved[param], -lr * grads[param].sign(), rtol=1e-3, atol=1e-7)
+    if is_dopr(name):
+        base_moved, _, _, _ = one_step(base_of(name), tiny_model(), lr)
+        for param in ("1.weight", "1.bias"):  # the LayerNorm: raw gradient into the same base
+            torch.testing.assert_close(moved[param], base_moved[param])
+        linear = ("0.weight", "0.bias", "2.weight", "2.bias")  # AP in front of the base (a sign-based
+        # base's first step changes only where AP flips a sign)
+        assert not all(torch.allclose(moved[param], base_moved[param], rtol=1e-2, atol=1e-6) for param in linear)
 
 
 def test_baseline_types() -> None:
