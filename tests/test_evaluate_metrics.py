@@ -15,7 +15,7 @@ from dopr_robot.evaluate.metrics import (
     closed_loop_summary,
     compounding_summary,
     deviation_at,
-    deviation_curve,
+    deviation_band,
     divergence_summary,
     divergence_threshold,
     episode_compounding,
@@ -67,8 +67,8 @@ def test_closed_loop_summary() -> None:
     assert summary["mean_return"] == 4.5 and summary["return_ci"][0] < 4.5 < summary["return_ci"][1]
 
 
-def test_deviation_curve_handles_different_lengths() -> None:
-    curve = deviation_curve([np.array([0.0, 1.0, 2.0]), np.array([0.0, 3.0])])
+def test_deviation_band_handles_different_lengths() -> None:
+    curve = deviation_band([np.array([0.0, 1.0, 2.0]), np.array([0.0, 3.0])])
     assert curve["n"] == [2, 2, 1] and curve["mean"] == [0.0, 2.0, 2.0]
     assert curve["lo"][2] == curve["hi"][2] == 2.0  # one episode: no spread to report
 

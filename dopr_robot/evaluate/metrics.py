@@ -4,7 +4,9 @@ Intervals are 95% unless told otherwise:
 
 - success rate: Wilson score interval (good at 0/N and N/N, where the normal one collapses);
 - means over episodes (return, J_traj, action errors): percentile bootstrap over episodes with a
-  seeded ``numpy.random.Generator`` (never the global RNG), so a result file reproduces exactly;
+  seeded ``numpy.random.Generator`` (never the global RNG), so a result file reproduces exactly
+  (:func:`bootstrap_interval`; reports over several training seeds resample the seeds first,
+  :func:`cluster_bootstrap`);
 - the per-step deviation curve: mean +- 1.96 standard errors across the episodes still running.
 
 Compounding error (expert and policy rolled out from the same reset seed, arXiv 2507.09061):
@@ -51,6 +53,9 @@ import numpy as np
 from dopr_robot.evaluate.rollout import Trajectory
 
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
+LEVEL = 0.95  # of every interval
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0  # each bootstrap draws from its own generator seeded with this (never the global RNG)
 # tau = DIVERGENCE_C * sqrt(obs_dim), normalized state units. Two unrelated demonstration states lie
 # about 1.33 sqrt(D) apart (Push-v0 and Reach-v0 alike), so tau is 1.5x that: farther from the expert
 # than another demonstration would be. Chosen on envs.seeds.TUNING (50 episodes each, issue #15): on
@@ -75,27 +80,85 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def bootstrap_interval(values: Sequence[float] | np.ndarray, seed: int = 0, resamples: int = 10_000,
-                       level: float = 0.95, statistic: Callable[[np.ndarray], np.ndarray] | None = None
-                       ) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of ``values`` (episodes resampled with replacement).
+def bootstrap_draws(values: Sequence[float] | np.ndarray, seed: int = BOOTSTRAP_SEED,
+                    resamples: int = BOOTSTRAP_RESAMPLES, statistic: Callable[[np.ndarray], np.ndarray] | None = None
+                    ) -> np.ndarray:
+    """The one-stage bootstrap distribution: the rows of ``values`` ``(N, ...)`` (the episodes of one
+    run, or the runs of a curve) resampled with replacement ``resamples`` times, and the mean over
+    each resample ``(resamples, ...)``, or ``statistic(resampled (R, N, ...))``. Seeded, so a result
+    file reproduces exactly."""
+    values = np.asarray(values, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    resampled = values[rng.integers(0, len(values), size=(resamples, len(values)))]
+    return statistic(resampled) if statistic is not None else resampled.mean(axis=1)
+
+
+def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """The central ``level`` percentile interval of bootstrap ``draws`` along their first axis."""
+    tail = (1.0 - level) / 2.0 * 100.0
+    low, high = np.percentile(draws, [tail, 100.0 - tail], axis=0)
+    return low, high
+
+
+def bootstrap_interval(values: Sequence[float] | np.ndarray, seed: int = BOOTSTRAP_SEED,
+                       resamples: int = BOOTSTRAP_RESAMPLES, level: float = LEVEL,
+                       statistic: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of ``values`` over the episodes of one run (episodes
+    resampled with replacement; :func:`cluster_bootstrap` resamples training seeds first).
 
     ``values`` ``(N,)`` or ``(N, M)`` (rows resampled together); ``statistic(resampled (R, N, ...)) -> (R,)``
     replaces the mean, e.g. a ratio of two column means. Deterministic for a given ``seed``.
     """
-    values = np.asarray(values, dtype=np.float64)
     if len(values) == 0:
         return math.nan, math.nan
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(values), size=(resamples, len(values)))
-    resampled = values[index]
-    estimates = statistic(resampled) if statistic is not None else resampled.mean(axis=1)
+    estimates = bootstrap_draws(values, seed, resamples, statistic)
     estimates = estimates[np.isfinite(estimates)]  # a ratio of zero means is undefined, not an outlier
     if len(estimates) == 0:
         return math.nan, math.nan
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(estimates, [tail, 100.0 - tail])
+    low, high = percentile_interval(estimates, level)
     return float(low), float(high)
+
+
+def cluster_bootstrap_estimates(per_seed: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
+                                seed: int = BOOTSTRAP_SEED) -> np.ndarray:
+    """The two-stage (cluster) bootstrap distribution ``(resamples,)`` of the mean over training seeds
+    of per-seed episode means: seeds resampled with replacement, then the episodes within each.
+
+    ``per_seed[s]`` holds seed s's per-episode values (seeds may have different episode counts).
+    Draw order, fixed so that the result can be recomputed independently: first the seed indices
+    ``integers(0, S, size=(resamples, S))``, then ``random((S, resamples, N_max))``; resampled seed
+    ``s`` at position j takes episodes ``floor(u * n_s)`` from the first ``n_s`` uniforms of row j.
+    """
+    counts = np.array([len(values) for values in per_seed])
+    if len(counts) == 0 or counts.min() == 0:
+        raise ValueError("every seed needs at least one episode")
+    table = np.zeros((len(counts), counts.max()))
+    for row, values in zip(table, per_seed):
+        row[: len(values)] = values
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, len(counts), size=(resamples, len(counts)))
+    total = np.zeros(resamples)
+    for position in range(len(counts)):  # one (resamples, N_max) block at a time bounds the memory
+        uniforms = rng.random((resamples, counts.max()))
+        n = counts[seeds[:, position]]
+        episodes = np.floor(uniforms * n[:, None]).astype(np.int64)
+        used = np.arange(counts.max())[None, :] < n[:, None]
+        values = np.where(used, table[seeds[:, position, None], episodes], 0.0)  # floor(u n) < n always
+        total += values.sum(axis=1) / n
+    return total / len(counts)
+
+
+def cluster_bootstrap(per_seed: Sequence[Sequence[float]], bounds: tuple[float, float] | None = None,
+                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                      level: float = LEVEL) -> tuple[float, float, float]:
+    """(mean over seeds of per-seed means, low, high): the two-stage percentile bootstrap over training
+    seeds and their episodes (see :func:`cluster_bootstrap_estimates`; one run's episodes alone:
+    :func:`bootstrap_interval`), the interval clipped to ``bounds`` if given."""
+    estimate = float(np.mean([np.mean(values) for values in per_seed]))
+    low, high = (float(v) for v in percentile_interval(cluster_bootstrap_estimates(per_seed, resamples, seed), level))
+    if bounds is not None:
+        low, high = max(bounds[0], low), min(bounds[1], high)
+    return estimate, low, high
 
 
 def episode_record(trajectory: Trajectory) -> dict[str, Any]:
@@ -191,7 +254,7 @@ def episode_compounding(policy: Trajectory, expert: Trajectory, obs_mean: np.nda
     }
 
 
-def deviation_curve(deviations: list[np.ndarray]) -> dict[str, list]:
+def deviation_band(deviations: list[np.ndarray]) -> dict[str, list]:
     """Mean and 95% interval (mean +- 1.96 SE) of the per-step deviation across episodes, at each
     ``t`` that at least one episode pair reaches; ``n`` says how many do (episodes differ in length)."""
     longest = max(len(d) for d in deviations)
@@ -258,7 +321,7 @@ def compounding_summary(per_episode: list[dict[str, Any]], bootstrap_seed: int =
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio_value = float(np.float64(on_policy) / np.float64(on_expert))
     return {
-        "state_deviation": deviation_curve([e["deviation"] for e in per_episode]),
+        "state_deviation": deviation_band([e["deviation"] for e in per_episode]),
         "j_traj": {"mean": float(j.mean()), "ci": list(bootstrap_interval(j, seed=bootstrap_seed))},
         "action_error_on_policy": {"mean": float(on_policy),
                                    "ci": list(bootstrap_interval(errors[:, 0], seed=bootstrap_seed))},

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from dopr_robot.errors import UserError
+from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.run_log import METRICS_NAME, read_metrics
 
 COLUMNS = ["task", "optimizer", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
@@ -88,9 +89,7 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
 def optimizer_order(names: Any) -> list[str]:
     """Distinct optimizer names with each base beside its DoPr variant: bases alphabetically, each
     followed by ``dopr-<base>`` (adamw, dopr-adamw, muon, dopr-muon, ...)."""
-    names = set(names)
-    base = lambda name: name[len("dopr-"):] if name.startswith("dopr-") else name  # noqa: E731
-    return sorted(names, key=lambda name: (base(name), name.startswith("dopr-")))
+    return sorted(set(names), key=lambda name: (base_of(name), is_dopr(name)))
 
 
 def episode_values(row: dict[str, Any], key: str) -> dict[int, float] | None:
@@ -115,7 +114,8 @@ def episode_values(row: dict[str, Any], key: str) -> dict[int, float] | None:
 
 
 def deviation_curve(row: dict[str, Any]) -> np.ndarray | None:
-    """The run's mean state deviation from the expert at each t (None without an expert)."""
+    """The run's mean state deviation from the expert at each t, as its evaluation stored it (the
+    mean of :func:`dopr_robot.evaluate.metrics.deviation_band`); None without an expert."""
     curve = row["_deviation"]
     return None if curve is None else np.asarray([math.nan if v is None else v for v in curve], dtype=np.float64)
 

@@ -17,7 +17,9 @@ leave the metric's range (a success rate of 0.26 [-0.76, 1.28]). So:
   only with at least :data:`MIN_SEEDS_FOR_T` seeds.
 
 Every bootstrap draws from its own ``numpy.random.Generator`` seeded with :data:`BOOTSTRAP_SEED`
-(never the global RNG), so a report is identical each time it is written.
+(never the global RNG), so a report is identical each time it is written. The bootstraps themselves
+(one-stage over the episodes of one run or over runs, two-stage over seeds and episodes) live with
+the evaluation's intervals in :mod:`dopr_robot.evaluate.metrics`; this module chooses among them.
 """
 
 from __future__ import annotations
@@ -27,9 +29,19 @@ from typing import Sequence
 
 import numpy as np
 
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-LEVEL = 0.95
+from dopr_robot.evaluate.metrics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    LEVEL,
+    bootstrap_draws,
+    cluster_bootstrap,
+    cluster_bootstrap_estimates,
+    percentile_interval,
+)
+
+__all__ = ["BOOTSTRAP_RESAMPLES", "BOOTSTRAP_SEED", "LEVEL", "MIN_SEEDS_FOR_T", "cluster_bootstrap",
+           "cluster_bootstrap_estimates", "paired_cluster_bootstrap", "run_band", "t_interval"]
+
 MIN_SEEDS_FOR_T = 3  # below this a t-interval over seeds says little; tables show the per-seed values
 
 # Two-sided 95% Student t quantiles t_{0.975, df}, df = 1..30; beyond 30 the normal 1.96 is close.
@@ -50,48 +62,6 @@ def t_interval(values: Sequence[float | None]) -> tuple[float, float, float]:
     t = T975[len(data) - 2] if len(data) - 1 <= len(T975) else 1.96
     half = t * float(data.std(ddof=1)) / math.sqrt(len(data))
     return mean, mean - half, mean + half
-
-
-def cluster_bootstrap_estimates(per_seed: Sequence[Sequence[float]], resamples: int = BOOTSTRAP_RESAMPLES,
-                                seed: int = BOOTSTRAP_SEED) -> np.ndarray:
-    """The bootstrap distribution ``(resamples,)`` of the mean over seeds of per-seed episode means.
-
-    ``per_seed[s]`` holds seed s's per-episode values (seeds may have different episode counts).
-    Draw order, fixed so that the result can be recomputed independently: first the seed indices
-    ``integers(0, S, size=(resamples, S))``, then ``random((S, resamples, N_max))``; resampled seed
-    ``s`` at position j takes episodes ``floor(u * n_s)`` from the first ``n_s`` uniforms of row j.
-    """
-    counts = np.array([len(values) for values in per_seed])
-    if len(counts) == 0 or counts.min() == 0:
-        raise ValueError("every seed needs at least one episode")
-    table = np.zeros((len(counts), counts.max()))
-    for row, values in zip(table, per_seed):
-        row[: len(values)] = values
-    rng = np.random.default_rng(seed)
-    seeds = rng.integers(0, len(counts), size=(resamples, len(counts)))
-    total = np.zeros(resamples)
-    for position in range(len(counts)):  # one (resamples, N_max) block at a time bounds the memory
-        uniforms = rng.random((resamples, counts.max()))
-        n = counts[seeds[:, position]]
-        episodes = np.floor(uniforms * n[:, None]).astype(np.int64)
-        used = np.arange(counts.max())[None, :] < n[:, None]
-        values = np.where(used, table[seeds[:, position, None], episodes], 0.0)  # floor(u n) < n always
-        total += values.sum(axis=1) / n
-    return total / len(counts)
-
-
-def cluster_bootstrap(per_seed: Sequence[Sequence[float]], bounds: tuple[float, float] | None = None,
-                      resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
-                      level: float = LEVEL) -> tuple[float, float, float]:
-    """(mean over seeds of per-seed means, low, high): two-stage percentile bootstrap over seeds and
-    episodes (see :func:`cluster_bootstrap_estimates`), the interval clipped to ``bounds`` if given."""
-    estimate = float(np.mean([np.mean(values) for values in per_seed]))
-    draws = cluster_bootstrap_estimates(per_seed, resamples=resamples, seed=seed)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = (float(v) for v in np.percentile(draws, [tail, 100.0 - tail]))
-    if bounds is not None:
-        low, high = max(bounds[0], low), min(bounds[1], high)
-    return estimate, low, high
 
 
 def paired_cluster_bootstrap(base: Sequence[Sequence[float]], treated: Sequence[Sequence[float]],
@@ -116,9 +86,5 @@ def run_band(curves: np.ndarray, resamples: int = 2000, seed: int = BOOTSTRAP_SE
     """Mean curve over runs ``(R, T) -> (T,)`` and its percentile-bootstrap band over runs (runs
     resampled with replacement). One run gives a band of zero width: there is nothing to resample."""
     curves = np.asarray(curves, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(curves), size=(resamples, len(curves)))
-    means = curves[index].mean(axis=1)
-    tail = (1.0 - level) / 2.0 * 100.0
-    low, high = np.percentile(means, [tail, 100.0 - tail], axis=0)
+    low, high = percentile_interval(bootstrap_draws(curves, seed, resamples), level)
     return curves.mean(axis=0), low, high
