@@ -1,17 +1,19 @@
 """Data flows one way: envs -> demos -> policies -> dopr_robot (training -> evaluation -> reports).
 
 Imports are read from the source with ``ast`` (every ``import`` statement, those inside functions
-included; relative imports resolved), not by importing anything. The ranks:
+included; relative imports resolved), not by importing anything. Three rules:
 
-- the foundation (``dopr_robot.errors``, the user-error type, and ``dopr_robot.atomic``, the one
-  writer of files) imports nothing of ours, so every layer may import it;
-- ``envs`` imports nothing of ours but ``envs`` and the foundation;
-- ``demos`` imports only ``demos`` and ``envs``;
-- ``policies`` imports only ``policies`` (never envs, demos or dopr_robot);
-- ``dopr_robot.optim`` imports only itself (not even the error type);
-- BC training (``train``, ``config``, ``checkpoint``) never imports evaluation, reports or ``compare``
-  (the CLI passes it an ``evaluator`` callable);
-- evaluation never imports reports or ``compare``; reports never import ``compare`` or training.
+- **Ranks** (``RANKS``): every module of the project has a rank, and imports only modules of the
+  same or a lower rank. The foundation (``dopr_robot.errors``, the user-error type, and
+  ``dopr_robot.atomic``, the one writer of files) is the lowest; then the task, policy and optimizer
+  packages; demonstrations; the toolkit's plumbing (threads, devices, the run log, configs,
+  checkpoints, how a grid's cells run); BC training; evaluation; reports; the comparison; the
+  sweep; the commands; the command line. A module without a rank fails, so a new one is placed.
+- **Independence** (``ALLOWED``, ``FORBIDDEN``): ``envs``, ``policies`` and ``dopr_robot.optim``
+  share a rank but never import each other (``policies`` never sees an env; the optimizer imports
+  nothing of ours, not even the error type); ``demos`` imports only ``envs``; reports are built from
+  result files, never from training.
+- **Commands never import each other**: what two commands share lives in a layer below them.
 """
 
 from __future__ import annotations
@@ -24,7 +26,35 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("envs", "demos", "policies", "dopr_robot")
 
-# Modules every layer may import: they import nothing of ours (``dopr_robot/__init__.py`` neither).
+
+def _each(package: str, modules: str, rank: int) -> dict[str, int]:
+    """``package`` and each of its ``modules`` (space-separated) at ``rank``."""
+    return {package: rank, **{f"{package}.{name}": rank for name in modules.split()}}
+
+
+# module -> rank; a module imports only modules of the same or a lower rank. The packages envs, demos
+# and policies are ranked whole; every module of dopr_robot by name.
+RANKED_WHOLE = ("envs", "demos", "policies")
+RANKS: dict[str, int] = {
+    "dopr_robot": 0, "dopr_robot.errors": 0, "dopr_robot.atomic": 0,  # the foundation
+    "envs": 1, "policies": 1,
+    **_each("dopr_robot.optim", "activation adamuon dopr muon registry signum", 1),
+    "demos": 2,
+    "dopr_robot.threads": 3, "dopr_robot.devices": 3, "dopr_robot.run_log": 3, "dopr_robot.optimizer_demo": 3,
+    "dopr_robot.config": 4, "dopr_robot.checkpoint": 4, "dopr_robot.grid": 4,
+    "dopr_robot.collect_config": 5,
+    "dopr_robot.train": 6,
+    **_each("dopr_robot.evaluate", "checkpoints evaluation metrics plots rollout video", 7),
+    **_each("dopr_robot.report", "files plots results statistics tables", 8),
+    "dopr_robot.sb3_experts": 8,
+    "dopr_robot.compare": 9,
+    "dopr_robot.sweep": 10,
+    **_each("dopr_robot.commands", "collect compare eval expert inspect optimizer_demo optimizers quickstart sweep "
+                                   "tasks train video", 11),
+    "dopr_robot.cli": 12, "dopr_robot.__main__": 12,
+}
+
+# Modules every layer may import: they import only each other (``dopr_robot/__init__.py`` nothing).
 FOUNDATION = ("dopr_robot.errors", "dopr_robot.atomic")
 # module prefix -> the only project packages it may import (besides the foundation)
 ALLOWED = {
@@ -32,17 +62,13 @@ ALLOWED = {
     "demos": ("demos", "envs", *FOUNDATION),
     "policies": ("policies", *FOUNDATION),
     "dopr_robot.optim": ("dopr_robot.optim",),
-    **{module: () for module in FOUNDATION},
+    **{module: FOUNDATION for module in FOUNDATION},
 }
-_ABOVE_TRAINING = ("dopr_robot.evaluate", "dopr_robot.report", "dopr_robot.compare")
-# module prefix -> project modules it must not import
+# module prefix -> project modules it must not import (beyond what the ranks forbid)
 FORBIDDEN = {
-    "dopr_robot.train": _ABOVE_TRAINING,
-    "dopr_robot.config": _ABOVE_TRAINING,
-    "dopr_robot.checkpoint": _ABOVE_TRAINING,
-    "dopr_robot.evaluate": ("dopr_robot.report", "dopr_robot.compare"),
-    "dopr_robot.report": ("dopr_robot.compare", "dopr_robot.train"),
+    "dopr_robot.report": ("dopr_robot.train",),
 }
+COMMANDS = "dopr_robot.commands"
 
 
 def _within(name: str, prefix: str) -> bool:
@@ -72,17 +98,52 @@ def project_imports(path: Path, root: Path = ROOT) -> list[tuple[int, str]]:
     return [(line, name) for line, name in found if name.split(".")[0] in PACKAGES]
 
 
+def rank_of(module: str) -> int | None:
+    """The rank of ``module``, or of the longest ranked name it lies within (``a.b.NAME`` -> ``a.b``)."""
+    parts = module.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in RANKS:
+            return RANKS[".".join(parts[:end])]
+    return None
+
+
+def own_rank(module: str) -> int | None:
+    """The rank of a module of the project: its package's for ``envs``, ``demos`` and ``policies``
+    (ranked whole), its own name's for ``dopr_robot`` (None: not ranked)."""
+    package = module.split(".")[0]
+    return RANKS.get(package if package in RANKED_WHOLE else module)
+
+
+def _command(module: str) -> str | None:
+    """The command module ``module`` is or lies within (``dopr_robot.commands.video.render`` -> ``...video``)."""
+    parts = module.split(".")
+    return ".".join(parts[:3]) if _within(module, COMMANDS) and len(parts) > 2 else None
+
+
 def violations(path: Path, root: Path = ROOT) -> list[str]:
     module = module_name(path, root)
+    where = f"{path.relative_to(root)}"
     found = []
     for line, imported in project_imports(path, root):
+        rank, imported_rank = own_rank(module), rank_of(imported)
+        if rank is not None and imported_rank is not None and imported_rank > rank:
+            found.append(f"{where}:{line}: {module} (rank {rank}) imports {imported} (rank {imported_rank}); "
+                         "imports go to the same or a lower rank")
         for prefix, allowed in ALLOWED.items():
             if _within(module, prefix) and not any(_within(imported, ok) for ok in allowed):
-                found.append(f"{path.relative_to(root)}:{line}: {module} imports {imported}; {prefix} may import only {', '.join(allowed)}")
+                found.append(f"{where}:{line}: {module} imports {imported}; {prefix} may import only {', '.join(allowed)}")
         for prefix, forbidden in FORBIDDEN.items():
             if _within(module, prefix) and any(_within(imported, bad) for bad in forbidden):
-                found.append(f"{path.relative_to(root)}:{line}: {module} imports {imported}; {prefix} must not import {', '.join(forbidden)}")
+                found.append(f"{where}:{line}: {module} imports {imported}; {prefix} must not import {', '.join(forbidden)}")
+        if _command(module) and _command(imported) and _command(module) != _command(imported):
+            found.append(f"{where}:{line}: {module} imports {imported}; commands never import each other "
+                         "(move what they share below them)")
     return found
+
+
+def unranked(root: Path) -> list[str]:
+    """The project's modules that have no rank."""
+    return [module_name(path, root) for path in sources(root) if own_rank(module_name(path, root)) is None]
 
 
 def sources(root: Path) -> list[Path]:
@@ -94,10 +155,16 @@ def test_imports_only_go_down(path: Path) -> None:
     assert not violations(path), "\n".join(violations(path))
 
 
-def test_the_foundation_imports_nothing_of_ours() -> None:
+def test_every_module_has_a_rank() -> None:
+    assert unranked(ROOT) == [], "give each module a rank in RANKS (the layer it belongs to)"
+
+
+def test_the_foundation_imports_only_the_foundation() -> None:
     for module in (*FOUNDATION, "dopr_robot"):
         path = ROOT / (module.replace(".", "/") + ".py") if module != "dopr_robot" else ROOT / "dopr_robot/__init__.py"
-        assert project_imports(path) == [], f"{module} must import nothing of ours (every layer imports it)"
+        imported = [name for _, name in project_imports(path)]
+        assert all(any(_within(name, ok) for ok in FOUNDATION) for name in imported), f"{module} imports {imported}"
+        assert module != "dopr_robot" or imported == []  # the package imports nothing: importing any module runs it
 
 
 PLANTED = {
@@ -110,19 +177,33 @@ PLANTED = {
     "dopr_robot/config.py": "import dopr_robot.report.tables\n",
     "dopr_robot/evaluate/rollout.py": "from dopr_robot.compare import grid\n",
     "dopr_robot/report/__init__.py": "from ..train import train\n",
-    "dopr_robot/compare.py": "from dopr_robot.evaluate import rollout\nfrom dopr_robot import train\n",  # allowed
+    "dopr_robot/grid.py": "from dopr_robot.compare import run_cell\n",
+    "dopr_robot/commands/eval.py": "from dopr_robot.commands.video import render\n",
+    "dopr_robot/commands/sweep.py": "from . import compare\n",  # relative, a whole command module
+    "dopr_robot/compare.py": "from dopr_robot.evaluate import rollout\nfrom dopr_robot import train, grid\n",  # allowed
+    "dopr_robot/commands/video.py": "from dopr_robot.evaluate.video import record_video\nfrom . import video\n",  # allowed
+    "dopr_robot/unplaced.py": "",  # a module nobody ranked
 }
 
 
-def test_planted_upward_imports_are_caught(tmp_path: Path) -> None:
+def test_planted_violations_are_caught(tmp_path: Path) -> None:
     for name, text in PLANTED.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
+    assert unranked(tmp_path) == ["dopr_robot.unplaced"]
     found = {str(p.relative_to(tmp_path)): violations(p, tmp_path) for p in sources(tmp_path)}
-    assert found.pop("dopr_robot/compare.py") == []
+    for allowed in ("dopr_robot/compare.py", "dopr_robot/commands/video.py", "dopr_robot/unplaced.py"):
+        assert found.pop(allowed) == [], allowed
     assert found.pop("envs/sub/mod.py") == [
+        "envs/sub/mod.py:2: envs.sub.mod (rank 1) imports demos (rank 2); imports go to the same or a lower rank",
         "envs/sub/mod.py:2: envs.sub.mod imports demos; envs may import only envs, dopr_robot.errors, dopr_robot.atomic"]
-    assert all(len(lines) == 1 for lines in found.values()), found
-    assert set(found) == set(PLANTED) - {"dopr_robot/compare.py", "envs/sub/mod.py"}
-    assert "dopr_robot.train imports dopr_robot.evaluate" in found["dopr_robot/train.py"][0]
+    assert set(found) == set(PLANTED) - {"dopr_robot/compare.py", "dopr_robot/commands/video.py",
+                                         "dopr_robot/unplaced.py", "envs/sub/mod.py"}
+    assert all(found.values()), found
+    assert "dopr_robot.train (rank 6) imports dopr_robot.evaluate (rank 7)" in found["dopr_robot/train.py"][0]
+    assert "dopr_robot.grid (rank 4) imports dopr_robot.compare.run_cell (rank 9)" in found["dopr_robot/grid.py"][0]
     assert "dopr_robot.report imports dopr_robot.train.train" in found["dopr_robot/report/__init__.py"][0]
+    assert found["dopr_robot/commands/eval.py"] == [
+        "dopr_robot/commands/eval.py:1: dopr_robot.commands.eval imports dopr_robot.commands.video.render; "
+        "commands never import each other (move what they share below them)"]
+    assert "commands never import each other" in found["dopr_robot/commands/sweep.py"][0]

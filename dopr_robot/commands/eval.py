@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {plot_compounding(data, plot)}")
     if args.videos > 0:
         from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
-        from dopr_robot.commands.video import render
+        from dopr_robot.evaluate.video import render
 
         checkpoint = load_checkpoint(args.checkpoint)
         video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device,

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
 from dopr_robot.devices import add_device_argument
+from dopr_robot.evaluate.video import render
 
 HELP = "render seeded episodes of a checkpoint's policy beside the expert's (mp4 or gif)"
 
@@ -26,16 +25,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--width", type=int, default=None, help="panel width in pixels (the W of --size)")
     parser.add_argument("--height", type=int, default=None, help="panel height in pixels (the H of --size)")
     add_device_argument(parser)
-
-
-def render(policy, task: str, out: Path, settings: EvalConfig, *, episodes: int | None = None,
-           env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
-    """``record_video`` of the first ``episodes`` (default: all) of ``settings``' episodes."""
-    from dopr_robot.evaluate.video import record_video
-
-    seeds = settings.seeds[: settings.episodes if episodes is None else episodes]
-    return record_video(policy, task, out, seeds, env_kwargs=env_kwargs, actions_per_chunk=settings.actions_per_chunk,
-                        with_expert=settings.with_expert, size=settings.size, fps=settings.fps or None)
 
 
 def run(args: argparse.Namespace) -> int:

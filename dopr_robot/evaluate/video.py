@@ -19,6 +19,7 @@ import numpy as np
 
 import envs
 from dopr_robot.atomic import atomic_path, check_destination
+from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.evaluation import check_spaces, resolve_task
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, Trajectory, check_actions_per_chunk, rollout
@@ -163,3 +164,12 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
         policy.train(was_training)
     return {"path": str(out), "frames": frames, "episodes": len(seeds), "with_expert": expert is not None,
             "size": [width, height]}
+
+
+def render(policy: Policy, task: str, out: str | Path, settings: EvalConfig, *, episodes: int | None = None,
+           env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``record_video`` of the first ``episodes`` (default: all) of ``settings``' episodes, with its
+    chunking, expert, size and frame rate (``eval --videos``, ``video``, ``quickstart``)."""
+    seeds = settings.seeds[: settings.episodes if episodes is None else episodes]
+    return record_video(policy, task, out, seeds, env_kwargs=env_kwargs, actions_per_chunk=settings.actions_per_chunk,
+                        with_expert=settings.with_expert, size=settings.size, fps=settings.fps or None)
