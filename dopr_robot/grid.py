@@ -12,7 +12,9 @@ with more threads).
   (default: its share of the cores, cores // workers) and, on a machine with several GPUs and a
   device without an index (``auto``, ``cuda``), a GPU of its own (``CUDA_VISIBLE_DEVICES``,
   round-robin over the visible GPUs). Workers are spawned, not forked: a script that calls
-  ``compare`` with this executor needs the ``if __name__ == "__main__":`` guard.
+  ``compare`` with this executor needs the ``if __name__ == "__main__":`` guard. They die with the
+  grid's process, even when it is killed, and Ctrl-C stops the cells they run (each resumes from
+  its last checkpoint).
 - ``ray``: one Ray task per cell on the cluster at ``address`` (``"local"``: a Ray instance started
   here on this machine's cores; a Ray already initialized in this process is used as it is). A task
   asks for ``threads`` CPUs (default 1) and one GPU when the device is ``cuda`` (or ``auto`` on a
@@ -27,8 +29,9 @@ Either way a failure of the cells themselves (not of the setup around them) is a
 so that a caller running many grids (``dopr-robot sweep``) can record it and go on.
 Finished cells keep their eval.json, so running the same command again runs only the missing ones.
 
-Execution settings are not grid settings: they are never saved and never part of the resume check,
-so a grid started one way can be finished another.
+Execution settings (:class:`Execution`, whose fields are the command line's --workers, --ray,
+--device and --no-progress) are not grid settings: they are never saved and never part of the
+resume check, so a grid started one way can be finished another.
 """
 
 from __future__ import annotations
