@@ -7,7 +7,7 @@
     DIR/results.csv, DIR/summary.md, DIR/*.png written from the eval.json files alone (dopr_robot.report)
     DIR/replication/, DIR/replication.md       after ``--replicate``: the same grid on fresh data
 
-With several demonstration counts (``demo_episodes: [10, 25, 50]``) each count is a comparison of its
+With several demonstration counts (``"demo": {"episodes": [10, 25, 50]}``) each count is a comparison of its
 own, laid out as above, in ``DIR/demos<N>/`` (resumable, replicable one by one; collected from the
 same reset seeds, so a smaller count's demonstrations are the first episodes of a larger one's), and
 ``DIR`` holds the grid's ``compare_config.json``, the runs of every count in one ``results.csv``, a
@@ -28,22 +28,25 @@ The JSON form (``--config FILE.json``, and what ``compare_config.json`` holds)::
 
     {"out": "runs/cmp", "tasks": ["Push-v0"], "optimizers": ["adamw", "dopr-adamw"], "seeds": 5,
      "optimizer_settings": {"dopr-adamw": {"damping": 0.1}}, "first_seed": 0,
-     "data": {}, "demo_episodes": 50, "demo_noise": 0.0, "demo_seed": 0,
+     "data": {}, "demo": {"episodes": 50, "seed": 0, "noise": 0.0, "success_only": false, "max_attempts": 0},
      "train": {"steps": 2000, "lr": 0.001, "ema_decay": 0.995, "optimizer_options": {}, ...},
      "eval": {"episodes": 50, "seed": 1000000, "num_envs": 8, ...}}
 
 ``train`` holds every ``dopr-robot train`` option but ``data``, ``out``, ``optimizer`` and ``seed``
 (filled per cell); on the command line they keep their names (``--lr``, ``--ema-decay``). ``eval``
-holds the evaluation options; on the command line they carry ``eval-`` (``--eval-episodes``).
+holds the evaluation options; on the command line they carry ``eval-`` (``--eval-episodes``). ``demo``
+holds the collection of each task's demonstrations (``dopr-robot collect``'s options), as ``--demo-*``
+(``--demo-episodes``, ``--demo-success-only``). Files with the earlier flat ``demo_episodes``,
+``demo_noise`` and ``demo_seed`` are read as today's (:func:`upgrade_config_json`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import math
 import shutil
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,17 +54,19 @@ import demos
 import envs
 from dopr_robot.atomic import check_directory_destination, write_json_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME
+from dopr_robot.collect_config import CollectConfig
 from dopr_robot.config import (
     EvalConfig,
     TrainConfig,
+    check_config_dict,
     check_value_type,
     config_from_dict,
     config_items,
     config_to_dict,
-    count_or_counts,
     json_object_or_file,
     nested,
     option,
+    resolve_config,
     same_file,
 )
 from dopr_robot.errors import UserError
@@ -103,12 +108,11 @@ class CompareConfig:
     seeds: int = option(5, help="training seeds per (task, optimizer): first_seed .. first_seed + seeds - 1")
     first_seed: int = option(0, help="the first training seed")
     data: dict = option({}, help='existing demonstrations per task as JSON, e.g. \'{"Push-v0": "push.hdf5"}\'')
-    demo_episodes: int | list = option(
-        50, parse=count_or_counts, metavar="N[,N...]",
-        help=f"episodes to collect per task (when no --data is given); several (10,25,50): one comparison per count "
-             f"in OUT/{DEMO_COUNT_DIR.format('<N>')}/ and a summary over counts in OUT/")
-    demo_noise: float = option(0.0, help="noise injection at collection (action noise std)")
-    demo_seed: int = option(seed_ranges.DEMO_SEED, help="demonstration i of every task is collected from reset seed DEMO_SEED + i")
+    demo: CollectConfig = nested(
+        CollectConfig, prefix="demo-",
+        help="demonstrations collected for each task that --data does not give: the `collect` options, as --demo-* "
+             f"(several --demo-episodes: one comparison per count in OUT/{DEMO_COUNT_DIR.format('<N>')}/ and a "
+             "summary over counts in OUT/)")
     train: TrainConfig = nested(
         TrainConfig, factory=train_template, exclude=PER_CELL,
         why_excluded="compare sets it for each cell (use data, out, optimizers and seeds)",
@@ -134,12 +138,6 @@ class CompareConfig:
         if self.first_seed < 0:
             raise UserError(f"--first-seed must be >= 0, got {self.first_seed}")
         counts = self.demo_counts()
-        if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-            raise UserError(f"--demo-episodes must be a count >= 1 or a list of them, got {self.demo_episodes!r}")
-        if len(set(counts)) < len(counts):
-            raise UserError(f"--demo-episodes lists a count twice: {self.demo_episodes!r}")
-        if not (isinstance(self.demo_noise, (int, float)) and math.isfinite(self.demo_noise) and self.demo_noise >= 0):
-            raise UserError(f"--demo-noise must be a finite number >= 0 (the std of the action noise), got {self.demo_noise!r}")
         not_paths = {task: path for task, path in self.data.items() if not isinstance(path, str) or not path}
         if not_paths:
             raise UserError(f"--data maps each task to a demonstrations file path (a JSON string), got "
@@ -147,7 +145,7 @@ class CompareConfig:
         extra = sorted(set(self.data) - set(self.tasks))
         if extra:
             raise UserError(f"--data names task(s) {', '.join(extra)} that are not in --tasks")
-        if self.data and isinstance(self.demo_episodes, list):
+        if self.data and isinstance(self.demo.episodes, list):
             raise UserError(f"--data gives the demonstrations, so it cannot be used with several --demo-episodes "
                             f"({', '.join(map(str, counts))}): collect them (drop --data) or give one count")
         placeholder = train_template()
@@ -159,10 +157,10 @@ class CompareConfig:
         self._check_optimizer_settings()
         for optimizer in self.optimizers:  # TrainConfig checks the options against each optimizer of the grid
             self.cell_config(optimizer, 0, Path(""), Path(""))
-        demo = range(self.demo_seed, self.demo_seed + max(counts))
+        demo = range(self.demo.seed, self.demo.seed + self.demo.attempts(max(counts)))
         allowed = [seed_ranges.ranges()[name] for name in ("demonstrations", "replication demonstrations")]
         if not any(r.start <= demo.start and demo.stop <= r.stop for r in allowed):
-            raise UserError(f"--demo-seed {self.demo_seed} with --demo-episodes {max(counts)} collects from reset "
+            raise UserError(f"--demo-seed {self.demo.seed} with --demo-episodes {max(counts)} collects from reset "
                             f"seeds {_span(demo)}, outside the demonstration seeds {_span(allowed[0])} "
                             f"({_span(allowed[1])} for --replicate; see envs/seeds.py)")
         evaluation = range(self.eval.seed, self.eval.seed + self.eval.episodes)
@@ -200,14 +198,14 @@ class CompareConfig:
 
     def demo_counts(self) -> list[int]:
         """The demonstration counts: one, or the several of a grid over counts."""
-        return list(self.demo_episodes) if isinstance(self.demo_episodes, list) else [self.demo_episodes]
+        return self.demo.counts()
 
     def by_demo_count(self) -> dict[int, "CompareConfig"]:
         """With several counts: count -> the comparison of that count (in DIR/demos<N>/), else {}."""
-        if not isinstance(self.demo_episodes, list):
+        if not isinstance(self.demo.episodes, list):
             return {}
-        return {n: replace(self, out=str(Path(self.out) / DEMO_COUNT_DIR.format(n)), demo_episodes=n)
-                for n in sorted(self.demo_episodes)}
+        return {n: replace(self, out=str(Path(self.out) / DEMO_COUNT_DIR.format(n)), demo=replace(self.demo, episodes=n))
+                for n in sorted(self.demo.episodes)}
 
     def cells(self) -> list[tuple[str, str, int]]:
         """Every (task, optimizer, seed), in the order they run."""
@@ -243,7 +241,7 @@ def compare(config: CompareConfig, progress: bool = True, execution: Execution =
 def _compare(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool) -> list[dict[str, Any]]:
     out = Path(config.out)
     _start(config, overwrite)
-    if isinstance(config.demo_episodes, list):  # one comparison per count, then the summary over counts
+    if isinstance(config.demo.episodes, list):  # one comparison per count, then the summary over counts
         counts = config.by_demo_count()
         for count in counts.values():
             _compare(count, progress, execution, overwrite)
@@ -287,7 +285,7 @@ def check_comparison(config: CompareConfig, overwrite: bool = False) -> None:
         if overwrite:
             continue
         _check_directory(grid, out)
-        if isinstance(grid.demo_episodes, list):
+        if isinstance(grid.demo.episodes, list):
             continue  # its data and cells are its counts'
         for task in (t for t in grid.tasks if t not in grid.data):
             path = out / "data" / f"{task}.hdf5"
@@ -382,7 +380,36 @@ def load_compare_config(out: str | Path) -> CompareConfig:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise UserError(f"{path} is not valid JSON: {err}") from None
-    return replace(config_from_dict(CompareConfig, _upgrade(values), where=str(path)), out=str(out))
+    values = upgrade_config_json(_upgrade_flat(values))
+    return replace(config_from_dict(CompareConfig, values, where=str(path)), out=str(out))
+
+
+def resolve_compare_config(args: argparse.Namespace, exclude: tuple[str, ...] = ()) -> CompareConfig:
+    """:func:`~dopr_robot.config.resolve_config` for a grid: its defaults < a ``--config`` file (of
+    today's form, or with the flat demonstration keys of an earlier one) < the options given."""
+    path = getattr(args, "config", None)
+    try:
+        values = json.loads(Path(path).read_text()) if path is not None else None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        values = None  # resolve_config names the problem with the file
+    upgraded = upgrade_config_json(values)
+    if upgraded is values:
+        return resolve_config(CompareConfig, args, exclude=exclude)
+    check_config_dict(CompareConfig, upgraded, where=f"config file {path}")
+    without_file = argparse.Namespace(**{**vars(args), "config": None})
+    return resolve_config(CompareConfig, without_file, exclude=exclude, defaults=_dotted(CompareConfig, upgraded))
+
+
+def _dotted(config_class: type, values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """The JSON form of (part of) a config as ``dotted name -> value`` (``{"train.lr": 0.001}``)."""
+    inner = {f.name: f.metadata["nested"] for f in fields(config_class) if "nested" in f.metadata}
+    dotted: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in inner and isinstance(value, dict):
+            dotted.update(_dotted(inner[key], value, f"{prefix}{key}."))
+        else:
+            dotted[prefix + key] = value
+    return dotted
 
 
 # compare_config.json before the grid held a TrainConfig: flat, these keys were training settings and
@@ -391,7 +418,21 @@ _FLAT_TRAIN = ("policy", "policy_options", "history", "chunk", "steps", "batch_s
 _FLAT_EVAL = {"eval_episodes": "episodes", "eval_seed": "seed", "num_envs": "num_envs"}
 
 
-def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+# Before the grid held a CollectConfig, its demonstration settings were flat keys.
+_FLAT_DEMO = {"demo_episodes": "episodes", "demo_noise": "noise", "demo_seed": "seed"}
+
+
+def upgrade_config_json(values: Any) -> Any:
+    """The JSON form of a grid whose demonstration settings are flat keys (``demo_episodes``, ...) with
+    them under ``demo``; ``values`` itself when it has none."""
+    if not isinstance(values, dict) or not set(_FLAT_DEMO) & set(values):
+        return values
+    values = dict(values)
+    demo = {new: values.pop(old) for old, new in _FLAT_DEMO.items() if old in values}
+    return {**values, "demo": {**demo, **(values.get("demo") or {})}}
+
+
+def _upgrade_flat(values: dict[str, Any]) -> dict[str, Any]:
     """The JSON form of a grid saved in the earlier, flat form (unchanged when already nested)."""
     if not isinstance(values, dict) or "train" in values or "eval" in values:
         return values
@@ -413,8 +454,8 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     saved = config_items(saved_config)
     # A grid over demonstration counts may add counts (each count's directory checks its own settings).
     growable = GROWABLE
-    if isinstance(config.demo_episodes, list) and isinstance(saved_config.demo_episodes, list):
-        growable += ("demo_episodes",)
+    if isinstance(config.demo.episodes, list) and isinstance(saved_config.demo.episodes, list):
+        growable += ("demo.episodes",)
     changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
                if name not in (*growable, "optimizer_settings", "data") and saved.get(name) != value]
     saved_out = json.loads(saved_file.read_text()).get("out", saved_config.out)  # where it was made
@@ -472,12 +513,6 @@ def check_data_file(task: str, path: str) -> None:
                         f"{task} demonstrations in --data")
 
 
-def collection_record(config: CompareConfig, task: str) -> dict[str, Any]:
-    """What a file of ``task``'s demonstrations collected for ``config`` records (its ``dopr_meta``)."""
-    return {"task": task, "episodes": config.demo_episodes, "seed": config.demo_seed,
-            "noise": float(config.demo_noise), "success_only": False}
-
-
 def _collection_differs(config: CompareConfig, task: str, path: Path) -> str:
     """How the demonstrations in ``path`` differ from the collection ``config`` asks for ("" when
     they do not, or when there is no file yet): compare reuses such a file only when it matches."""
@@ -487,7 +522,7 @@ def _collection_differs(config: CompareConfig, task: str, path: Path) -> str:
         recorded = demos.load(path).metadata
     except UserError as err:
         return f"unreadable: {err}"
-    wanted = collection_record(config, task)
+    wanted = config.demo.record(task)
     recorded = {"success_only": False, **recorded}  # files from before success-only collection
     differs = [f"{key} {recorded.get(key)!r}, asked {value!r}" for key, value in wanted.items()
                if recorded.get(key) != value]
@@ -517,8 +552,7 @@ def demonstrations(config: CompareConfig, task: str, out: Path, progress: bool, 
     if differs and not overwrite:
         raise _other_collection(path, differs)
     if differs or not path.exists():  # replaced only once the new file is complete
-        demos.collect(task, config.demo_episodes, path, seed=config.demo_seed, noise=config.demo_noise,
-                      overwrite=True, progress=progress)
+        demos.collect(task, out=path, overwrite=True, progress=progress, **config.demo.collect_arguments())
     return path
 
 
@@ -527,7 +561,7 @@ def replication_config(original: CompareConfig) -> CompareConfig:
 
     Everything else stays, the training seeds included: the replication asks whether the result
     holds on other data and other initial states, not on other initializations. Demonstrations come
-    from ``REPLICATION_DEMO_SEED + demo_seed``, evaluation from ``REPLICATION`` (+ the original's
+    from ``REPLICATION_DEMO_SEED + demo.seed``, evaluation from ``REPLICATION`` (+ the original's
     offset into the policy-evaluation range): seed ranges nothing else uses (envs/seeds.py).
     """
     if original.data:
@@ -541,7 +575,7 @@ def replication_config(original: CompareConfig) -> CompareConfig:
     policy_eval = seed_ranges.ranges()["policy evaluation"]
     offset = original.eval.seed - policy_eval.start if original.eval.seed in policy_eval else 0
     return replace(original, out=str(Path(original.out) / REPLICATION_DIR),
-                   demo_seed=seed_ranges.REPLICATION_DEMO_SEED + original.demo_seed,
+                   demo=replace(original.demo, seed=seed_ranges.REPLICATION_DEMO_SEED + original.demo.seed),
                    eval=replace(original.eval, seed=seed_ranges.REPLICATION + offset))
 
 
@@ -550,8 +584,8 @@ def replicate(out: str | Path, progress: bool = True, execution: Execution = Exe
     any grid), then write ``out/replication.md`` beside it (both results side by side); return its path."""
     out = Path(out)
     original = load_compare_config(out)
-    if isinstance(original.demo_episodes, list):
-        first = Path(original.out) / DEMO_COUNT_DIR.format(sorted(original.demo_episodes)[0])
+    if isinstance(original.demo.episodes, list):
+        first = Path(original.out) / DEMO_COUNT_DIR.format(sorted(original.demo.episodes)[0])
         raise UserError(f"{out} holds one comparison per demonstration count ({', '.join(map(str, original.demo_counts()))}); "
                         f"replicate them one by one: `dopr-robot compare --out {first} --replicate`, ...")
     config = replication_config(original)

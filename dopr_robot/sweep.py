@@ -53,6 +53,7 @@ from dopr_robot.compare import (
     demonstrations,
     pending_cells,
     run_cell,
+    upgrade_config_json,
 )
 from dopr_robot.config import config_from_dict, config_items, config_to_dict, nested, number_list, option
 from dopr_robot.errors import UserError
@@ -105,10 +106,10 @@ class SweepConfig:
                 raise UserError(f"{flag} must be numbers >= 0, got {values!r}")
             if len(set(values)) < len(values):
                 raise UserError(f"{flag} lists a value twice: {values!r}")
-        if isinstance(self.grid.demo_episodes, list):
+        counts = self.grid.demo.episodes
+        if isinstance(counts, list):
             raise UserError(f"the sweep tunes on one demonstration count, the grid lists "
-                            f"{', '.join(map(str, self.grid.demo_episodes))}: give one, e.g. --demo-episodes "
-                            f"{sorted(self.grid.demo_episodes)[len(self.grid.demo_episodes) // 2]}")
+                            f"{', '.join(map(str, counts))}: give one, e.g. --demo-episodes {sorted(counts)[len(counts) // 2]}")
         self.tuning_eval_seed()
         for base in self.bases:  # every setting's comparison, checked before any work
             for lr in self.lrs:
@@ -321,7 +322,10 @@ def _check_same_sweep(config: SweepConfig, saved_file: Path) -> None:
     if not saved_file.exists():
         return
     try:
-        saved = config_from_dict(SweepConfig, json.loads(saved_file.read_text()), where=str(saved_file))
+        values = json.loads(saved_file.read_text())
+        if isinstance(values, dict) and "grid" in values:  # a sweep saved before the grid held a CollectConfig
+            values = {**values, "grid": upgrade_config_json(values["grid"])}
+        saved = config_from_dict(SweepConfig, values, where=str(saved_file))
     except json.JSONDecodeError as err:
         raise UserError(f"{saved_file} is not valid JSON: {err}") from None
     before, after = config_items(saved.grid), config_items(config.grid)
@@ -344,7 +348,7 @@ def sweep_markdown(config: SweepConfig, outcomes: dict[str, list[Outcome]], chos
         "mean closed-loop return (mean over tasks of the mean over training seeds of each run's mean return; ties: "
         "success rate); DoPr-X then starts from X's choice and only its damping is swept, chosen the same way.", "",
         f"Every setting: {grid.seeds} training seeds ({first_seed}..{first_seed + grid.seeds - 1}), "
-        f"{grid.demo_episodes} demonstrations per task, {grid.train.steps} training steps, "
+        f"{grid.demo.episodes} demonstrations per task, {grid.train.steps} training steps, "
         f"{grid.eval.episodes} evaluation episodes per run on the tuning reset seeds {eval_seed:,}–"
         f"{eval_seed + grid.eval.episodes - 1:,} (envs.seeds.TUNING; never the seeds an experiment reports on). "
         f"Intervals: 95% cluster bootstrap over seeds and episodes (B={BOOTSTRAP_RESAMPLES}). Each setting's "

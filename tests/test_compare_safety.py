@@ -214,3 +214,38 @@ def test_a_corrupt_cell_checkpoint_names_the_directory_to_delete_and_deleting_it
     shutil.rmtree(cell)
     assert compare(out) == 0
     assert json.loads((cell / "eval.json").read_text())["cell"]["resumed"] is False
+
+
+def test_demo_success_only_reaches_the_collection_and_is_part_of_the_resume_check(
+        finished: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Reach-v0 under noise 0.5: the episodes from reset seeds 0, 1 and 2 fail, 3 and 4 succeed.
+    out = tmp_path / "only"
+    assert compare(out, "--demo-noise", "0.5", "--demo-success-only") == 0
+    data = demos.load(out / "data" / "Reach-v0.hdf5")
+    dropped = data.metadata["dropped_seeds"]
+    assert data.metadata["success_only"] is True and dropped[:3] == [0, 1, 2]
+    assert [e.seed for e in data.episodes] == sorted(set(range(data.metadata["attempts"])) - set(dropped))
+    assert [e.seed for e in data.episodes][:2] == [3, 4] and all(e.is_success for e in data.episodes)
+    saved = json.loads((out / "compare_config.json").read_text())["demo"]
+    assert saved == {"episodes": 3, "seed": 0, "noise": 0.5, "success_only": True, "max_attempts": 0}
+
+    other = copy(finished, tmp_path)  # its cells trained on every episode collected
+    assert compare(other, "--demo-success-only") == 2
+    assert "(changed: demo.success_only (False -> True))" in refused(capsys)
+
+
+def test_a_comparison_saved_with_flat_demonstration_keys_resumes_and_serves_as_config(
+        finished: Path, tmp_path: Path) -> None:
+    out = copy(finished, tmp_path)
+    saved = json.loads((out / "compare_config.json").read_text())
+    demo = saved.pop("demo")
+    saved |= {"demo_episodes": demo["episodes"], "demo_noise": demo["noise"], "demo_seed": demo["seed"]}
+    (out / "compare_config.json").write_text(json.dumps(saved))
+    evaluation = (out / CELL / "eval.json").read_bytes()
+    assert compare(out) == 0  # the same comparison: nothing redone
+    assert (out / CELL / "eval.json").read_bytes() == evaluation
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps(saved))
+    assert main(["compare", "--config", str(flat), "--out", str(out), "--threads", "1", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert (out / CELL / "eval.json").read_bytes() == evaluation

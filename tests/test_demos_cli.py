@@ -57,3 +57,29 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capture
     assert main(["collect", "--task", "Reach-v0", "--episodes", "1", "--out", str(existing), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already exists; choose another --out or pass --overwrite" in err
+
+
+def test_collect_and_compare_take_the_same_collection_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import fields
+
+    from dopr_robot.collect_config import CollectConfig
+
+    flags = ["--" + f.name.replace("_", "-") for f in fields(CollectConfig)]
+    assert flags == ["--episodes", "--seed", "--noise", "--success-only", "--max-attempts"]
+    for command, prefix in (("collect", "--"), ("compare", "--demo-")):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        usage = capsys.readouterr().out
+        for flag in flags:
+            assert f"{prefix}{flag[2:]}" in usage, (command, flag)
+
+    out = tmp_path / "x.hdf5"
+    assert main(["collect", "--task", "Reach-v0", "--out", str(out), "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith("error: the following argument is required: --episodes N (the number of "
+                                            "episodes to write)\n")
+    assert main(["collect", "--task", "Reach-v0", "--out", str(out), "--episodes", "2,3", "--no-progress"]) == 2
+    assert capsys.readouterr().err.endswith("error: --episodes: collect writes one file, give one count (got 2,3)\n")
+    assert main(["collect", "--task", "Reach-v0", "--out", str(out), "--episodes", "2", "--max-attempts", "5",
+                 "--no-progress"]) == 2
+    assert "--max-attempts applies only with --success-only" in capsys.readouterr().err
+    assert not out.exists()

@@ -13,7 +13,7 @@ from dopr_robot.cli import main
 
 def test_quickstart_end_to_end_with_a_tiny_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(quickstart, "SETTINGS", {
-        "optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo_episodes": 3,
+        "optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo": {"episodes": 3},
         "train": {"steps": 10, "batch_size": 32, "policy_options": {"width": 16, "depth": 1}},
         "eval": {"episodes": 2, "num_envs": 2}})
     out = tmp_path / "qs"
@@ -32,7 +32,7 @@ def test_quickstart_settings_are_a_valid_comparison(tmp_path: Path) -> None:
     from dopr_robot.config import config_from_dict
 
     config = config_from_dict(CompareConfig, {**quickstart.SETTINGS, "out": str(tmp_path), "tasks": [quickstart.DEFAULT_TASK]})
-    assert (config.tasks, config.optimizers, config.seeds, config.demo_episodes) == (["Push-v0"], ["adamw", "dopr-adamw"], 2, 50)
+    assert (config.tasks, config.optimizers, config.seeds, config.demo.episodes) == (["Push-v0"], ["adamw", "dopr-adamw"], 2, 50)
     assert (config.train.steps, config.train.batch_size, config.eval.episodes, config.eval.num_envs) == (1500, 256, 50, 10)
     # The cadences it had when compare derived them by hand.
     assert (config.train.val_every, config.train.checkpoint_every, config.train.log_every) == (150, 375, 37)

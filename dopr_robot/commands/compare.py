@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from dopr_robot.compare import REPLICATION_DIR, REPLICATION_REPORT, CompareConfig
-from dopr_robot.config import add_config_arguments, given_options, resolve_config
+from dopr_robot.config import add_config_arguments, given_options
 from dopr_robot.grid import add_execution_arguments, execution_from_args
 from envs.seeds import REPLICATION, REPLICATION_DEMO_SEED
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dopr_robot.compare import compare, replicate
+    from dopr_robot.compare import compare, replicate, resolve_compare_config
     from dopr_robot.errors import UserError
 
     execution = execution_from_args(args)
@@ -52,13 +52,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"replication: {Path(args.out) / REPLICATION_DIR}; both side by side: {report}")
         return 0
 
-    config = resolve_config(CompareConfig, args)
+    config = resolve_compare_config(args)
     compare(config, progress=not args.no_progress, execution=execution, overwrite=args.overwrite)
     out = Path(config.out)
     print((out / "summary.md").read_text())
     print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plots: "
           f"{', '.join(str(p) for p in sorted(out.glob('*.png')))}")
     for count in config.by_demo_count().values():
-        print(f"{count.demo_episodes} demonstrations: {Path(count.out) / 'summary.md'}")
+        print(f"{count.demo.episodes} demonstrations: {Path(count.out) / 'summary.md'}")
     return 0
 

@@ -18,7 +18,7 @@ HELP = "collect, train AdamW and DoPr-AdamW (2 seeds), evaluate, print the table
 DEFAULT_TASK = "Push-v0"
 # Sized to take a few minutes on 2 CPU cores; `dopr-robot compare` runs the same pipeline at any size.
 # The JSON form of a CompareConfig (what `compare --config FILE.json` reads), less out and tasks.
-SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo_episodes": 50,
+SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo": {"episodes": 50},
             "train": {"steps": 1500, "batch_size": 256}, "eval": {"episodes": 50, "num_envs": 10}}
 
 
@@ -31,17 +31,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
-    from dopr_robot.commands.video import render
     from dopr_robot.compare import CompareConfig, check_comparison, compare
     from dopr_robot.config import config_from_dict
     from dopr_robot.devices import resolve_device
+    from dopr_robot.evaluate.video import render
     from dopr_robot.grid import Execution
 
     resolve_device(args.device)  # a device this machine lacks fails before any work
 
     config = config_from_dict(CompareConfig, {**SETTINGS, "out": args.out, "tasks": [args.task]})
     check_comparison(config)  # --out refused before the plan is printed (compare checks again before its work)
-    print(f"quickstart: {args.task}, {config.demo_episodes} expert demonstrations, optimizers "
+    print(f"quickstart: {args.task}, {config.demo.episodes} expert demonstrations, optimizers "
           f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.train.steps} training steps each, "
           f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
     compare(config, progress=not args.no_progress, execution=Execution(device=args.device))
