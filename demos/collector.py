@@ -27,7 +27,7 @@ import importlib.metadata
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from contextlib import closing
 from functools import partial
@@ -207,34 +207,52 @@ def collect(
     env_args = {"env_name": spec.name, "env_kwargs": env_kwargs, "type": ENV_TYPE}
 
     start = time.perf_counter()
-    transitions = successes = attempts = 0
-    names, dropped = [], []
     bar = tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress)
     runs = expert_episodes(env, expert, range(seed, seed + max_attempts), noise)
     # closing(env): the loop closes it too, but not when the destination is refused before it starts.
     with closing(env), closing(runs), atomic_hdf5(out, overwrite=overwrite) as file, bar:
-        for trajectory in runs:
-            attempts += 1
-            episode, next_obs = to_episode(demo_name(len(names)), trajectory)
-            if success_only and not episode.is_success:
-                dropped.append(episode.seed)
-            else:
-                write_episode(file, episode, next_obs)
-                names.append(episode.name)
-                transitions += len(episode)
-                successes += bool(episode.is_success)
-                bar.update()
-            postfix = {"success": f"{successes}/{len(names)}"} | ({"dropped": len(dropped)} if success_only else {})
-            bar.set_postfix(postfix, refresh=False)
-            if len(names) == episodes:
-                break
-        else:
+        kept = _write_episodes(file, runs, episodes, success_only, bar)
+        if len(kept.names) < episodes:
             raise UserError(
-                f"--success-only: the {spec.name} expert succeeded in {len(names)} of {attempts} attempts "
-                f"(seeds {seed}..{seed + attempts - 1}), short of --episodes {episodes}; raise --max-attempts, "
+                f"--success-only: the {spec.name} expert succeeded in {len(kept.names)} of {kept.attempts} attempts "
+                f"(seeds {seed}..{seed + kept.attempts - 1}), short of --episodes {episodes}; raise --max-attempts, "
                 "lower --episodes or --noise, or collect without --success-only")
         if success_only:
-            meta |= {"attempts": attempts, "dropped": len(dropped), "dropped_seeds": dropped}
+            meta |= {"attempts": kept.attempts, "dropped": len(kept.dropped), "dropped_seeds": kept.dropped}
         train, valid = default_split(episodes)
-        write_index(file, names, train, valid, transitions, env_args, meta)
-    return CollectResult(out, spec.name, episodes, transitions, successes, time.perf_counter() - start, attempts, tuple(dropped))
+        write_index(file, kept.names, train, valid, kept.transitions, env_args, meta)
+    return CollectResult(out, spec.name, episodes, kept.transitions, kept.successes, time.perf_counter() - start,
+                         kept.attempts, tuple(kept.dropped))
+
+
+@dataclass
+class _Kept:
+    """What a collection has written and dropped so far."""
+
+    names: list[str] = field(default_factory=list)
+    dropped: list[int] = field(default_factory=list)  # reset seeds of the failed episodes left out
+    attempts: int = 0
+    transitions: int = 0
+    successes: int = 0
+
+
+def _write_episodes(file: Any, runs: Iterator[Trajectory], episodes: int, success_only: bool, bar: tqdm) -> _Kept:
+    """Write the episodes of ``runs`` in turn (only the successful ones with ``success_only``) until
+    ``episodes`` are written or ``runs`` ends."""
+    kept = _Kept()
+    for trajectory in runs:
+        kept.attempts += 1
+        episode, next_obs = to_episode(demo_name(len(kept.names)), trajectory)
+        if success_only and not episode.is_success:
+            kept.dropped.append(episode.seed)
+        else:
+            write_episode(file, episode, next_obs)
+            kept.names.append(episode.name)
+            kept.transitions += len(episode)
+            kept.successes += bool(episode.is_success)
+            bar.update()
+        postfix = {"success": f"{kept.successes}/{len(kept.names)}"}
+        bar.set_postfix(postfix | ({"dropped": len(kept.dropped)} if success_only else {}), refresh=False)
+        if len(kept.names) == episodes:
+            break
+    return kept

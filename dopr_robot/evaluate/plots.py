@@ -96,15 +96,7 @@ def plot_compounding(result: dict[str, Any], out: str | Path) -> Path:
         handles += legend_axes.get_legend_handles_labels()[0]
     legend_axes.legend(handles=handles, loc="upper left", fontsize=8, ncol=2)
 
-    names = ("action_error_on_policy", "action_error_on_expert")
-    means = [compounding[name]["mean"] for name in names]
-    errors = [[m - compounding[name]["ci"][0] for m, name in zip(means, names)],
-              [compounding[name]["ci"][1] - m for m, name in zip(means, names)]]
-    right.bar(["at policy states", "at expert states"], means, yerr=errors, capsize=6, color=["tab:red", "tab:gray"])
-    right.set_ylabel("||pi(s) - pi*(s)||^2  (normalized action units)")
-    ratio = compounding["action_error_ratio"]
-    right.set_title(f"action error; ratio {ratio['value']:.2f} [{ratio['ci'][0]:.2f}, {ratio['ci'][1]:.2f}]",
-                    fontsize=10)
+    _draw_action_errors(right, compounding)
     closed = result["closed_loop"]
     figure.suptitle(f"{result['task']}: compounding error of the policy vs the expert from the same initial states "
                     f"(success {closed['success_rate']:.2f} [{closed['success_ci'][0]:.2f}, "
@@ -116,6 +108,19 @@ def plot_compounding(result: dict[str, Any], out: str | Path) -> Path:
     finally:
         plt.close(figure)
     return out
+
+
+def _draw_action_errors(axes, compounding: dict[str, Any]) -> None:
+    """Bars of the action error at the policy's and at the expert's states (95% intervals), and their ratio."""
+    names = ("action_error_on_policy", "action_error_on_expert")
+    means = [compounding[name]["mean"] for name in names]
+    errors = [[m - compounding[name]["ci"][0] for m, name in zip(means, names)],
+              [compounding[name]["ci"][1] - m for m, name in zip(means, names)]]
+    axes.bar(["at policy states", "at expert states"], means, yerr=errors, capsize=6, color=["tab:red", "tab:gray"])
+    axes.set_ylabel("||pi(s) - pi*(s)||^2  (normalized action units)")
+    ratio = compounding["action_error_ratio"]
+    axes.set_title(f"action error; ratio {ratio['value']:.2f} [{ratio['ci'][0]:.2f}, {ratio['ci'][1]:.2f}]",
+                   fontsize=10)
 
 
 def _caption(result: dict[str, Any]) -> str:
