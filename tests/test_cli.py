@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from dopr_robot import __version__
-from dopr_robot.cli import main
+from dopr_robot.cli import build_parser, main
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -105,3 +105,35 @@ def test_a_command_help_shows_its_options(capsys: pytest.CaptureFixture) -> None
     assert exit.value.code == 0
     out = capsys.readouterr().out
     assert "--damping" in out and "--threads N" in out
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], dict(executor="serial", workers=1, threads=None, device="auto", progress=True)),
+    (["--workers", "3", "--threads", "2", "--no-progress"], dict(executor="processes", workers=3, threads=2,
+                                                                   progress=False)),
+    (["--ray"], dict(executor="ray", address="local")),
+    (["--ray", "auto", "--device", "cuda"], dict(executor="ray", address="auto", device="cuda")),
+])
+def test_the_execution_options_of_a_grid_command_make_its_execution(args: list[str], expected: dict) -> None:
+    from dopr_robot.grid import Execution, execution_from_args
+
+    if "--ray" in args:
+        pytest.importorskip("ray")  # without it, --ray is refused (test_compare_parallel)
+    for command in ("compare", "sweep"):
+        parsed = build_parser((command,)).parse_args([command, *args])
+        execution = execution_from_args(parsed)
+        assert execution == Execution(**expected), command
+
+
+def test_every_execution_field_with_a_flag_is_an_option_of_compare_and_sweep(capsys: pytest.CaptureFixture) -> None:
+    from dataclasses import fields
+
+    from dopr_robot.grid import Execution
+
+    flags = [f.metadata["flag"] for f in fields(Execution) if "flag" in f.metadata]
+    assert flags == ["--workers", "--ray", "--device", "--no-progress"]
+    for command in ("compare", "sweep"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert all(f"  {flag}" in out for flag in [*flags, "--threads"]), command
