@@ -1,6 +1,7 @@
 """One rank of the 2-process DoPr test: DDP on gloo, each rank sees half of every batch.
 
-Run by tests/test_optim_distributed.py with RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT set.
+Run by path by tests/test_optim_distributed.py (with the project installed; RANK, WORLD_SIZE,
+MASTER_ADDR, MASTER_PORT set), which also reads make_model and batches from it with runpy.
 Usage: distributed_dopr_worker.py OPTIMIZER STEPS OUT_FILE
 """
 

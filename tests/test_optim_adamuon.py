@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import math
-import sys
+import runpy
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -18,13 +17,9 @@ from dopr_robot.optim.adamuon import newton_schulz
 from dopr_robot.optimizer_demo import DEMO_MODELS
 
 
-def _sibling_test_module(name: str):
-    """Helpers of another test file (the tests folder is not a package; see test_optim_distributed)."""
-    sys.path.insert(0, str(Path(__file__).parent))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
+def _sibling_test_module(name: str) -> SimpleNamespace:
+    """The helpers of another test file, run from its path (the tests folder is not a package)."""
+    return SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name(f"{name}.py"))))
 
 
 dopr_tests = _sibling_test_module("test_optim_dopr")
@@ -130,6 +125,8 @@ def test_zero_gradients_and_dead_rows_give_no_nan() -> None:
 
 @pytest.mark.parametrize("name", ["adamuon", "dopr-adamuon"])
 def test_decreases_a_loss_on_the_demo_model(name: str) -> None:
+    # AP does not speed AdaMuon up on this problem (0.24 of the first loss with it, 0.23 without), so
+    # this is no check of the AP step: test_optim_dopr holds DoPr-AdaMuon to the float64 AP gradient.
     first, last = dopr_tests.regression_loss_after(name, lr=1e-2)
     assert np.isfinite(last)
     assert last < 0.7 * first

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import runpy
 import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -39,11 +41,7 @@ def run_two_ranks(optimizer_name: str, steps: int, out_file: Path) -> None:
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
 @pytest.mark.parametrize("optimizer_name", ["dopr-adamw", "dopr-muon"])
 def test_two_gloo_ranks_match_one_process_on_the_whole_batch(optimizer_name: str, tmp_path: Path) -> None:
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        import distributed_dopr_worker as worker
-    finally:
-        sys.path.pop(0)
+    worker = SimpleNamespace(**runpy.run_path(str(WORKER)))  # its model and batches, without running main()
     steps = 4
     run_two_ranks(optimizer_name, steps, tmp_path / "params")
 
