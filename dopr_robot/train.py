@@ -79,7 +79,8 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
     log = _open_log(run, ap_watch.enabled, progress)
     last_loss, val_loss, started = run.last_train_loss, run.last_val_loss, time.perf_counter()
-    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}", disable=not progress or run.rank)
+    bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}",
+               disable=not progress or run.rank != 0)
 
     def due(every: int) -> bool:  # every N steps, and at the last step
         return every > 0 and (step % every == 0 or step == config.steps)

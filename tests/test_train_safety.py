@@ -224,3 +224,12 @@ def test_the_data_fingerprint_of_a_minari_dataset_covers_every_file(tmp_path: Pa
     single.write_bytes(b"episodes")
     assert data_fingerprint(str(single)) == hashlib.sha256(b"episodes").hexdigest()
     assert data_fingerprint(str(tmp_path / "nothing-here")) is None
+
+
+def test_eval_every_needs_an_evaluator_and_one_cadence(reach_demos: Path, tmp_path: Path) -> None:
+    config = tiny_config(reach_demos, tmp_path / "run", eval_every=10)
+    with pytest.raises(UserError, match="--eval-every 10 needs an evaluator"):
+        train(config, progress=False)
+    with pytest.raises(UserError, match="eval_every=10 and the call evaluate_every=5; give one"):
+        train(config, evaluator=kill_at(-1), evaluate_every=5, progress=False)
+    assert not (tmp_path / "run").exists()
