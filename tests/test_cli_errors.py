@@ -146,6 +146,17 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(args: list[str]) -> No
     assert (result.returncode, result.stderr) == (141, "")
 
 
+def test_inspect_into_a_reader_that_went_away_ends_quietly(demos: Path) -> None:
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        result = subprocess.run(command("inspect", str(demos), "--threads", "1"), stdout=write, stderr=subprocess.PIPE,
+                                text=True, timeout=WAIT_S)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (141, "")
+
+
 def closed_port() -> int:
     """A local port nothing listens on (taken from the OS, then released)."""
     with socket.socket() as probe:
