@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 import demos
 from demos.minari_source import minari_data_dir
 from dopr_robot import threads
-from dopr_robot.atomic import write_text_atomic
+from dopr_robot.atomic import check_directory_destination, write_text_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
 from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
@@ -158,7 +158,7 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     rank, world = _init_distributed(device)
     if config.batch_size % world:
         raise UserError(f"--batch-size {config.batch_size} must be divisible by the number of ranks ({world})")
-    run_dir = _checked_out(config.out)
+    run_dir = check_directory_destination(config.out, what="run")  # before any work: a file in the way, no permission
     data_sha256 = data_fingerprint(config.data)
     checkpoint = _resume_checkpoint(run_dir, config, data_sha256) if resume else None
     dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
@@ -199,23 +199,6 @@ def _evaluation_cadence(config: TrainConfig, evaluator: Evaluator | None, evalua
         raise UserError(f"--eval-every {config.eval_every} needs an evaluator: `dopr-robot train` builds one from the "
                         "data's task; from Python pass train(config, evaluator=dopr_robot.evaluate.make_evaluator(...))")
     return config.eval_every or evaluate_every
-
-
-def _checked_out(out: str) -> Path:
-    """``out`` as a run directory that is, or can be made, and written: checked before any work."""
-    run_dir = Path(out)
-    if not out.strip():
-        raise UserError("--out must name a run directory")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"--out {run_dir} is a file; a run directory is meant: choose another --out")
-    existing = run_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"--out {run_dir}: {existing} is a file, not a directory; choose another --out")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"--out {run_dir}: cannot write in {existing} (permission denied); choose another --out")
-    return run_dir
 
 
 def data_fingerprint(source: str) -> str | None:

@@ -71,7 +71,8 @@ def test_out_that_is_a_file_or_under_a_file_is_refused_before_the_data_is_read(t
     a_file = tmp_path / "notes.txt"
     a_file.write_text("mine")
     missing_data = str(tmp_path / "missing.hdf5")  # reading it would fail: the --out check must come first
-    for out, message in ((a_file, f"--out {a_file} is a file"), (a_file / "run", f"--out {a_file / 'run'}: {a_file} is a file")):
+    for out, message in ((a_file, f"{a_file} is a file; the run needs a directory"),
+                         (a_file / "run", f"{a_file / 'run'}: {a_file} is a file, not a directory")):
         code, _, err = cli(capsys, "--data", missing_data, "--out", str(out), "--no-progress")
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
     assert a_file.read_text() == "mine"
@@ -87,7 +88,7 @@ def test_out_in_a_directory_it_cannot_write_is_refused_before_the_data_is_read(t
     # The tests run as root, whom permissions do not stop: the directory says it is not writable.
     monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path) != locked and real_access(path, mode, **kw))
     code, _, err = cli(capsys, "--data", str(tmp_path / "missing.hdf5"), "--out", str(locked / "run"), "--no-progress")
-    assert code == 2 and f"cannot write in {locked}" in err and len(err.strip().splitlines()) == 1, err
+    assert code == 2 and f"no permission to write in {locked}" in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_config_that_is_a_directory_is_one_line(reach_demos: Path, tmp_path: Path, capsys) -> None:
