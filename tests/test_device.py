@@ -32,10 +32,9 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 @pytest.fixture(scope="module")
-def reach_demos(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("demos") / "reach.hdf5"
-    demos.collect("Reach-v0", 5, path, seed=0, env_kwargs={"horizon": HORIZON}, progress=False)
-    return path
+def reach_demos(demo_file) -> Path:
+    """Five short Reach-v0 demonstrations (the shared file of six has the task's full horizon)."""
+    return demo_file("Reach-v0", 5, env_kwargs={"horizon": HORIZON})
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:

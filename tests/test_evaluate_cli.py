@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-import demos
 from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
 from dopr_robot.config import EvalConfig, TrainConfig
@@ -24,10 +23,10 @@ HORIZON = 12
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, demo_file) -> Path:
     root = tmp_path_factory.mktemp("eval")
-    demos.collect("Reach-v0", 4, root / "reach.hdf5", seed=0, env_kwargs={"horizon": HORIZON}, progress=False)
-    config = TrainConfig(data=str(root / "reach.hdf5"), out=str(root / "run"), steps=20, batch_size=16, lr=3e-3,
+    data = demo_file("Reach-v0", 4, env_kwargs={"horizon": HORIZON})
+    config = TrainConfig(data=str(data), out=str(root / "run"), steps=20, batch_size=16, lr=3e-3,
                          warmup_steps=2, val_every=10, checkpoint_every=20, log_every=10, history=2, chunk=3,
                          policy_options={"width": 32, "depth": 1})
     evaluator = make_evaluator("Reach-v0", EvalConfig(episodes=2, num_envs=2, with_expert=False),
@@ -167,29 +166,23 @@ EVAL_FLAGS = ["--episodes", "7", "--seed", "5", "--no-expert", "--no-ema", "--ac
 EVAL_SETTINGS = dict(episodes=7, seed=5, with_expert=False, use_ema=False, actions_per_chunk=2, size=(64, 48), fps=5)
 
 
-class Captured(Exception):
-    pass
-
-
 @pytest.mark.parametrize("args, expected", [
     ([], dict(num_envs=16)),  # eval's own default
     ([*EVAL_FLAGS, "--num-envs", "3"], dict(EVAL_SETTINGS, num_envs=3)),
 ])
-def test_eval_flags_map_to_an_eval_config(run_dir: Path, monkeypatch: pytest.MonkeyPatch, args: list[str],
-                                          expected: dict) -> None:
-    import dopr_robot.evaluate as evaluate_module
-    from dopr_robot.config import EvalConfig
-
-    seen = {}
-
-    def capture(checkpoint, config, **kwargs):
-        seen.update(kwargs, config=config)
-        raise Captured
-
-    monkeypatch.setattr(evaluate_module, "evaluate_checkpoint", capture)
-    with pytest.raises(Captured):
-        main(["eval", "--checkpoint", str(run_dir), *args])
-    assert seen == dict(config=EvalConfig(**expected), task=None, progress=True, device="auto")
+def test_eval_flags_map_to_an_eval_config(run_dir: Path, tmp_path: Path, args: list[str], expected: dict) -> None:
+    """What `eval` writes is the evaluation with those settings made through the Python API, and the
+    file shows each setting (episodes, seeds, envs, actions per chunk, expert, EMA)."""
+    out = tmp_path / "result.json"
+    assert main(["eval", "--checkpoint", str(run_dir), "--out", str(out), "--no-progress", *args]) == 0
+    result = json.loads(out.read_text())
+    settings = EvalConfig(**expected)
+    assert [r["seed"] for r in result["records"]] == settings.seeds
+    assert (result["num_envs"], result["actions_per_chunk"]) == (settings.num_envs, settings.actions_per_chunk)
+    assert (result["compounding"] is not None) == settings.with_expert
+    assert result["checkpoint"]["use_ema"] == settings.use_ema
+    direct = evaluate_checkpoint(run_dir, settings).to_dict()
+    assert {**result, "elapsed_s": None} == {**direct, "elapsed_s": None}
 
 
 @pytest.mark.parametrize("args, expected", [

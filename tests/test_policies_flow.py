@@ -151,7 +151,8 @@ def test_the_regressor_averages_the_modes_and_the_flow_samples_them(gap_policies
 
 
 def test_in_closed_loop_the_flow_succeeds_where_the_regressor_walks_into_the_wall(gap_policies: dict) -> None:
-    results = {name: evaluate(policy, "gap", EvalConfig(episodes=20, seed=100, num_envs=4, with_expert=False), make_env=GapEnv)
+    settings = EvalConfig(episodes=20, seed=100, num_envs=4, with_expert=False)
+    results = {name: evaluate(policy, "gap", settings, make_env=GapEnv)
                for name, policy in gap_policies.items()}
     assert results["flow-mlp"].closed_loop["success_rate"] >= 0.8
     regressor = results["mlp"]
@@ -162,7 +163,8 @@ def test_in_closed_loop_the_flow_succeeds_where_the_regressor_walks_into_the_wal
 
 def test_evaluation_records_do_not_depend_on_num_envs(gap_policies: dict) -> None:
     flow = gap_policies["flow-mlp"]
-    runs = [evaluate(flow, "gap", EvalConfig(episodes=9, seed=200, num_envs=k), make_env=GapEnv, expert=NearestGapExpert())
+    runs = [evaluate(flow, "gap", EvalConfig(episodes=9, seed=200, num_envs=k), make_env=GapEnv,
+                     expert=NearestGapExpert())
             for k in (1, 4, 4, 3)]
     assert runs[1].records == runs[2].records  # the same K: bit-identical
     # Another K: each episode draws the same noise (its generator, seeded by its reset seed), so the

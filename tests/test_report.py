@@ -378,9 +378,9 @@ def plot_inputs(root: Path) -> dict[tuple[str, str, int], dict[str, Any]]:
             for seed in seeds:
                 success = outcomes(seed + 10 * len(optimizer) + len(task), 8, 0.5)
                 returns = [float(s) * 10 - i * 0.1 + 0.5 * seed + len(optimizer) for i, s in enumerate(success)]
-                val_loss = 0.02 + 0.003 * seed + (0.01 if optimizer == "adamw" else 0.0) + (0.1 if task != TASK else 0.0)
+                val_loss = 0.02 + 0.003 * seed + 0.01 * (optimizer == "adamw") + 0.1 * (task != TASK)
                 write_run(root, optimizer, seed, success, returns, task=task, val_loss=val_loss)
-                inputs[task, optimizer, seed] = {"success": success, "returns": returns, "val_loss": val_loss, "seed": seed}
+                inputs[task, optimizer, seed] = dict(success=success, returns=returns, val_loss=val_loss, seed=seed)
     return inputs
 
 
@@ -419,7 +419,8 @@ def check_validation_vs_success(fig, inputs: dict) -> None:
             np.testing.assert_allclose(xs(data), [run["val_loss"] for run in runs])
             np.testing.assert_allclose(ys(data), rate)
             # write_run's Wilson stand-in: [p - 0.2, p + 0.2] clipped to [0, 1]
-            expected = [[[x, max(0.0, p - 0.2)], [x, min(1.0, p + 0.2)]] for x, p in zip([r["val_loss"] for r in runs], rate)]
+            losses = [run["val_loss"] for run in runs]
+            expected = [[[x, max(0.0, p - 0.2)], [x, min(1.0, p + 0.2)]] for x, p in zip(losses, rate)]
             np.testing.assert_allclose(np.array(bars.get_segments()), expected, atol=1e-12)
 
 
