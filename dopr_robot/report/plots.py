@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from dopr_robot.atomic import atomic_path
+from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.report.results import deviation_curve, episode_values, optimizer_order, validation_curve
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap, run_band
 from dopr_robot.report.tables import METRICS, demo_count, paired_difference
@@ -104,27 +105,29 @@ def terminal_reward_figure(rows: list[dict[str, Any]]) -> Figure:
     paired interval above each pair; one panel per task and demonstration count."""
     fig, axes = _count_figure(rows, "Terminal reward: mean closed-loop return, base optimizer vs DoPr")
     styles = _styles(rows)
-    bases = list(dict.fromkeys(_base(name) for name in styles))
+    bases = list(dict.fromkeys(base_of(name) for name in styles))
     width = 0.38
     for (task, count), ax in axes.items():
         panel = [r for r in rows if r["task"] == task and demo_count(r) == count]
         labels = []
         for i, base in enumerate(bases):
             tops = []
-            for offset, name in ((-width / 2, base), (width / 2, f"dopr-{base}")):
-                interval = _mean_return(r for r in panel if r["optimizer"] == name)
+            pair = {is_dopr(name): name for name in styles if base_of(name) == base}  # False: X, True: DoPr-X
+            for offset, dopr in ((-width / 2, False), (width / 2, True)):
+                interval = _mean_return(r for r in panel if r["optimizer"] == pair.get(dopr))
                 if interval is None:
                     continue
                 mean, low, high = interval
-                color = styles[name]["color"]
-                dopr = name.startswith("dopr-")
+                color = styles[pair[dopr]]["color"]
                 ax.bar(i + offset, mean, width=width, color=color, alpha=0.45 if dopr else 0.9, hatch="//" if dopr else None,
                        edgecolor=color, linewidth=1.2)
                 ax.errorbar(i + offset, mean, yerr=[[max(mean - low, 0.0)], [max(high - mean, 0.0)]], fmt="none",
                             ecolor="black", capsize=4, linewidth=1)
                 tops.append(max(high, 0.0))
-            difference = paired_difference(panel, base, f"dopr-{base}", RETURN)
-            if difference.seeds and len(tops) == 2:
+            if len(tops) < 2:
+                continue
+            difference = paired_difference(panel, pair[False], pair[True], RETURN)
+            if difference.seeds:
                 labels.append((i, max(tops), f"Δ {difference.cell().replace(' [', chr(10) + '[')}"))
         for i, top, text in labels:  # the paired difference above each pair
             ax.annotate(text, xy=(i, top), xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7)
@@ -187,10 +190,6 @@ def plot_validation_vs_return(rows: list[dict[str, Any]], path: str | Path) -> N
     _save(validation_vs_return_figure(rows), path)
 
 
-def _base(name: str) -> str:
-    return name[len("dopr-"):] if name.startswith("dopr-") else name
-
-
 def _mean_return(runs: Any) -> tuple[float, float, float] | None:
     """(mean over runs of each run's mean return, 95% cluster-bootstrap interval), or None without runs."""
     per_seed = [episode_values(r, "return") for r in runs]
@@ -240,12 +239,11 @@ def _styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     import matplotlib.pyplot as plt
 
     names = optimizer_order(r["optimizer"] for r in rows)
-    bases = list(dict.fromkeys(n[len("dopr-"):] if n.startswith("dopr-") else n for n in names))
+    bases = list(dict.fromkeys(base_of(name) for name in names))
     styles = {}
     for name in names:
-        dopr = name.startswith("dopr-")
-        base = name[len("dopr-"):] if dopr else name
-        styles[name] = {"color": plt.get_cmap("tab10")(bases.index(base) % 10),
+        dopr = is_dopr(name)
+        styles[name] = {"color": plt.get_cmap("tab10")(bases.index(base_of(name)) % 10),
                         "line": "--" if dopr else "-", "marker": "^" if dopr else "o"}
     return styles
 

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.report.results import COLUMNS, episode_values, optimizer_order
 from dopr_robot.report.statistics import (
     BOOTSTRAP_RESAMPLES,
@@ -172,8 +173,7 @@ def counts_markdown(rows: list[dict[str, Any]], directories: dict[int, str]) -> 
 
 def dopr_pairs(optimizers: list[str]) -> list[tuple[str, str]]:
     """(X, DoPr-X) for every base X present together with its DoPr variant."""
-    return [(name[len("dopr-"):], name) for name in optimizers
-            if name.startswith("dopr-") and name[len("dopr-"):] in optimizers]
+    return [(base_of(name), name) for name in optimizers if is_dopr(name) and base_of(name) in optimizers]
 
 
 def optimizer_cell(runs: list[dict[str, Any]], metric: Metric) -> str:
@@ -251,7 +251,7 @@ def settings_line(task_rows: list[dict[str, Any]]) -> str:
     config.json; a value the runs disagree on is shown with the runs holding each value, except that
     the settings a grid may give each optimizer (lr, weight decay, warmup, grad clip, optimizer options,
     damping) are listed per optimizer when each optimizer's runs agree."""
-    dopr_rows = [r for r in task_rows if r["optimizer"].startswith("dopr-")]
+    dopr_rows = [r for r in task_rows if is_dopr(r["optimizer"])]
     config = lambda key: lambda r: (r["_config"] or {}).get(key)  # noqa: E731
     dataset = lambda key: lambda r: (r["_dataset"] or {}).get(key)  # noqa: E731
     metadata = lambda key: lambda r: ((r["_dataset"] or {}).get("metadata") or {}).get(key)  # noqa: E731
