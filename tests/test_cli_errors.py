@@ -176,6 +176,20 @@ def test_an_unreachable_ray_address_is_one_line_before_any_work(tmp_path: Path) 
     assert not (tmp_path / "grid").exists()  # refused before collecting demonstrations
 
 
+def test_a_ray_address_is_checked_by_connecting_to_it() -> None:
+    from dopr_robot.errors import UserError
+    from dopr_robot.grid import check_ray_address
+
+    with socket.socket() as server:  # something that answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_ray_address(f"127.0.0.1:{server.getsockname()[1]}")
+        check_ray_address(f"ray://127.0.0.1:{server.getsockname()[1]}")
+    check_ray_address("auto")  # Ray's to resolve
+    with pytest.raises(UserError, match=r"^--ray head-node: give the head node as HOST:PORT"):
+        check_ray_address("head-node")
+
+
 @pytest.mark.parametrize("args, message", [
     (["--damping", "-1"], "--damping: Invalid damping: -1.0"),
     (["--damping", "nan"], "--damping: Invalid damping: nan"),
