@@ -129,12 +129,10 @@ class NoisyExpert:
         self.labels = self.clean.act(obs, active)
         if self.noise == 0:
             return self.labels
-        executed = self.labels.copy()
+        draws = np.zeros(self.labels.shape)  # (K, A); each active slot's row from its episode's generator
         for i in np.flatnonzero(active):
-            label = self.labels[i]
-            noise = self.noise * self.generators[i].standard_normal(label.shape)
-            executed[i] = np.clip(label + noise, self.low, self.high).astype(self.dtype)
-        return executed
+            draws[i] = self.generators[i].standard_normal(self.labels.shape[1])
+        return np.clip(self.labels + self.noise * draws, self.low, self.high).astype(self.dtype)
 
 
 def expert_episodes(env: gymnasium.Env, expert: envs.Expert, seeds: Iterable[int], noise: float

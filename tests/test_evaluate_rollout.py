@@ -90,6 +90,23 @@ def test_every_seed_once_in_order_with_its_own_length() -> None:
         assert t.truncated and not t.terminated
 
 
+def test_only_the_episodes_asked_for_are_reset_and_stepped() -> None:
+    calls = {"reset": [], "step": 0}
+
+    class CountingEnv(LineEnv):
+        def reset(self, *, seed=None, options=None):
+            calls["reset"].append(seed)
+            return super().reset(seed=seed, options=options)
+
+        def step(self, action):
+            calls["step"] += 1
+            return super().step(action)
+
+    seeds = list(range(3, 10))
+    rollout(CountingEnv, lambda k: ExpertController(LinearExpert(0.5), 1), seeds, num_envs=3)
+    assert sorted(calls["reset"]) == seeds and calls["step"] == sum(horizon(s) for s in seeds)
+
+
 class OffsetExpert(ExpertController):
     """Means the linear expert's action, executes it plus 1: ``labels`` say what it meant."""
 
