@@ -1,6 +1,6 @@
 """Policies in the rollout loop: :class:`PolicyController`, and :func:`rollout` with torch set up for inference.
 
-The loop itself (seeded episodes in K slots of a vector env, :class:`Trajectory`, the
+The loop itself (seeded episodes in K environments at once, :class:`Trajectory`, the
 :class:`Controller` protocol, :class:`ExpertController`) is :mod:`envs.rollout`, shared with
 demonstration collection; this module adds what needs ``policies`` and torch:
 :class:`PolicyController` (observation history padded with the first observation at an episode's
