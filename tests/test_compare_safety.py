@@ -249,3 +249,16 @@ def test_a_comparison_saved_with_flat_demonstration_keys_resumes_and_serves_as_c
     assert main(["compare", "--config", str(flat), "--out", str(out), "--threads", "1", "--device", "cpu",
                  "--no-progress"]) == 0
     assert (out / CELL / "eval.json").read_bytes() == evaluation
+
+
+def test_a_sweeps_collected_demonstrations_that_differ_are_refused(tmp_path: Path, noisy: Path,
+                                                                     capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--out", str(out), *SWEEP]) == 0
+    data = out / "data" / "Reach-v0.hdf5"
+    shutil.copy(noisy, data)
+    before = tree(out)
+    assert main(["sweep", "--out", str(out), *SWEEP]) == 2
+    assert refused(capsys).startswith(f"{data} is not the demonstrations this comparison collects (episodes 2, asked 3; "
+                                      "noise 1.0, asked 0.0)")
+    assert tree(out) == before
