@@ -70,7 +70,7 @@ from dopr_robot.config import (
     same_file,
 )
 from dopr_robot.errors import UserError
-from dopr_robot.evaluate import evaluate_checkpoint
+from dopr_robot.evaluate import evaluate_checkpoint, make_evaluator
 from dopr_robot.grid import Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS, dopr_only_arguments, is_dopr
 from dopr_robot.report import write_counts_report, write_replication_report, write_report
@@ -346,9 +346,11 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
     settings = config.eval
     started = time.perf_counter()
     resume = (run_dir / CHECKPOINT_NAME).exists()
+    cell = config.cell_config(optimizer, seed, data, run_dir)
+    # --eval-every: evaluations during training on the grid's evaluation episodes, without the expert.
+    evaluator = make_evaluator(task, replace(settings, with_expert=False)) if cell.eval_every else None
     try:
-        train(config.cell_config(optimizer, seed, data, run_dir), resume=resume, overwrite=not resume, progress=False,
-              device=device)
+        train(cell, evaluator=evaluator, resume=resume, overwrite=not resume, progress=False, device=device)
     except UserError as err:
         if resume and not _readable_checkpoint(run_dir):
             raise UserError(f"{err}; delete the cell's directory {run_dir} and the same command trains the cell "

@@ -262,3 +262,11 @@ def test_a_sweeps_collected_demonstrations_that_differ_are_refused(tmp_path: Pat
     assert refused(capsys).startswith(f"{data} is not the demonstrations this comparison collects (episodes 2, asked 3; "
                                       "noise 1.0, asked 0.0)")
     assert tree(out) == before
+
+
+def test_eval_every_evaluates_each_cell_during_training(tmp_path: Path) -> None:
+    out = tmp_path / "every"
+    assert compare(out, "--eval-every", "10") == 0
+    lines = [json.loads(line) for line in (out / CELL / "metrics.jsonl").read_text().splitlines()]
+    evaluations = [line for line in lines if "eval_success_rate" in line]
+    assert [(line["step"], line["eval_episodes"]) for line in evaluations] == [(10, 2), (20, 2)]
