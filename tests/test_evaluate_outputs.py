@@ -40,6 +40,17 @@ def no_rollouts(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(video_command, "render", rolled_out)
 
 
+@pytest.fixture
+def bad_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``tmp_path`` with a file ``keep.txt`` (a path under it is not a directory) and a directory
+    ``readonly`` that may not be written (mocked: the tests run as root, who may write anywhere)."""
+    (tmp_path / "keep.txt").write_text("{}")
+    (tmp_path / "readonly").mkdir()
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path).name != "readonly" and access(path, mode))
+    return tmp_path
+
+
 def _refused(argv: list[str], capsys: pytest.CaptureFixture, *expected: str) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -97,13 +108,9 @@ def test_eval_does_not_replace_a_comparison_cells_evaluation(run_dir: Path, tmp_
     ("{tmp}/keep.txt/e.json", "is a file, not a directory"),
     ("{tmp}/readonly/e.json", "no permission to write"),
 ])
-def test_eval_destination_is_checked_before_the_rollouts(run_dir: Path, tmp_path: Path, capsys, monkeypatch,
-                                                         no_rollouts, out: str, message: str) -> None:
-    (tmp_path / "keep.txt").write_text("{}")
-    (tmp_path / "readonly").mkdir()
-    access = os.access  # the tests run as root, who may write anywhere: the permission is mocked
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path).name != "readonly" and access(path, mode))
-    _refused(["eval", "--checkpoint", str(run_dir), "--out", out.format(tmp=tmp_path), *QUICK], capsys, message)
+def test_eval_destination_is_checked_before_the_rollouts(run_dir: Path, bad_places: Path, capsys, no_rollouts,
+                                                         out: str, message: str) -> None:
+    _refused(["eval", "--checkpoint", str(run_dir), "--out", out.format(tmp=bad_places), *QUICK], capsys, message)
 
 
 @pytest.mark.parametrize("plot, message", [
@@ -133,18 +140,15 @@ def test_eval_video_destination_is_checked_before_the_rollouts(run_dir: Path, tm
     ("{tmp}/keep.txt/v.mp4", "is a file, not a directory"),
     ("{tmp}/folder.mp4", "is a directory"),
     ("{tmp}/readonly/v.gif", "no permission to write"),
+    ("", "--out must end in .mp4 or .gif, got ''"),
 ])
-def test_video_destination_is_checked_before_the_rollouts(run_dir: Path, tmp_path: Path, capsys, monkeypatch,
-                                                          no_rollouts, out: str, message: str) -> None:
-    (tmp_path / "v.mp4").write_bytes(b"someone's video")
-    (tmp_path / "keep.txt").write_text("{}")
-    (tmp_path / "folder.mp4").mkdir()
-    (tmp_path / "readonly").mkdir()
-    access = os.access
-    monkeypatch.setattr(os, "access", lambda path, mode, **kw: Path(path).name != "readonly" and access(path, mode))
-    _refused(["video", "--checkpoint", str(run_dir), "--out", out.format(tmp=tmp_path), "--threads", "1"], capsys,
+def test_video_destination_is_checked_before_the_rollouts(run_dir: Path, bad_places: Path, capsys, no_rollouts,
+                                                          out: str, message: str) -> None:
+    (bad_places / "v.mp4").write_bytes(b"someone's video")
+    (bad_places / "folder.mp4").mkdir()
+    _refused(["video", "--checkpoint", str(run_dir), "--out", out.format(tmp=bad_places), "--threads", "1"], capsys,
              message)
-    assert (tmp_path / "v.mp4").read_bytes() == b"someone's video"
+    assert (bad_places / "v.mp4").read_bytes() == b"someone's video"
 
 
 def test_video_replaces_a_file_with_overwrite(run_dir: Path, tmp_path: Path, capsys) -> None:

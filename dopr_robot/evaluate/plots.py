@@ -19,7 +19,7 @@ def check_plot_destination(path: str | Path, *, overwrite: bool) -> Path:
     file that is not a plot this module drew (replaced only with ``overwrite``; one it drew is replaced,
     as rerunning an evaluation is normal), or a place that cannot be written."""
     if Path(path).suffix.lower() != ".png":
-        raise UserError(f"--plot must be a .png file, got {path}")
+        raise UserError(f"--plot must be a .png file, got '{path}'")
     return check_destination(path, overwrite=overwrite, what="compounding-error plot drawn by eval", ours=_our_plot)
 
 

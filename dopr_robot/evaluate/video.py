@@ -49,7 +49,7 @@ def check_video_destination(path: str | Path, *, overwrite: bool) -> Path:
     file (a video is not recognizable as ours, so any existing file is replaced only with
     ``overwrite``), or a place that cannot be written."""
     if Path(path).suffix.lower() not in SUFFIXES:
-        raise UserError(f"--out must end in .mp4 or .gif, got {path}")
+        raise UserError(f"--out must end in .mp4 or .gif, got '{path}'")
     return check_destination(path, overwrite=overwrite, what="video")
 
 
