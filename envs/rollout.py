@@ -62,14 +62,14 @@ class Trajectory:
 
 
 class Controller(Protocol):
-    """Batched actor over the K slots of a vector env."""
+    """Batched actor over K environments (slots) stepped together."""
 
     def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
         """Slots ``slots`` (bool ``(K,)``) start new episodes; ``obs`` ``(K, D)`` holds their first observations,
         ``seeds`` (length K) the reset seed of each slot's episode."""
 
     def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
-        """Actions ``(K, A)`` for observations ``(K, D)``; rows of inactive slots may be anything finite."""
+        """Actions ``(K, A)`` for observations ``(K, D)``; rows of inactive (idle) slots are not executed."""
 
 
 class LabellingController(Protocol):
