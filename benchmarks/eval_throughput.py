@@ -37,7 +37,7 @@ import torch
 import demos
 import envs
 from envs import seeds
-from dopr_robot.config import TrainConfig
+from dopr_robot.config import EvalConfig, TrainConfig
 from dopr_robot.evaluate import evaluate
 from dopr_robot.evaluate.rollout import PolicyController, rollout
 from dopr_robot.train import train
@@ -94,7 +94,7 @@ def policy_rollout_steps_per_s(policy, task: str, num_envs: int, episodes: int) 
 
 def full_eval_steps_per_s(policy, task: str, num_envs: int, episodes: int) -> float:
     start = time.perf_counter()
-    result = evaluate(policy, task, episodes, seed=SEED, num_envs=num_envs)
+    result = evaluate(policy, task, EvalConfig(episodes=episodes, seed=SEED, num_envs=num_envs))
     return result.env_steps / (time.perf_counter() - start)
 
 
