@@ -15,12 +15,13 @@ import torch
 import demos
 import dopr_robot.compare as compare_module
 from dopr_robot.cli import main
+from dopr_robot.collect_config import CollectConfig
 from dopr_robot.compare import PER_CELL, CompareConfig, compare, load_compare_config, train_template
 from dopr_robot.config import EvalConfig, TrainConfig, config_to_dict
 from dopr_robot.errors import UserError
 from envs.seeds import POLICY_EVAL, REPLICATION, REPLICATION_DEMO_SEED
 
-TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo_episodes=4,
+TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo=CollectConfig(episodes=4),
             train=train_template(steps=20, batch_size=32, policy_options={"width": 16, "depth": 1}),
             eval=EvalConfig(episodes=3, num_envs=3))
 # The same on the command line, one seed and fewer steps.
@@ -114,7 +115,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
                                                                    r"which compare sets for each cell"),
         (dict(train=train_template(optimizer_options={"refresh_every": 0})),
          r'--optimizer-options \{"refresh_every": 0\} with --optimizer dopr-adamw: Invalid refresh_every: 0'),
-        (dict(demo_seed=9_999), r"--demo-seed 9999 with --demo-episodes 4 collects from reset seeds 9,999..10,002, "
+        (dict(demo=CollectConfig(episodes=4, seed=9_999)), r"--demo-seed 9999 with --demo-episodes 4 collects from reset seeds 9,999..10,002, "
                                 r"outside the demonstration seeds 0..9,999"),
         (dict(eval=EvalConfig(seed=2, episodes=3)), r"the evaluation seeds 2..4 overlap the demonstration seeds 0..3"),
     ],
@@ -230,10 +231,10 @@ def test_demo_seed_changes_the_data_and_cannot_change_on_resume(tmp_path: Path, 
     first, other = (demos.load(tmp_path / f"seed{seed}" / "data" / "Reach-v0.hdf5") for seed in (0, 7))
     assert first.metadata["seed"] == 0 and other.metadata["seed"] == 7
     assert not np.array_equal(first.episodes[0].obs[0], other.episodes[0].obs[0])
-    assert json.loads((tmp_path / "seed7" / "compare_config.json").read_text())["demo_seed"] == 7
+    assert json.loads((tmp_path / "seed7" / "compare_config.json").read_text())["demo"]["seed"] == 7
     capsys.readouterr()
     assert main(["compare", "--out", str(tmp_path / "seed7"), *TINY_ARGS, "--optimizers", "adamw"]) == 2
-    assert "holds a comparison made with other settings (changed: demo_seed (7 -> 0))" in capsys.readouterr().err
+    assert "holds a comparison made with other settings (changed: demo.seed (7 -> 0))" in capsys.readouterr().err
 
 
 def test_replicate_reruns_the_grid_on_fresh_data_and_evaluation_seeds(tmp_path: Path, capsys) -> None:
@@ -244,7 +245,8 @@ def test_replicate_reruns_the_grid_on_fresh_data_and_evaluation_seeds(tmp_path: 
     printed = capsys.readouterr().out
     replication = load_compare_config(out / "replication")
     original = load_compare_config(out)
-    assert replication == replace(original, out=str(out / "replication"), demo_seed=REPLICATION_DEMO_SEED + 5,
+    assert replication == replace(original, out=str(out / "replication"),
+                                  demo=replace(original.demo, seed=REPLICATION_DEMO_SEED + 5),
                                   eval=replace(original.eval, seed=REPLICATION))
     assert demos.load(out / "replication" / "data" / "Reach-v0.hdf5").metadata["seed"] == REPLICATION_DEMO_SEED + 5
     for optimizer in ("adamw", "dopr-adamw"):

@@ -8,18 +8,20 @@ import csv
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from dopr_robot.cli import main
+from dopr_robot.collect_config import CollectConfig
 from dopr_robot.compare import CompareConfig, compare, run_cell, train_template
-from dopr_robot.config import EvalConfig
+from dopr_robot.config import EvalConfig, config_to_dict
 from dopr_robot.errors import UserError
 from dopr_robot.grid import Execution, run_cells
 
-TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo_episodes=3,
+TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo=CollectConfig(episodes=3),
             train=train_template(steps=10, batch_size=16, policy_options={"width": 16, "depth": 1}),
             eval=EvalConfig(episodes=2, num_envs=2))
 # The same grid on the command line.
@@ -40,8 +42,11 @@ def eval_files(out: Path) -> dict[Path, bytes]:
     return {path: path.read_bytes() for path in sorted(out.glob("runs/*/*/seed*/eval.json"))}
 
 
-def block(out: Path, optimizer: str, seed: int) -> Path:
-    """A stray file in a cell's run directory: training refuses it (not a run), so the cell fails."""
+def block(out: Path, optimizer: str, seed: int, config: CompareConfig) -> Path:
+    """A stray file in a cell's run directory of the comparison ``config`` (saved in ``out``, as compare
+    saves it before any cell runs): training refuses it (not a run), so the cell fails."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "compare_config.json").write_text(json.dumps(config_to_dict(replace(config, out=str(out)))))
     stray = out / "runs" / "Reach-v0" / optimizer / f"seed{seed}" / "notes.txt"
     stray.parent.mkdir(parents=True)
     stray.write_text("not a run\n")
@@ -73,7 +78,7 @@ def local_ray():
 def test_workers_give_the_serial_numbers_name_a_failed_cell_and_resume(tmp_path: Path, serial: Path, one_thread,
                                                                        capsys, train_calls: list) -> None:
     out = tmp_path / "grid"
-    stray = block(out, "adamw", 1)
+    stray = block(out, "adamw", 1, CompareConfig(out=str(out), **TINY))
     assert main(["compare", "--out", str(out), *TINY_ARGS, "--workers", "2", "--threads", "1"]) == 2
     err = capsys.readouterr().err
     assert "compare: Reach-v0 adamw seed 1 failed: " in err  # as it happened
@@ -122,7 +127,7 @@ def test_ray_gives_the_serial_numbers(local_ray, tmp_path: Path, serial: Path) -
 
 def test_a_failed_ray_grid_reruns_only_its_missing_cells(local_ray, tmp_path: Path) -> None:
     config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["dopr-adamw"]})
-    stray = block(tmp_path, "dopr-adamw", 0)
+    stray = block(tmp_path, "dopr-adamw", 0, config)
     with pytest.raises(UserError, match=r"1 of 2 cells failed .*\n  Reach-v0 dopr-adamw seed 0: .* holds no run"):
         compare(config, progress=False, execution=Execution("ray", threads=1))
     finished = eval_files(tmp_path)

@@ -17,9 +17,10 @@ import pytest
 import envs
 from envs.experts import sb3 as sb3_weights
 from dopr_robot.cli import main
+from dopr_robot.collect_config import CollectConfig
 from dopr_robot.commands import compare as compare_command
-from dopr_robot.compare import CompareConfig, compare, load_compare_config, train_template
-from dopr_robot.config import EvalConfig, resolve_config
+from dopr_robot.compare import CompareConfig, compare, load_compare_config, resolve_compare_config, train_template
+from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.sweep import TUNING_FIRST_SEED, SweepConfig
 from envs import seeds
@@ -39,24 +40,24 @@ HUMANOID_READY = envs.task_spec("Humanoid-v5").available
 def experiment_config(*args: str) -> CompareConfig:
     parser = argparse.ArgumentParser()
     compare_command.add_arguments(parser)
-    return resolve_config(CompareConfig, parser.parse_args(["--config", str(EXPERIMENT), "--out", "o", *args]))
+    return resolve_compare_config(parser.parse_args(["--config", str(EXPERIMENT), "--out", "o", *args]))
 
 
 def test_the_experiment_file_is_the_papers_grid() -> None:
     config = experiment_config()
     assert config.tasks == ["Humanoid-v5"] and config.train.policy == "mlp"
     assert config.optimizers == PAPER_OPTIMIZERS
-    assert config.demo_episodes == [10, 25, 50] and config.seeds >= 5
+    assert config.demo.episodes == [10, 25, 50] and config.seeds >= 5
     assert config.train.ema_decay > 0 and config.eval.use_ema  # EMA weights are what is evaluated
     assert set(config.optimizer_settings) == set(PAPER_OPTIMIZERS)
     for name, settings in config.optimizer_settings.items():
         assert set(settings) == ({"lr", "weight_decay", "damping"} if name.startswith("dopr-") else {"lr", "weight_decay"})
     evaluation = range(config.eval.seed, config.eval.seed + config.eval.episodes)
-    demonstrations = range(config.demo_seed, config.demo_seed + max(config.demo_episodes))
+    demonstrations = range(config.demo.seed, config.demo.seed + max(config.demo.episodes))
     assert evaluation.start == seeds.POLICY_EVAL
     for other in (seeds.ranges()["tuning"], demonstrations):
         assert not set(evaluation) & set(other)
-    assert [c.demo_episodes for c in config.by_demo_count().values()] == [10, 25, 50]
+    assert [c.demo.episodes for c in config.by_demo_count().values()] == [10, 25, 50]
 
 
 def test_the_cpu_experiment_runs_the_settings_its_committed_sweep_chose() -> None:
@@ -64,7 +65,7 @@ def test_the_cpu_experiment_runs_the_settings_its_committed_sweep_chose() -> Non
     humanoid_v5_cpu_sweep.md (a rerun sweep must update both together)."""
     parser = argparse.ArgumentParser()
     compare_command.add_arguments(parser)
-    config = resolve_config(CompareConfig, parser.parse_args(["--config", str(CPU_EXPERIMENT), "--out", "o"]))
+    config = resolve_compare_config(parser.parse_args(["--config", str(CPU_EXPERIMENT), "--out", "o"]))
     assert config.tasks == ["Humanoid-v5"] and config.optimizers == PAPER_OPTIMIZERS and config.seeds >= 5
     assert config.eval.use_ema and config.eval.seed == seeds.POLICY_EVAL
     table = CPU_EXPERIMENT.with_name("humanoid_v5_cpu_sweep.md").read_text().split("## Chosen")[1]
@@ -120,7 +121,7 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
     printed = capsys.readouterr().out
     for count in (2, 3):
         grid = out / f"demos{count}"
-        assert load_compare_config(grid).demo_episodes == count
+        assert load_compare_config(grid).demo.episodes == count
         for name in ("results.csv", "summary.md", "terminal_reward.png", "val_loss_vs_return.png", "data/Hopper-v5.hdf5"):
             assert (grid / name).exists(), name
         for optimizer, lr, weight_decay in (("adamw", 0.002, 0.0), ("dopr-adamw", 0.003, 0.01)):
@@ -142,7 +143,7 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
     assert len(results) == 1 + 2 * 2 * 2  # every run of every count
     for figure in ("terminal_reward.png", "val_loss_vs_return.png"):
         assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((out / "compare_config.json").read_text())["demo_episodes"] == [2, 3]
+    assert json.loads((out / "compare_config.json").read_text())["demo"]["episodes"] == [2, 3]
 
     # Resumable: the same command trains nothing; a changed per-optimizer setting is refused like any other.
     checkpoint = out / "demos2" / "runs" / "Hopper-v5" / "adamw" / "seed0" / "checkpoint.pt"
@@ -237,40 +238,47 @@ def test_optimizer_settings_override_the_template_for_their_optimizer_only() -> 
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(demo_episodes=[10, 10]), r"--demo-episodes lists a count twice"),
-    (dict(demo_episodes=[10, 0]), r"--demo-episodes must be a count >= 1 or a list of them, got \[10, 0\]"),
-    (dict(demo_episodes=[]), r"--demo-episodes must be a count >= 1"),
-    (dict(demo_episodes=[10, 25], data={"Reach-v0": "x.hdf5"}), r"--data gives the demonstrations, so it cannot be used "
-                                                                 r"with several --demo-episodes \(10, 25\)"),
-    (dict(demo_episodes=[10, 20_000]), r"--demo-episodes 20000 collects from reset seeds 0..19,999, outside"),
+    (dict(demo=dict(episodes=[10, 10])), r"--episodes lists a count twice"),  # --demo-episodes on the command line
+    (dict(demo=dict(episodes=[10, 0])), r"--episodes must be a count >= 1 or a list of them, got \[10, 0\]"),
+    (dict(demo=dict(episodes=[])), r"--episodes must be a count >= 1"),
+    (dict(demo=dict(episodes=[10, 25]), data={"Reach-v0": "x.hdf5"}), r"--data gives the demonstrations, so it cannot "
+                                                                       r"be used with several --demo-episodes \(10, 25\)"),
+    (dict(demo=dict(episodes=[10, 20_000])), r"--demo-episodes 20000 collects from reset seeds 0..19,999, outside"),
     (dict(first_seed=-1), r"--first-seed must be >= 0"),
 ])
 def test_demo_count_errors(overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
+        if "demo" in overrides:
+            overrides = {**overrides, "demo": CollectConfig(**overrides["demo"])}
         CompareConfig(out="o", tasks=["Reach-v0"], **overrides)
 
 
 def test_demo_episodes_on_the_command_line_is_a_count_or_a_list(tmp_path: Path, capsys) -> None:
-    assert experiment_config("--demo-episodes", "50").demo_episodes == 50
-    assert experiment_config("--demo-episodes", "5,15").demo_episodes == [5, 15]
+    assert experiment_config("--demo-episodes", "50").demo.episodes == 50
+    assert experiment_config("--demo-episodes", "5,15").demo.episodes == [5, 15]
+    for counts, message in (("10,10", "--demo-episodes lists a count twice: [10, 10]"),
+                            ("10,0", "--demo-episodes must be a count >= 1 or a list of them, got [10, 0]")):
+        assert main(["compare", "--out", str(tmp_path / "x"), "--demo-episodes", counts]) == 2
+        assert capsys.readouterr().err == f"dopr-robot compare: error: {message}\n"
     with pytest.raises(SystemExit):  # argparse's own usage error
         main(["compare", "--out", str(tmp_path / "x"), "--demo-episodes", "ten"])
     assert "expected a count like 50 or counts separated by commas like 10,25,50, got 'ten'" in capsys.readouterr().err
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"demo_episodes": "10"}))
     assert main(["compare", "--out", str(tmp_path / "x"), "--config", str(bad)]) == 2
-    assert "demo_episodes must be an integer or a JSON list, got '10'" in capsys.readouterr().err
+    assert "demo.episodes must be an integer or a JSON list, got '10'" in capsys.readouterr().err
 
 
 def test_one_demo_count_keeps_the_layout_and_an_older_grid_resumes(tmp_path: Path, monkeypatch) -> None:
-    config = CompareConfig(out=str(tmp_path), tasks=["Reach-v0"], optimizers=["adamw"], seeds=1, demo_episodes=3,
+    config = CompareConfig(out=str(tmp_path), tasks=["Reach-v0"], optimizers=["adamw"], seeds=1,
+                           demo=CollectConfig(episodes=3),
                            train=train_template(steps=6, batch_size=16, policy_options={"width": 8, "depth": 1}),
                            eval=EvalConfig(episodes=2, num_envs=2))
     compare(config, progress=False)
     assert (tmp_path / "runs" / "Reach-v0" / "adamw" / "seed0" / "eval.json").exists()
     assert (tmp_path / "data" / "Reach-v0.hdf5").exists() and not list(tmp_path.glob("demos*"))
     saved = json.loads((tmp_path / "compare_config.json").read_text())
-    assert saved["demo_episodes"] == 3
+    assert saved["demo"]["episodes"] == 3
     # A grid saved before optimizer_settings and first_seed existed resumes as the same grid, training nothing.
     del saved["optimizer_settings"], saved["first_seed"]
     (tmp_path / "compare_config.json").write_text(json.dumps(saved))
@@ -279,8 +287,8 @@ def test_one_demo_count_keeps_the_layout_and_an_older_grid_resumes(tmp_path: Pat
     monkeypatch.setattr(train_module, "train", lambda *a, **k: pytest.fail("a finished cell was trained again"))
     assert len(compare(config, progress=False)) == 1
     # ... and cannot turn into a grid over counts in the same directory.
-    with pytest.raises(UserError, match=r"changed: demo_episodes \(3 -> \[3, 5\]\)"):
-        compare(replace(config, demo_episodes=[3, 5]), progress=False)
+    with pytest.raises(UserError, match=r"changed: demo.episodes \(3 -> \[3, 5\]\)"):
+        compare(replace(config, demo=replace(config.demo, episodes=[3, 5])), progress=False)
 
 
 def test_replicate_asks_for_one_count_at_a_time(tmp_path: Path, capsys) -> None:
@@ -309,7 +317,8 @@ def test_sweep_refusals(tmp_path: Path, capsys, args: list[str], message: str) -
 
 
 def test_sweep_bases_default_to_the_grids_and_its_eval_seeds_move_to_tuning() -> None:
-    config = SweepConfig(grid=replace(experiment_config(), demo_episodes=25))
+    grid = experiment_config()
+    config = SweepConfig(grid=replace(grid, demo=replace(grid.demo, episodes=25)))
     assert config.bases == ["adamw", "muon", "signum", "adamuon"]
     setting = config.setting("dopr-muon", 0.02, 0.1, 0.3)
     assert setting.eval.seed == seeds.TUNING and setting.first_seed == TUNING_FIRST_SEED
