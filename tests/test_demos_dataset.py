@@ -48,6 +48,13 @@ def test_windows_pad_at_episode_edges() -> None:
     assert len(valid) == 4 and valid[0]["obs"][:, 0].tolist() == [200, 200]
 
 
+def test_a_history_longer_than_the_episode_is_padded_with_its_first_observation() -> None:
+    windows = _dataset([3, 2]).windows("train", history=4, chunk=1)  # episode 0: observations 0, 1, 2
+    assert [windows[t]["obs"][:, 0].tolist() for t in range(3)] == [[0, 0, 0, 0], [0, 0, 0, 1], [0, 0, 1, 2]]
+    assert [windows[t]["obs_mask"].tolist() for t in range(3)] == [[False, False, False, True], [False, False, True, True],
+                                                                  [False, True, True, True]]
+
+
 def test_default_window_is_one_step() -> None:
     windows = _dataset([3, 2]).windows()
     assert len(windows) == 3
