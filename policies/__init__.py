@@ -8,9 +8,10 @@ plus one line in ``POLICIES``.
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from policies.base import Policy
+from policies.encoders import ImageEncoderConfig
 from policies.flow import FlowMLPConfig, FlowMLPPolicy, FlowPolicy, FlowTransformerConfig, FlowTransformerPolicy
 from policies.mlp import MLPConfig, MLPPolicy
 from policies.normalizer import Normalizer
@@ -30,8 +31,10 @@ def policy_config_fields(name: str) -> list[str]:
     return [f.name for f in fields(POLICIES[name][1])]
 
 
-def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1, **config: Any) -> Policy:
-    """Build a registered policy; ``config`` are fields of its config dataclass."""
+def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
+                image_shapes: Mapping[str, Sequence[int]] | None = None, **config: Any) -> Policy:
+    """Build a registered policy; ``config`` are fields of its config dataclass. ``image_shapes``
+    {key: (h, w, 3)}: the cameras it sees besides the low-dim observation (one encoder each)."""
     if name not in POLICIES:
         raise ValueError(f"Unknown policy {name!r}; valid: {', '.join(POLICIES)}")
     if history < 1 or chunk < 1:
@@ -40,9 +43,9 @@ def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: 
     unknown = sorted(set(config) - set(policy_config_fields(name)))
     if unknown:
         raise ValueError(f"policy {name!r} has no option(s) {', '.join(unknown)}; valid: {', '.join(policy_config_fields(name))}")
-    return policy_class(obs_dim, act_dim, history, chunk, config=config_class(**config))
+    return policy_class(obs_dim, act_dim, history, chunk, config=config_class(**config), image_shapes=image_shapes)
 
 
 __all__ = ["POLICIES", "FlowMLPConfig", "FlowMLPPolicy", "FlowPolicy", "FlowTransformerConfig",
-           "FlowTransformerPolicy", "MLPConfig", "MLPPolicy", "Normalizer", "Policy", "TransformerConfig",
+           "FlowTransformerPolicy", "MLPConfig", "MLPPolicy", "ImageEncoderConfig", "Normalizer", "Policy", "TransformerConfig",
            "TransformerPolicy", "make_policy", "policy_config_fields"]

@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -147,16 +148,17 @@ class VelocityNet(nn.Module):
 class FlowPolicy(Policy):
     """A trunk (observation history -> features) and a flow-matching head over the action chunk.
 
-    ``forward(obs, noisy_actions, t)`` is the training network call: normalized (B, H, D), the noisy
-    normalized chunk x_t (B, C, A) and t (B,) -> the velocity (B, C, A). ``sample`` integrates it;
-    ``predict`` does so in raw units.
+    ``forward(obs, noisy_actions, t, images=None)`` is the training network call: normalized
+    (B, H, D), the noisy normalized chunk x_t (B, C, A) and t (B,) -> the velocity (B, C, A).
+    ``sample`` integrates it; ``predict`` does so in raw units. ``make_trunk(step_dim)`` builds the
+    trunk once the image encoders (if any) have fixed the size of a history step.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, history: int, chunk: int, config: FlowHeadConfig,
-                 trunk: nn.Module, feature_dim: int):
-        super().__init__(obs_dim, act_dim, history, chunk)
+                 make_trunk, feature_dim: int, image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, image_shapes, config)
         self.config = config
-        self.trunk = trunk
+        self.trunk = make_trunk(self.step_dim)
         self.velocity = VelocityNet(chunk * act_dim, feature_dim, config.head_width or feature_dim,
                                     config.head_depth, config.time_dim)
         self.flow_steps = config.flow_steps
@@ -172,8 +174,8 @@ class FlowPolicy(Policy):
             raise ValueError(f"flow_steps must be an integer >= 1, got {steps!r}")
         self._flow_steps = steps
 
-    def forward(self, obs: Tensor, noisy_actions: Tensor, t: Tensor) -> Tensor:
-        features = self.trunk(obs)
+    def forward(self, obs: Tensor, noisy_actions: Tensor, t: Tensor, images: Mapping[str, Tensor] | None = None) -> Tensor:
+        features = self.trunk(self.encode(obs, images))
         return self.velocity(noisy_actions.flatten(start_dim=1), t, features).view(-1, self.chunk, self.act_dim)
 
     def loss(self, batch: dict[str, Tensor], forward=None, generator: torch.Generator | None = None) -> Tensor:
@@ -185,7 +187,7 @@ class FlowPolicy(Policy):
         noise = _randn(target.shape, generator, target.device)  # x_0
         t = self.sample_time(len(target), generator, target.device)
         noisy = (1.0 - t)[:, None, None] * noise + t[:, None, None] * target
-        velocity = (forward or self)(obs, noisy, t)
+        velocity = (forward or self)(obs, noisy, t, **self.image_inputs(batch))
         return masked_mean((velocity - (target - noise)).pow(2).mean(dim=-1), batch["action_mask"])
 
     def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
@@ -206,11 +208,12 @@ class FlowPolicy(Policy):
             return torch.zeros(0, *shape, device=device)
         return torch.stack([_randn(shape, g, device) for g in generator])
 
-    def sample(self, obs: Tensor, noise: Tensor, steps: int | None = None) -> Tensor:
-        """Normalized chunks (B, C, A) for normalized observations (B, H, D), by ``steps`` (default
-        ``flow_steps``) Euler steps from ``noise`` (B, C, A); the trunk runs once."""
+    def sample(self, obs: Tensor, noise: Tensor, steps: int | None = None,
+               images: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Normalized chunks (B, C, A) for normalized observations (B, H, D) (and their images), by
+        ``steps`` (default ``flow_steps``) Euler steps from ``noise`` (B, C, A); the trunk runs once."""
         steps = steps or self.flow_steps
-        features = self.trunk(obs)
+        features = self.trunk(self.encode(obs, images))
         x = noise.flatten(start_dim=1)
         for k in range(steps):
             t = torch.full((len(x),), k / steps, device=x.device)
@@ -218,12 +221,14 @@ class FlowPolicy(Policy):
         return x.view(-1, self.chunk, self.act_dim)
 
     @torch.no_grad()
-    def predict(self, obs_history: Tensor, generator: Generators = None) -> Tensor:
-        """Sampled chunks in environment units, (B, H, D) raw -> (B, C, A); noise from ``generator``
-        (one for the batch, or one per row; None: torch's global RNG)."""
+    def predict(self, obs_history: Tensor, generator: Generators = None,
+                images: Mapping[str, Tensor] | None = None) -> Tensor:
+        """Sampled chunks in environment units, (B, H, D) raw [+ uint8 images] -> (B, C, A); noise from
+        ``generator`` (one for the batch, or one per row; None: torch's global RNG)."""
         self.check_history(obs_history)
         obs = self.obs_normalizer.normalize(obs_history.float())
-        return self.action_normalizer.unnormalize(self.sample(obs, self.initial_noise(len(obs), generator, obs.device)))
+        noise = self.initial_noise(len(obs), generator, obs.device)
+        return self.action_normalizer.unnormalize(self.sample(obs, noise, **self.image_inputs({"images": images})))
 
     @torch.no_grad()
     def validation_metrics(self, batch: dict[str, Tensor], generator: Generators = None) -> dict[str, Tensor]:
@@ -235,7 +240,7 @@ class FlowPolicy(Policy):
         flow_loss = self.loss(batch, generator=generator)
         obs = self.obs_normalizer.normalize(batch["obs"])
         target = self.action_normalizer.normalize(batch["actions"])
-        sampled = self.sample(obs, self.initial_noise(len(obs), generator, obs.device))
+        sampled = self.sample(obs, self.initial_noise(len(obs), generator, obs.device), **self.image_inputs(batch))
         return {"val_loss": masked_mean((sampled - target).pow(2).mean(dim=-1), batch["action_mask"]),
                 "val_flow_loss": flow_loss}
 
@@ -244,17 +249,19 @@ class FlowMLPPolicy(FlowPolicy):
     """``mlp``'s residual-MLP trunk with a flow-matching head."""
 
     def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
-                 config: FlowMLPConfig = FlowMLPConfig()):
-        super().__init__(obs_dim, act_dim, history, chunk, config, MLPTrunk(history * obs_dim, config), config.width)
+                 config: FlowMLPConfig = FlowMLPConfig(), image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, config, lambda step_dim: MLPTrunk(history * step_dim, config),
+                         config.width, image_shapes)
 
 
 class FlowTransformerPolicy(FlowPolicy):
     """``transformer``'s causal-attention trunk with a flow-matching head."""
 
     def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
-                 config: FlowTransformerConfig = FlowTransformerConfig()):
-        super().__init__(obs_dim, act_dim, history, chunk, config, TransformerTrunk(obs_dim, history, config),
-                         config.d_model)
+                 config: FlowTransformerConfig = FlowTransformerConfig(),
+                 image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, config,
+                         lambda step_dim: TransformerTrunk(step_dim, history, config), config.d_model, image_shapes)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | None) -> Tensor:

@@ -7,14 +7,18 @@ policies differ in their head and objective only.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 from torch import Tensor, nn
 
 from policies.base import Policy
+from policies.encoders import ImageEncoderConfig
 
 
 @dataclass(frozen=True)
-class MLPConfig:
+class MLPConfig(ImageEncoderConfig):
+    """The image encoder's options (used with images only), then the residual MLP's."""
+
     width: int = 256  # hidden width of every residual block
     depth: int = 3  # number of residual blocks
     dropout: float = 0.0  # dropout inside each block
@@ -22,6 +26,7 @@ class MLPConfig:
     def __post_init__(self) -> None:
         if self.width < 1 or self.depth < 0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"invalid MLP config {self}: need width >= 1, depth >= 0, 0 <= dropout < 1")
+        self.check_encoder()
 
 
 class ResidualBlock(nn.Module):
@@ -39,7 +44,7 @@ class ResidualBlock(nn.Module):
 
 
 class MLPTrunk(nn.Module):
-    """(B, H, D) -> flatten -> Linear -> residual blocks -> LayerNorm -> features (B, width)."""
+    """(B, H, D) -> flatten (history steps side by side; D the policy's ``step_dim``) -> Linear -> residual blocks -> LayerNorm -> features (B, width)."""
 
     def __init__(self, in_dim: int, config: MLPConfig):
         super().__init__()
@@ -52,16 +57,17 @@ class MLPTrunk(nn.Module):
 
 
 class MLPPolicy(Policy):
-    """:class:`MLPTrunk` -> Linear: (B, H, D) -> (B, C, A)."""
+    """(:meth:`Policy.encode`) -> :class:`MLPTrunk` -> Linear: (B, H, D) [+ images] -> (B, C, A)."""
 
     # Parameter names before the trunk was shared with the flow head (checkpoints of that time load).
     LEGACY_NAMES = {"embed.": "trunk.embed.", "blocks.": "trunk.blocks.", "head_norm.": "trunk.norm."}
 
-    def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1, config: MLPConfig = MLPConfig()):
-        super().__init__(obs_dim, act_dim, history, chunk)
+    def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1, config: MLPConfig = MLPConfig(),
+                 image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, image_shapes, config)
         self.config = config
-        self.trunk = MLPTrunk(history * obs_dim, config)
+        self.trunk = MLPTrunk(history * self.step_dim, config)
         self.head = nn.Linear(config.width, chunk * act_dim)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.head(self.trunk(obs)).view(-1, self.chunk, self.act_dim)
+    def forward(self, obs: Tensor, images: Mapping[str, Tensor] | None = None) -> Tensor:
+        return self.head(self.trunk(self.encode(obs, images))).view(-1, self.chunk, self.act_dim)

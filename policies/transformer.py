@@ -6,15 +6,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from policies.base import Policy
+from policies.encoders import ImageEncoderConfig
 
 
 @dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(ImageEncoderConfig):
+    """The image encoder's options (used with images only), then the transformer's."""
+
     d_model: int = 128  # token width
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads (d_model must divide evenly)
@@ -26,6 +30,7 @@ class TransformerConfig:
             raise ValueError(f"invalid transformer config {self}: d_model must be a multiple of n_heads, all >= 1")
         if self.mlp_ratio < 1 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"invalid transformer config {self}: need mlp_ratio >= 1 and 0 <= dropout < 1")
+        self.check_encoder()
 
 
 class CausalSelfAttention(nn.Module):
@@ -68,7 +73,7 @@ class Block(nn.Module):
 
 
 class TransformerTrunk(nn.Module):
-    """One token per observation of the history (oldest first, learned positions), causal blocks,
+    """One token per history step (its observation, with images the policy's ``step_dim`` vector) (oldest first, learned positions), causal blocks,
     LayerNorm; the last token's output is the features. (B, H, D) -> (B, d_model)."""
 
     def __init__(self, obs_dim: int, history: int, config: TransformerConfig):
@@ -84,18 +89,19 @@ class TransformerTrunk(nn.Module):
 
 
 class TransformerPolicy(Policy):
-    """:class:`TransformerTrunk` -> Linear: the last token predicts the whole chunk. (B, H, D) -> (B, C, A)."""
+    """(:meth:`Policy.encode`) -> :class:`TransformerTrunk` -> Linear: the last token predicts the whole
+    chunk. (B, H, D) [+ images] -> (B, C, A)."""
 
     # Parameter names before the trunk was shared with the flow head (checkpoints of that time load).
     LEGACY_NAMES = {"embed.": "trunk.embed.", "position": "trunk.position", "blocks.": "trunk.blocks.",
                     "head_norm.": "trunk.norm."}
 
     def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
-                 config: TransformerConfig = TransformerConfig()):
-        super().__init__(obs_dim, act_dim, history, chunk)
+                 config: TransformerConfig = TransformerConfig(), image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, image_shapes, config)
         self.config = config
-        self.trunk = TransformerTrunk(obs_dim, history, config)
+        self.trunk = TransformerTrunk(self.step_dim, history, config)
         self.head = nn.Linear(config.d_model, chunk * act_dim)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.head(self.trunk(obs)).view(-1, self.chunk, self.act_dim)
+    def forward(self, obs: Tensor, images: Mapping[str, Tensor] | None = None) -> Tensor:
+        return self.head(self.trunk(self.encode(obs, images))).view(-1, self.chunk, self.act_dim)
