@@ -5,7 +5,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
     format          "dopr-robot/checkpoint/1"
     step            training steps done
     config          the resolved TrainConfig as a dict
-    policy          {"name", "obs_dim", "act_dim", "history", "chunk", "config"}: enough to rebuild it
+    policy          {"name", "obs_dim", "act_dim", "history", "chunk", "config", "image_shapes"}: enough to
+                    rebuild it (image_shapes {key: [h, w, 3]}, empty or absent for a state policy)
     model           policy state_dict (normalizers included, as buffers)
     ema             EMA policy state_dict (or None when the EMA is off)
     optimizer       optimizer state_dict (DoPr: statistics, cached factors, base state)
@@ -88,7 +89,8 @@ def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True,
     flow policy's number of Euler steps (a regressor has none: a clear error)."""
 
     spec = checkpoint["policy"]
-    policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"], **spec["config"])
+    policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"],
+                         image_shapes=spec.get("image_shapes"), **spec["config"])
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
     policy.load_state_dict(weights)
     if flow_steps:

@@ -170,7 +170,8 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
         if dataset.valid_indices else None
 
     torch.manual_seed(config.seed)
-    policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk, **config.policy_options)
+    policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk,
+                         image_shapes=getattr(dataset, "image_shapes", None), **config.policy_options)
     stats = dataset.normalization()
     policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
     policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
@@ -486,7 +487,8 @@ def _checkpoint_dict(run: _Run, step: int) -> dict[str, Any]:
         "step": step,
         "config": asdict(config),
         "policy": {"name": config.policy, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
-                   "history": policy.history, "chunk": policy.chunk, "config": asdict(policy.config)},
+                   "history": policy.history, "chunk": policy.chunk, "config": asdict(policy.config),
+                   "image_shapes": {key: list(shape) for key, shape in policy.image_shapes.items()}},
         "model": policy.state_dict(),
         "ema": ema.module.state_dict() if ema is not None else None,
         "ema_updates": ema.updates if ema is not None else 0,
