@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "tasks": Command("tasks", "list the tasks: observation/action sizes, horizon, expert kind, availability"),
     "expert": Command("expert", "train (resumably), export and evaluate the stable-baselines3 locomotion experts"),
     "train": Command("train", "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"),
+    "dagger": Command("dagger", "DAgger: the expert relabels the states the policy visits, aggregated over rounds (resumable)"),
     "collect": Command("collect", "run a task's expert for N seeded episodes and write them to an HDF5 file "
                                   "(robomimic layout)"),
     "inspect": Command("inspect", "describe demonstrations: an HDF5 file, a Minari dataset directory or a local "

@@ -64,16 +64,17 @@ class RunResult:
 
 
 def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False, overwrite: bool = False,
-          evaluate_every: int = 0, progress: bool = True, device: str | torch.device = "auto") -> RunResult:
+          evaluate_every: int = 0, progress: bool = True, device: str | torch.device = "auto",
+          warm_start: str | Path | None = None) -> RunResult:
     """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``.
 
     ``device`` (``auto``: CUDA when available) is where the run executes; not part of the config, so
     a run resumes on another device (bit-exact on the same one). The returned policy is on it.
     ``evaluator`` runs every ``config.eval_every`` steps (``evaluate_every`` sets the cadence of a
-    config without one).
+    config without one). ``warm_start``: a run directory to continue training from (:func:`_warm_start`).
     """
     evaluate_every = _evaluation_cadence(config, evaluator, evaluate_every)
-    run = _setup(config, resume, overwrite, device)
+    run = _setup(config, resume, overwrite, device, warm_start)
     policy, optimizer, scheduler, ema, step = run.policy, run.optimizer, run.scheduler, run.ema, run.step
     eval_policy = ema.module if ema is not None else policy
     ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
@@ -150,7 +151,8 @@ class _Run:
     last_val_loss: float | None = None
 
 
-def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device) -> _Run:
+def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device,
+           warm_start: str | Path | None = None) -> _Run:
     """Device, ranks, data, run directory, policy (seeded), EMA, optimizer and schedule; restored from
     the checkpoint on a resume. Everything a user can get wrong is refused before the run directory
     is touched."""
@@ -187,6 +189,8 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
                sampler=torch.Generator().manual_seed(config.seed), data_sha256=data_sha256)
     if checkpoint is not None:
         _restore(run, checkpoint)
+    elif warm_start is not None:
+        _warm_start(run, load_checkpoint(warm_start))
     return run
 
 
@@ -255,6 +259,28 @@ def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
     logged = read_metrics(run.run_dir / METRICS_NAME)  # what a run that already finished reports
     run.last_train_loss = next((r["train_loss"] for r in reversed(logged) if "train_loss" in r), math.nan)
     run.last_val_loss = next((r["val_loss"] for r in reversed(logged) if "val_loss" in r), None)
+
+
+def _warm_start(run: _Run, checkpoint: dict[str, Any]) -> None:
+    """A new run that continues another's training on its own data (DAgger's rounds): the weights, the
+    EMA and the optimizer state (moments, DoPr's statistics) are the checkpoint's; the step, the
+    learning-rate schedule, the batch order and the RNGs are this run's own. The normalizers are the
+    checkpoint's too: new statistics would change what the same weights compute. A resume of this
+    run restores its own checkpoint instead."""
+    spec = checkpoint["policy"]
+    mine = (run.config.policy, run.policy.obs_dim, run.policy.act_dim, run.policy.history, run.policy.chunk)
+    theirs = (spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"])
+    if mine != theirs or spec["config"] != asdict(run.policy.config):
+        raise UserError(f"cannot continue from a checkpoint of policy {theirs} {spec['config']}: this run builds "
+                        f"{mine} {asdict(run.policy.config)}")
+    run.policy.load_state_dict(checkpoint["model"])
+    if run.ema is not None and checkpoint.get("ema") is not None:
+        run.ema.module.load_state_dict(checkpoint["ema"])
+        run.ema.updates = checkpoint["ema_updates"]
+    scheduled = [(group["lr"], group["initial_lr"]) for group in run.optimizer.param_groups]
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    for group, (lr, initial_lr) in zip(run.optimizer.param_groups, scheduled):  # this run's schedule, not the old one's end
+        group["lr"], group["initial_lr"] = lr, initial_lr
 
 
 def _validate(run: _Run, eval_policy: Policy, step: int) -> dict[str, float]:

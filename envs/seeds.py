@@ -16,6 +16,8 @@ tuning                 ``TUNING`` 2,000,000 ..         sweeps that choose a hype
 expert selection       ``EXPERT_SELECTION`` 3,000,000  periodic evaluation while an expert trains
 replication demos      ``REPLICATION_DEMO_SEED`` 500k  ``compare --replicate``: fresh demonstrations
 replication            ``REPLICATION`` 4,000,000 ..    ``compare --replicate``: fresh evaluation seeds
+DAgger rollouts        ``DAGGER`` 5,000,000 ..         ``dagger``, ``compare --remedies dagger:R``: the
+                                                       learner's episodes that the expert relabels
 =====================  ==============================  =============================================
 
 Demonstrations get 10,000 seeds, the expert ranges 100 each, the rest up to 1,000,000;
@@ -32,6 +34,8 @@ POLICY_EVAL = 1_000_000
 TUNING = 2_000_000
 EXPERT_SELECTION = range(3_000_000, 3_000_100)
 REPLICATION = 4_000_000
+# The learner's rollouts in DAgger's rounds (round r's episode i: DAGGER + (r - 1) * episodes + i).
+DAGGER = 5_000_000
 # Fresh demonstrations for a replication are collected from here (collect's seeds, far from 0..).
 REPLICATION_DEMO_SEED = 500_000
 
@@ -50,6 +54,7 @@ def ranges() -> dict[str, range]:
         "tuning": range(TUNING, TUNING + _WIDE),
         "expert selection": EXPERT_SELECTION,
         "replication evaluation": range(REPLICATION, REPLICATION + _WIDE),
+        "dagger rollouts": range(DAGGER, DAGGER + _WIDE),
     }
 
 

@@ -46,10 +46,10 @@ RANKS: dict[str, int] = {
     "dopr_robot.train": 6,
     **_each("dopr_robot.evaluate", "checkpoints evaluation metrics plots rollout video", 7),
     **_each("dopr_robot.report", "files plots results statistics tables", 8),
-    "dopr_robot.sb3_experts": 8,
+    "dopr_robot.sb3_experts": 8, "dopr_robot.dagger": 8,
     "dopr_robot.compare": 9,
     "dopr_robot.sweep": 10,
-    **_each("dopr_robot.commands", "collect compare eval expert inspect optimizer_demo optimizers quickstart sweep "
+    **_each("dopr_robot.commands", "collect compare dagger eval expert inspect optimizer_demo optimizers quickstart sweep "
                                    "tasks train video", 11),
     "dopr_robot.cli": 12, "dopr_robot.__main__": 12,
 }
