@@ -80,21 +80,26 @@ HISTORY_CASES = [(1, 1), (5, 1), (5, 3), (3, 5), (4, 4), (2, 10), (0, 3), (9, 2)
 
 
 @pytest.mark.parametrize("length, history", HISTORY_CASES)
-def test_history_indices_equal_the_per_site_logic_they_replaced(length: int, history: int) -> None:
-    # what policy_actions did: np.maximum(arange(T)[:, None] + arange(-H + 1, 1)[None, :], 0)
-    steps = np.arange(length)[:, None] + np.arange(-history + 1, 1)[None, :]
-    np.testing.assert_array_equal(history_indices(length, history), np.maximum(steps, 0))
-    assert history_indices(length, history).shape == (length, history)
+def test_history_indices_follow_the_definition(length: int, history: int) -> None:
+    # The definition, step by step: at step t the policy sees steps t-H+1 .. t, oldest first, and
+    # a step before the episode's start is its first step.
+    expected = [[max(t - back, 0) for back in reversed(range(history))] for t in range(length)]
+    np.testing.assert_array_equal(history_indices(length, history), np.array(expected, dtype=int).reshape(length, history))
+
+
+def test_history_indices_by_hand() -> None:
+    np.testing.assert_array_equal(history_indices(5, 3), [[0, 0, 0], [0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 4]])
+    np.testing.assert_array_equal(history_indices(2, 1), [[0], [1]])
 
 
 def test_history_window_equals_the_dataset_windows_it_replaced() -> None:
     lengths = np.array([3, 1, 6])  # episodes of different lengths, flattened as DemoDataset.windows does
     step = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     for history in (1, 2, 4, 8):
-        past = step[:, None] + np.arange(-history + 1, 1)[None, :]
         index, real = history_window(step, history)
-        np.testing.assert_array_equal(index, np.maximum(past, 0))
-        np.testing.assert_array_equal(real, past >= 0)
+        for row, t in enumerate(step):  # the definition, one window at a time
+            past = [t - back for back in reversed(range(history))]
+            assert list(index[row]) == [max(p, 0) for p in past] and list(real[row]) == [p >= 0 for p in past]
 
 
 def test_history_indices_pad_with_the_first_observation_by_hand() -> None:

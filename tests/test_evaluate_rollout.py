@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 import torch
 
-from demos.history import history_indices
 from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate, policy_actions
@@ -250,7 +249,7 @@ def test_the_expert_as_policy_has_zero_compounding_error() -> None:
 
 
 @pytest.mark.parametrize("length, history", [(1, 1), (5, 1), (5, 3), (3, 5), (2, 10), (6, 6)])
-def test_controller_history_matches_the_shared_padding_helper(length: int, history: int) -> None:
+def test_controller_history_follows_the_definition(length: int, history: int) -> None:
     # The controller keeps an incremental buffer; it must feed what training windows and policy_actions
     # index with demos.history.history_indices. RecordingPolicy's chunk row 0 is the history it was fed.
     obs = np.arange(1.0, length + 1.0)[:, None]
@@ -258,7 +257,9 @@ def test_controller_history_matches_the_shared_padding_helper(length: int, histo
     everyone = np.ones(1, dtype=bool)
     controller.reset(everyone, obs[:1])
     fed = [controller.act(obs[t:t + 1], everyone)[0] for t in range(length)]
-    np.testing.assert_array_equal(np.stack(fed), obs[history_indices(length, history)][..., 0])
+    # step t sees observations t-H+1 .. t, oldest first, the first one standing in before the start
+    expected = [[obs[max(t - back, 0), 0] for back in reversed(range(history))] for t in range(length)]
+    np.testing.assert_array_equal(np.stack(fed), np.array(expected).reshape(length, history))
 
 
 def test_policy_actions_pads_histories_like_the_controller() -> None:

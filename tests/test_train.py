@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 
-import demos
 from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
 from dopr_robot.config import TrainConfig
@@ -17,13 +16,6 @@ from dopr_robot.errors import UserError
 from dopr_robot.train import train
 
 TINY_POLICY = {"mlp": {"width": 32, "depth": 2}, "transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2}}
-
-
-@pytest.fixture(scope="module")
-def reach_demos(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("demos") / "reach.hdf5"
-    demos.collect("Reach-v0", 6, path, seed=0, progress=False)
-    return path
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
