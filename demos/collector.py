@@ -16,7 +16,11 @@ reset seeds, so the gaps between seeds are the dropped ones; the file's ``dopr_m
 ``attempts``, ``dropped`` and ``dropped_seeds``. For experts that sometimes fail (the Walker2d-v5
 expert falls in about one episode in five), where BC should imitate only what works.
 
-Observations are stored as float32. For tasks whose observations are float64 (the gymnasium
+Observations are stored as float32: the flat state under ``flat`` and the task's named parts of it
+(``robot_state``, ...) beside it. With ``cameras`` the env renders them at ``image_size`` (width,
+height) after every reset and step, and each is stored as ``<camera>_image``, uint8 ``(T, H, W, 3)``;
+rendering reads the simulation without changing it, so the states and actions are the same with
+and without cameras. For tasks whose observations are float64 (the gymnasium
 locomotion tasks) the label is the expert's action at the float64 observation, so re-querying the
 expert on the stored float32 one can differ in the last bits; for float32 tasks it is identical.
 """
@@ -39,7 +43,7 @@ from tqdm import tqdm
 
 import envs
 from demos.episode import Episode, default_split, make_episode
-from demos.hdf5 import ENV_TYPE, atomic_hdf5, demo_name, write_episode, write_index
+from demos.hdf5 import ENV_TYPE, IMAGE_SUFFIX, atomic_hdf5, demo_name, write_episode, write_index
 from dopr_robot.errors import UserError
 from envs.rollout import ExpertController, Trajectory, run_episodes
 
@@ -147,12 +151,17 @@ def expert_episodes(env: gymnasium.Env, expert: envs.Expert, seeds: Iterable[int
 
 
 def to_episode(name: str, trajectory: Trajectory) -> tuple[Episode, np.ndarray]:
-    """The episode to store (labels as actions, done on the last step) and its next observations ``(T, D)``."""
+    """The episode to store (labels as actions, done on the last step; its obs the flat state, and
+    the camera images of dict observations) and its next flat observations ``(T, D)``."""
     dones = np.zeros(trajectory.length, dtype=bool)
     dones[-1] = True
-    episode = make_episode(name, trajectory.obs[:-1], trajectory.labels, trajectory.rewards, dones,
-                           trajectory.success, seed=trajectory.seed)
-    return episode, trajectory.obs[1:]
+    states = trajectory.states
+    images = {}
+    if isinstance(trajectory.obs, dict):
+        images = {key: value[:-1] for key, value in trajectory.obs.items() if key.endswith(IMAGE_SUFFIX)}
+    episode = make_episode(name, states[:-1], trajectory.labels, trajectory.rewards, dones,
+                           trajectory.success, seed=trajectory.seed, images=images)
+    return episode, states[1:]
 
 
 def collect(
@@ -168,6 +177,8 @@ def collect(
     env_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
     version: str | None = None,
+    cameras: Sequence[str] = (),
+    image_size: Sequence[int] = (64, 64),
 ) -> CollectResult:
     """Run ``task``'s expert for ``episodes`` episodes (seeds ``seed .. seed + episodes - 1``) and write
     them to ``out`` (see the module docstring for noise and seeding).
@@ -176,7 +187,8 @@ def collect(
     ``episodes`` have succeeded; more than ``max_attempts`` (default :func:`default_max_attempts`)
     raises :class:`UserError`. ``env_kwargs`` go to the env constructor and into the file's
     ``env_args``; ``version`` is the toolkit version recorded in the file (default: the installed
-    package's). ``out`` must not exist unless ``overwrite``. Returns counts and timing; the file
+    package's). ``cameras`` (``envs.task_spec(task).cameras``) are rendered at ``image_size`` (width,
+    height) and stored as images. ``out`` must not exist unless ``overwrite``. Returns counts and timing; the file
     appears only once it is complete.
     """
     out = Path(out)
@@ -187,8 +199,10 @@ def collect(
     if not spec.available:
         raise UserError(f"task {spec.name} is unavailable: {spec.unavailable_reason}")
     env_kwargs = dict(env_kwargs or {})
+    cameras = envs.check_cameras(spec.name, cameras, spec.cameras)
+    image_size = envs.check_image_size(image_size)
     try:
-        env = envs.make(spec.name, **env_kwargs)
+        env = envs.make(spec.name, cameras=cameras, image_size=image_size, **env_kwargs)
     except TypeError as err:
         raise UserError(f"task {spec.name} does not accept env_kwargs {env_kwargs}: {err}") from None
     expert = envs.make_expert(spec.name)
@@ -202,6 +216,8 @@ def collect(
         "success_only": bool(success_only),
         "version": version if version is not None else toolkit_version(),
     }
+    if cameras:
+        meta |= {"cameras": list(cameras), "image_size": list(image_size)}
     env_args = {"env_name": spec.name, "env_kwargs": env_kwargs, "type": ENV_TYPE}
 
     start = time.perf_counter()
@@ -209,7 +225,8 @@ def collect(
     runs = expert_episodes(env, expert, range(seed, seed + max_attempts), noise)
     # closing(env): the loop closes it too, but not when the destination is refused before it starts.
     with closing(env), closing(runs), atomic_hdf5(out, overwrite=overwrite) as file, bar:
-        kept = _write_episodes(file, runs, episodes, success_only, bar)
+        obs_keys = envs.obs_key_slices(spec.name)
+        kept = _write_episodes(file, runs, episodes, success_only, bar, obs_keys)
         if len(kept.names) < episodes:
             raise UserError(
                 f"--success-only: the {spec.name} expert succeeded in {len(kept.names)} of {kept.attempts} attempts "
@@ -234,9 +251,10 @@ class _Kept:
     successes: int = 0
 
 
-def _write_episodes(file: Any, runs: Iterator[Trajectory], episodes: int, success_only: bool, bar: tqdm) -> _Kept:
+def _write_episodes(file: Any, runs: Iterator[Trajectory], episodes: int, success_only: bool, bar: tqdm,
+                    obs_keys: dict[str, slice] | None = None) -> _Kept:
     """Write the episodes of ``runs`` in turn (only the successful ones with ``success_only``) until
-    ``episodes`` are written or ``runs`` ends."""
+    ``episodes`` are written or ``runs`` ends; ``obs_keys``: the named parts of the flat state."""
     kept = _Kept()
     for trajectory in runs:
         kept.attempts += 1
@@ -244,7 +262,7 @@ def _write_episodes(file: Any, runs: Iterator[Trajectory], episodes: int, succes
         if success_only and not episode.is_success:
             kept.dropped.append(episode.seed)
         else:
-            write_episode(file, episode, next_obs)
+            write_episode(file, episode, next_obs, obs_keys)
             kept.names.append(episode.name)
             kept.transitions += len(episode)
             kept.successes += bool(episode.is_success)

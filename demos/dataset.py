@@ -32,7 +32,9 @@ class DemoDataset:
         obs_dim, act_dim: sizes of one observation and one action.
         task: the task name from the file (``env_args["env_name"]``, a Minari env id), or None.
         env_kwargs: constructor keyword arguments of that task (empty when unknown).
-        obs_keys: which observation keys were concatenated, in order, into ``obs``.
+        obs_keys: the observation keys loaded, in order: the low-dimensional ones concatenated into
+            ``obs``, the image keys kept as images.
+        image_shapes: image key -> ``(H, W, 3)`` of the episodes' images (empty without images).
         source: the path or Minari id the data came from.
         metadata: what made the data (expert, noise, seed, toolkit version, ...) as far as recorded.
     """
@@ -72,6 +74,7 @@ class DemoDataset:
         self.obs_keys = list(obs_keys)
         self.source = source
         self.metadata = dict(metadata or {})
+        self.image_shapes = {key: tuple(int(n) for n in value.shape[1:]) for key, value in episodes[0].images.items()}
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -119,6 +122,20 @@ class DemoDataset:
         actions = torch.from_numpy(np.concatenate([episode.actions for episode in self.episodes]))
         return obs, actions, offsets
 
+    @cached_property
+    def _images(self) -> dict[str, torch.Tensor]:
+        """Every episode's images concatenated, uint8 ``(N, H, W, 3)`` per key. The episodes' own arrays
+        become views of these, so the images are held once (a copy per episode would double them)."""
+        images = {}
+        for key in self.image_shapes:
+            flat = np.concatenate([episode.images[key] for episode in self.episodes])
+            start = 0
+            for episode in self.episodes:
+                episode.images[key] = flat[start:start + len(episode)]
+                start += len(episode)
+            images[key] = torch.from_numpy(flat)
+        return images
+
     def windows(self, split: str = "train", history: int = 1, chunk: int = 1) -> WindowDataset:
         """One item per step ``t`` of every episode of ``split``: observations ``t-history+1..t`` and
         actions ``t..t+chunk-1``, padded at the episode edges (see :class:`WindowDataset`)."""
@@ -143,6 +160,7 @@ class DemoDataset:
         future = step[:, None] + np.arange(chunk)[None, :]  # (M, chunk) steps t..t+c-1
         return WindowDataset(
             obs=obs,
+            images=self._images,
             actions=actions,
             obs_index=torch.from_numpy(start[:, None] + past),
             obs_mask=torch.from_numpy(real),
@@ -175,6 +193,7 @@ class DemoDataset:
             ("episodes", f"{len(self.episodes)} (train {len(self.train_indices)}, valid {len(self.valid_indices)})"),
             ("transitions", f"{int(lengths.sum())} (episode length {length_range})"),
             ("observation", f"{self.obs_dim} (keys: {', '.join(self.obs_keys)})"),
+            *_image_rows(self.metadata.get("image_keys", {}), self.image_shapes),
             ("action", str(self.act_dim)),
             ("success", success),
             ("return", f"mean {returns.mean():.3f}, min {returns.min():.3f}, max {returns.max():.3f}"),
@@ -183,6 +202,18 @@ class DemoDataset:
             rows.insert(-1, ("attempts", _attempts(self.metadata)))  # after the success row
         width = max(len(label) for label, _ in rows)
         return "\n".join(f"{label.ljust(width)}  {value}" for label, value in rows)
+
+
+def _image_rows(on_disk: dict[str, dict[str, Any]], loaded: dict[str, tuple[int, ...]]) -> list[tuple[str, str]]:
+    """One ``images`` row per image key of the file: per-step shape, dtype, size on disk, and whether loaded."""
+    rows = []
+    for key, entry in on_disk.items():
+        shape = "x".join(str(n) for n in entry.get("shape", []))
+        megabytes = entry.get("bytes", 0) / 1e6
+        note = "loaded" if key in loaded else "not loaded (name it in --obs-keys)"
+        rows.append(("images" if not rows else "", f"{key} {shape} {entry.get('dtype', '?')}, {megabytes:.2f} MB on disk, "
+                                                    f"{note}"))
+    return rows
 
 
 def _attempts(metadata: dict[str, Any]) -> str:
@@ -213,7 +244,10 @@ class WindowDataset(torch.utils.data.Dataset):
     - ``obs_mask`` ``(history,)`` bool: False for those padded steps;
     - ``actions`` ``(chunk, A)`` float32: actions ``t .. t+chunk-1``; steps past the episode end
       repeat its last action;
-    - ``action_mask`` ``(chunk,)`` bool: False for those padded steps.
+    - ``action_mask`` ``(chunk,)`` bool: False for those padded steps;
+    - ``images`` (only when the dataset has images) ``{key: (history, H, W, 3)}`` uint8: the images of
+      the observation steps, padded the same way. They stay uint8 here and on the device; the policy
+      makes them float.
 
     ``episode_index[i]`` and ``step[i]`` (NumPy) say which episode and step item ``i`` is.
     A ``DataLoader(windows, batch_size=B)`` fetches each batch with one gather (:meth:`__getitems__`)
@@ -232,8 +266,10 @@ class WindowDataset(torch.utils.data.Dataset):
         action_mask: torch.Tensor,
         episode_index: np.ndarray,
         step: np.ndarray,
+        images: dict[str, torch.Tensor] | None = None,
     ) -> None:
         self.obs = obs  # (N, D) every episode's observations, concatenated
+        self.images = dict(images or {})  # key -> (N, H, W, 3) uint8, indexed like obs
         self.actions = actions  # (N, A)
         self.obs_index = obs_index  # (M, history) rows of self.obs per item
         self.obs_mask = obs_mask  # (M, history)
@@ -253,19 +289,27 @@ class WindowDataset(torch.utils.data.Dataset):
         """The same windows with their tensors on ``device`` (a GPU batch is then gathered there, no
         host-to-device copy of the data per batch); ``episode_index`` and ``step`` stay NumPy."""
         moved = (self.obs, self.actions, self.obs_index, self.obs_mask, self.action_index, self.action_mask)
-        return WindowDataset(*(tensor.to(device) for tensor in moved), episode_index=self.episode_index, step=self.step)
+        return WindowDataset(*(tensor.to(device) for tensor in moved), episode_index=self.episode_index, step=self.step,
+                             images={key: images.to(device) for key, images in self.images.items()})
 
     def batch(self, indices: torch.Tensor | np.ndarray | list[int]) -> dict[str, torch.Tensor]:
         """Items ``indices`` stacked: ``obs`` ``(B, history, D)``, ``obs_mask`` ``(B, history)``,
         ``actions`` ``(B, chunk, A)``, ``action_mask`` ``(B, chunk)``, on the windows' device (indices
         already there cost no copy)."""
         indices = torch.as_tensor(indices, dtype=torch.long, device=self.device)
-        return {
-            "obs": self.obs[self.obs_index[indices]],
+        return self._gather(indices)
+
+    def _gather(self, indices: torch.Tensor | int) -> dict[str, Any]:
+        obs_index = self.obs_index[indices]
+        items: dict[str, Any] = {
+            "obs": self.obs[obs_index],
             "obs_mask": self.obs_mask[indices],
             "actions": self.actions[self.action_index[indices]],
             "action_mask": self.action_mask[indices],
         }
+        if self.images:
+            items["images"] = {key: images[obs_index] for key, images in self.images.items()}
+        return items
 
     def __getitem__(self, index: int | list[int] | torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
         """Item ``index``; a list or 1-D array of indices gives the stacked batch (as :meth:`batch`)."""
@@ -273,13 +317,13 @@ class WindowDataset(torch.utils.data.Dataset):
             return self.batch(index)
         if not -len(self) <= index < len(self):
             raise IndexError(f"window index {index} out of range for {len(self)} items")
-        return {
-            "obs": self.obs[self.obs_index[index]],
-            "obs_mask": self.obs_mask[index],
-            "actions": self.actions[self.action_index[index]],
-            "action_mask": self.action_mask[index],
-        }
+        return self._gather(index)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, torch.Tensor]]:
         batch = self.batch(indices)
-        return [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        images = batch.pop("images", {})
+        items = [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)]
+        for i, item in enumerate(items):
+            if images:
+                item["images"] = {key: value[i] for key, value in images.items()}
+        return items

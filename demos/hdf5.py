@@ -4,7 +4,9 @@ Layout (what ``dopr-robot collect`` writes; robomimic-style tools read it)::
 
     data/                       attrs: total (transitions), env_args (JSON), dopr_meta (JSON, ours)
       demo_<i>/                 attrs: num_samples, seed (reset seed), success (episode success)
-        obs/<key>               (T, ...) per-step observations; ours: one key "flat", (T, D) float32
+        obs/<key>               (T, ...) per-step observations; ours: "flat", (T, D) float32, the
+                                task's named parts of it (e.g. robot_state, goal), and with cameras
+                                <camera>_image, uint8 (T, H, W, 3), chunked per frame, gzip
         next_obs/<key>          (T, ...) the observation after each step (ours; ignored when reading)
         actions                 (T, A) float32
         rewards                 (T,) float32
@@ -32,12 +34,13 @@ import h5py
 import numpy as np
 
 from demos.dataset import DemoDataset
-from demos.episode import Episode, default_split, make_episode
+from demos.episode import Episode, check_image, check_image_sizes, default_split, make_episode
 from dopr_robot.atomic import atomic_path, check_destination
 from dopr_robot.errors import UserError
 
 FLAT_OBS_KEY = "flat"
 ENV_TYPE = "dopr"
+IMAGE_SUFFIX = "_image"  # robomimic's name for camera observations: <camera>_image
 
 
 # -- writing ----------------------------------------------------------------------------------------
@@ -93,10 +96,17 @@ def demo_name(index: int) -> str:
     return f"demo_{index}"
 
 
-def write_episode(file: h5py.File, episode: Episode, next_obs: np.ndarray | None = None) -> None:
-    """Add ``episode`` as ``data/<episode.name>`` (obs under the key ``flat``)."""
+def write_episode(file: h5py.File, episode: Episode, next_obs: np.ndarray | None = None,
+                  obs_keys: dict[str, slice] | None = None) -> None:
+    """Add ``episode`` as ``data/<episode.name>``: obs under the key ``flat``, its named parts
+    ``obs_keys`` (key -> slice of it) beside, and each of its images chunked per frame and compressed."""
     group = file.require_group("data").create_group(episode.name)
     group.create_dataset(f"obs/{FLAT_OBS_KEY}", data=episode.obs)
+    for key, part in (obs_keys or {}).items():
+        group.create_dataset(f"obs/{key}", data=episode.obs[:, part])
+    for key, images in episode.images.items():
+        # One frame per chunk: a training window reads frames, not whole episodes.
+        group.create_dataset(f"obs/{key}", data=images, chunks=(1, *images.shape[1:]), compression="gzip")
     if next_obs is not None:
         group.create_dataset(f"next_obs/{FLAT_OBS_KEY}", data=np.asarray(next_obs, dtype=np.float32))
     group.create_dataset("actions", data=episode.actions)
@@ -175,27 +185,59 @@ def _json_attr(group: h5py.Group, key: str) -> dict[str, Any] | None:
 
 
 def _default_obs_keys(obs_group: h5py.Group) -> list[str]:
+    """``flat`` in our files (the named parts beside it repeat it); else every low-dimensional key, sorted."""
+    if isinstance(obs_group.get(FLAT_OBS_KEY), h5py.Dataset):
+        return [FLAT_OBS_KEY]
     return sorted(key for key, item in obs_group.items() if isinstance(item, h5py.Dataset) and item.ndim == 2)
 
 
-def _read_obs(path: str, name: str, obs_group: h5py.Group, obs_keys: list[str]) -> np.ndarray:
-    parts = []
+def _obs_item(path: str, name: str, obs_group: h5py.Group, key: str) -> h5py.Dataset:
+    item = obs_group.get(key)
+    if not isinstance(item, h5py.Dataset):
+        available = ", ".join(sorted(obs_group.keys())) or "none"
+        raise UserError(f"{path}: {name} has no observation key {key!r}; available keys: {available}")
+    return item
+
+
+def _read_obs(path: str, name: str, obs_group: h5py.Group, obs_keys: list[str]
+              ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The low-dimensional keys of ``obs_keys`` concatenated ``(T, D)``, and the image keys by key."""
+    parts, images = [], {}
     for key in obs_keys:
-        item = obs_group.get(key)
-        if not isinstance(item, h5py.Dataset):
-            available = ", ".join(sorted(obs_group.keys())) or "none"
-            raise UserError(f"{path}: {name} has no observation key {key!r}; available keys: {available}")
+        item = _obs_item(path, name, obs_group, key)
+        if key.endswith(IMAGE_SUFFIX):
+            images[key] = check_image(f"{name} of {path}", key, item[()])
+            continue
         if item.ndim > 2:
             raise UserError(
                 f"{path}: observation key {key!r} holds images or other multi-dimensional data "
-                f"(per-step shape {item.shape[1:]}); choose low-dimensional obs_keys"
+                f"(per-step shape {item.shape[1:]}); choose low-dimensional obs_keys, or name camera "
+                f"images <camera>{IMAGE_SUFFIX} (uint8, (T, H, W, 3))"
             )
         array = item[()]
         parts.append(array.reshape(len(array), int(np.prod(array.shape[1:]))).astype(np.float32, copy=False))
-    lengths = {part.shape[0] for part in parts}
+    check_image_sizes(f"{path}: {name}", images)
+    lengths = {part.shape[0] for part in [*parts, *images.values()]}
     if len(lengths) > 1:
         raise UserError(f"{path}: the observation keys of {name} have different lengths {sorted(lengths)}")
-    return np.concatenate(parts, axis=1)
+    length = lengths.pop() if lengths else 0
+    obs = np.concatenate(parts, axis=1) if parts else np.zeros((length, 0), np.float32)
+    return obs, images
+
+
+def image_keys_on_disk(group: h5py.Group) -> dict[str, dict[str, Any]]:
+    """Every image-like key (per-step data of 3 dimensions) over the episodes of ``data``: its
+    per-step shape, dtype and size on disk in bytes (compressed), read from the file's index only."""
+    found: dict[str, dict[str, Any]] = {}
+    for episode in group.values():
+        obs = episode.get("obs") if isinstance(episode, h5py.Group) else None
+        if not isinstance(obs, h5py.Group):
+            continue
+        for key, item in obs.items():
+            if isinstance(item, h5py.Dataset) and item.ndim == 4:
+                entry = found.setdefault(key, {"shape": list(item.shape[1:]), "dtype": str(item.dtype), "bytes": 0})
+                entry["bytes"] += int(item.id.get_storage_size())
+    return found
 
 
 def _read_mask(path: str, file: h5py.File, names: list[str]) -> tuple[list[int], list[int]]:
@@ -225,10 +267,13 @@ def _read_mask(path: str, file: h5py.File, names: list[str]) -> tuple[list[int],
 
 
 def read_hdf5(path: str, obs_keys: list[str] | None = None) -> DemoDataset:
-    """Load a robomimic-layout file with low-dimensional observations (see the module docstring).
+    """Load a robomimic-layout file (see the module docstring).
 
-    ``obs_keys`` are concatenated in the given order; by default every key whose per-step data is
-    1-D, sorted (images are skipped). Problems in the file raise :class:`UserError`.
+    ``obs_keys``: the low-dimensional ones are concatenated in the given order into ``Episode.obs``;
+    image keys (``<camera>_image``, uint8 ``(T, H, W, 3)``, one size for all) go to
+    ``Episode.images``. By default ``flat`` when the file has it, else every key whose per-step data
+    is 1-D, sorted (images are skipped). ``Episode.state`` is ``flat`` when present, else ``obs``.
+    Problems in the file raise :class:`UserError`.
     """
     try:
         file = h5py.File(path, "r")
@@ -274,10 +319,14 @@ def _read_open_file(path: str, file: h5py.File, obs_keys: list[str] | None) -> D
                     f"keys: {', '.join(group['obs'].keys()) or 'none'}. Pass obs_keys to choose some"
                 )
         seed = group.attrs.get("seed")
+        obs, images = _read_obs(path, name, group["obs"], obs_keys)
+        flat = group["obs"].get(FLAT_OBS_KEY)
         episodes.append(
             make_episode(
                 name,
-                obs=_read_obs(path, name, group["obs"], obs_keys),
+                obs=obs,
+                images=images,
+                state=flat[()] if isinstance(flat, h5py.Dataset) and flat.ndim == 2 else None,
                 actions=group["actions"][()],
                 rewards=group["rewards"][()] if "rewards" in group else None,
                 dones=group["dones"][()] if "dones" in group else None,
@@ -295,6 +344,9 @@ def _read_open_file(path: str, file: h5py.File, obs_keys: list[str] | None) -> D
         metadata["format"] = "robomimic-layout HDF5"
         if env_args is not None:
             metadata["env_type"] = env_args.get("type")
+    on_disk = image_keys_on_disk(data)
+    if on_disk:
+        metadata["image_keys"] = on_disk
     train, valid = _read_mask(path, file, names)
     return DemoDataset(
         episodes,

@@ -9,14 +9,26 @@ collection). What a collected file records of its collection (:meth:`CollectConf
 
 from __future__ import annotations
 
+import argparse
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from demos.collector import default_max_attempts
-from dopr_robot.config import count_or_counts, option
+from dopr_robot.config import _comma_list, count_or_counts, option
 from dopr_robot.errors import UserError
+from envs.cameras import check_image_size
 from envs.seeds import DEMO_SEED
+
+
+def parse_image_size(text: str) -> tuple[int, int]:
+    """``"64"`` -> ``(64, 64)``; ``"96x64"`` -> ``(96, 64)`` (width, height)."""
+    match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a side like 64 or WIDTHxHEIGHT like 96x64, got {text!r}")
+    width = int(match.group(1))
+    return width, int(match.group(2) or width)
 
 
 @dataclass(frozen=True)
@@ -34,6 +46,11 @@ class CollectConfig:
                                             "EPISODES succeed (the file records how many were dropped, and their seeds)")
     max_attempts: int = option(0, help="when only successful episodes are kept: give up (error, no file) after this "
                                        "many attempts (0: 3 * EPISODES + 10)")
+    cameras: list = option([], parse=_comma_list, metavar="CAMERA[,CAMERA...]",
+                           help="also render these cameras (see `dopr-robot tasks`; e.g. agentview) after every step "
+                                "and store them as <camera>_image, uint8 (T, H, W, 3)")
+    image_size: tuple = option((64, 64), parse=parse_image_size, metavar="N|WxH",
+                               help="size of the camera images in pixels: N for N x N, or WIDTHxHEIGHT")
 
     def __post_init__(self) -> None:
         counts = self.counts()
@@ -50,6 +67,13 @@ class CollectConfig:
         if self.max_attempts < 0 or 0 < self.max_attempts < max(counts):
             raise UserError(f"--max-attempts must be >= --episodes ({max(counts)}), or 0 for 3 * EPISODES + 10; "
                             f"got {self.max_attempts}")
+        if not all(isinstance(camera, str) and camera for camera in self.cameras):
+            raise UserError(f"--cameras must name cameras, got {self.cameras!r}")
+        object.__setattr__(self, "cameras", list(self.cameras))
+        size = self.image_size
+        if isinstance(size, int) and not isinstance(size, bool):  # a JSON file may give one side
+            size = (size, size)
+        object.__setattr__(self, "image_size", check_image_size(size))  # a JSON file gives a list
 
     def counts(self) -> list[int]:
         """The episode counts: one, or the several of a comparison over counts."""
@@ -65,10 +89,14 @@ class CollectConfig:
     def record(self, task: str) -> dict[str, Any]:
         """What a file of ``task``'s demonstrations collected with this config records of it (its
         ``dopr_meta``; one count)."""
-        return {"task": task, "episodes": self.episodes, "seed": self.seed, "noise": float(self.noise),
-                "success_only": self.success_only}
+        record = {"task": task, "episodes": self.episodes, "seed": self.seed, "noise": float(self.noise),
+                  "success_only": self.success_only}
+        if self.cameras:  # files without cameras record none (as before cameras existed)
+            record |= {"cameras": list(self.cameras), "image_size": list(self.image_size)}
+        return record
 
     def collect_arguments(self) -> dict[str, Any]:
         """Keyword arguments of :func:`demos.collect` (one count)."""
         return {"episodes": self.episodes, "seed": self.seed, "noise": self.noise, "success_only": self.success_only,
-                "max_attempts": self.max_attempts or None}
+                "max_attempts": self.max_attempts or None, "cameras": tuple(self.cameras),
+                "image_size": self.image_size}

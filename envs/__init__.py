@@ -5,11 +5,14 @@ Public API::
 
     list_tasks() -> list[str]
     task_spec(name) -> TaskSpec              # sizes, horizon, expert kind, availability, criterion
-    make(name, **kwargs) -> gymnasium.Env    # also gymnasium.make("dopr/<name>")
+    make(name, cameras=(), image_size=(64, 64), **kwargs) -> gymnasium.Env  # also gymnasium.make("dopr/<name>")
+    obs_key_slices(name) -> dict[str, slice] # the named low-dim parts of the flat observation
     make_expert(name) -> Expert              # expert.act(obs (D,) or (N, D)) -> action (A,) or (N, A)
     describe_tasks() -> str                  # the table behind `dopr-robot tasks`
 
-Conventions shared by every task: observations are flat float32 ``Box`` vectors (float64 for the
+Conventions shared by every task: observations are flat float32 ``Box`` vectors (for tasks with
+cameras, made with ``cameras=...``, a ``Dict`` of that vector, its named parts and images, see
+:mod:`envs.cameras`) (float64 for the
 gymnasium locomotion tasks, unchanged), ``info["is_success"]`` is present on every step and in
 the reset info, an episode counts as a success when ``is_success`` holds on its final step, the
 horizon is counted inside the env (``truncated``; ``terminated`` only for real episode ends such as
@@ -33,6 +36,7 @@ from functools import partial
 
 import gymnasium
 
+from envs.cameras import check_cameras, check_image_size, image_key, is_image_key
 from envs.experts.base import Expert
 from envs.registry import (
     GYMNASIUM_NAMESPACE,
@@ -42,10 +46,12 @@ from envs.registry import (
     list_tasks,
     make,
     make_expert,
+    obs_key_slices,
     task_spec,
 )
 
-__all__ = ["Expert", "TaskSpec", "describe_tasks", "list_tasks", "make", "make_expert", "task_spec"]
+__all__ = ["Expert", "TaskSpec", "check_cameras", "check_image_size", "describe_tasks", "image_key", "is_image_key",
+           "list_tasks", "make", "make_expert", "obs_key_slices", "task_spec"]
 
 for _name in TASKS:
     if f"{GYMNASIUM_NAMESPACE}/{_name}" not in gymnasium.registry:

@@ -12,6 +12,7 @@ import numpy as np
 from gymnasium import spaces, utils
 from gymnasium.envs.mujoco import MujocoEnv
 
+from envs.cameras import CameraRenderer, camera_space
 from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
 
 
@@ -22,9 +23,19 @@ class GoalTaskEnv(MujocoEnv, utils.EzPickle):
     returns the reward terms of :meth:`_task_rewards` plus ``reward_control`` (all in ``info``).
     ``is_success`` is ``_distance() < success_distance``; ``truncated`` after ``horizon`` steps.
 
-    A subclass keeps its own ``__init__`` signature and defaults and supplies ``_get_obs``,
-    ``_distance``, ``_task_rewards`` and ``reset_model`` (which must zero ``_elapsed_steps``).
+    A subclass keeps its own ``__init__`` signature and defaults and supplies ``_flat_obs``,
+    ``_distance``, ``_task_rewards`` and ``reset_model`` (which must zero ``_elapsed_steps``), and
+    names the parts of its flat observation in :attr:`OBS_KEYS` (in order; together they are the
+    whole vector) and its cameras in :attr:`CAMERAS`.
+
+    Made with ``cameras`` (names from :attr:`CAMERAS`), the observation is a ``Dict``
+    (:func:`envs.cameras.camera_space`): ``flat``, the :attr:`OBS_KEYS` parts, and one uint8 image
+    per camera at ``image_size`` (width, height), rendered after every reset, step and
+    :meth:`set_state`. Without cameras it is the flat vector, as before.
     """
+
+    OBS_KEYS: dict[str, slice] = {}
+    CAMERAS: tuple[str, ...] = ()
 
     # render_fps is set per instance from dt (it depends on frame_skip).
     metadata = {"render_modes": ["rgb_array", "depth_array", "rgbd_tuple"]}
@@ -41,6 +52,8 @@ class GoalTaskEnv(MujocoEnv, utils.EzPickle):
         render_mode: str | None,
         width: int,
         height: int,
+        cameras: tuple[str, ...] = (),
+        image_size: tuple[int, int] = (64, 64),
     ) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
@@ -49,13 +62,14 @@ class GoalTaskEnv(MujocoEnv, utils.EzPickle):
         # Pickling rebuilds the subclass from these, in the order of its own __init__.
         utils.EzPickle.__init__(
             self, horizon, success_distance, ctrl_cost_weight, terminate_on_success, frame_skip,
-            render_mode, width, height,
+            render_mode, width, height, tuple(cameras), tuple(image_size),
         )
         self.horizon = horizon
         self.success_distance = success_distance
         self.ctrl_cost_weight = ctrl_cost_weight
         self.terminate_on_success = terminate_on_success
         self._elapsed_steps = 0
+        self._cameras: CameraRenderer | None = None
 
         MujocoEnv.__init__(
             self,
@@ -69,6 +83,28 @@ class GoalTaskEnv(MujocoEnv, utils.EzPickle):
         )
         use_fast_rendering(self.model)
         self.metadata = {**self.metadata, "render_fps": int(np.round(1.0 / self.dt))}
+        if cameras:
+            flat = self.observation_space
+            low_dim = {key: len(range(obs_size)[part]) for key, part in self.OBS_KEYS.items()}
+            self.observation_space = camera_space(flat, low_dim, cameras, tuple(image_size))
+            self._cameras = CameraRenderer(self.model, cameras, tuple(image_size))
+
+    def _flat_obs(self) -> np.ndarray:
+        """The flat state observation (float32); the experts act on it."""
+        raise NotImplementedError
+
+    def _get_obs(self) -> np.ndarray | dict[str, np.ndarray]:
+        flat = self._flat_obs()
+        if self._cameras is None:
+            return flat
+        parts = {"flat": flat} | {key: flat[part] for key, part in self.OBS_KEYS.items()}
+        return parts | self._cameras.render(self.data)
+
+    def close(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
+            self._cameras = None
+        super().close()
 
     # -- supplied by each task ------------------------------------------------------------------
 

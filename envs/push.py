@@ -66,6 +66,15 @@ class PushEnv(GoalTaskEnv):
     ``TimeLimit`` wrapper): the counter is part of :meth:`get_state`.
     """
 
+    OBS_KEYS = {
+        "robot_state": slice(0, 4),  # pusher position and velocity: what the pusher knows
+        "object": slice(4, 9),  # puck position, velocity, spin
+        "goal": slice(9, 11),
+        "object_rel": slice(11, 13),  # puck minus pusher
+        "goal_rel": slice(13, 15),  # goal minus puck
+    }
+    CAMERAS = ("agentview", "fixed")
+
     def __init__(
         self,
         horizon: int = 150,
@@ -76,10 +85,12 @@ class PushEnv(GoalTaskEnv):
         render_mode: str | None = None,
         width: int = 320,  # the camera "fixed" in the XML frames the workspace at 4:3
         height: int = 240,
+        cameras: tuple[str, ...] = (),
+        image_size: tuple[int, int] = (64, 64),
     ) -> None:
         super().__init__(
             ASSET_PATH, 15, horizon, success_distance, ctrl_cost_weight, terminate_on_success,
-            frame_skip, render_mode, width, height,
+            frame_skip, render_mode, width, height, cameras, image_size,
         )
 
     # -- observation, success, reward ---------------------------------------------------------
@@ -96,7 +107,7 @@ class PushEnv(GoalTaskEnv):
     def _goal_position(self) -> np.ndarray:
         return self.data.mocap_pos[0, :2].copy()
 
-    def _get_obs(self) -> np.ndarray:
+    def _flat_obs(self) -> np.ndarray:
         pusher, puck, goal = self._pusher_position(), self._puck_position(), self._goal_position()
         qvel = self.data.qvel
         return np.concatenate(

@@ -81,6 +81,13 @@ class ReachEnv(GoalTaskEnv):
     ``TimeLimit`` wrapper): the counter is part of :meth:`get_state`.
     """
 
+    OBS_KEYS = {
+        "robot_state": slice(0, 12),  # joint cos, sin, velocities and the fingertip: what the arm knows
+        "goal": slice(12, 15),
+        "goal_rel": slice(15, 18),  # target minus fingertip
+    }
+    CAMERAS = ("agentview", "fixed")
+
     def __init__(
         self,
         horizon: int = 100,
@@ -91,10 +98,12 @@ class ReachEnv(GoalTaskEnv):
         render_mode: str | None = None,
         width: int = 320,  # the camera "fixed" in the XML frames the workspace at 4:3
         height: int = 240,
+        cameras: tuple[str, ...] = (),
+        image_size: tuple[int, int] = (64, 64),
     ) -> None:
         super().__init__(
             ASSET_PATH, 18, horizon, success_distance, ctrl_cost_weight, terminate_on_success,
-            frame_skip, render_mode, width, height,
+            frame_skip, render_mode, width, height, cameras, image_size,
         )
         self._fingertip = self.model.site("fingertip").id
 
@@ -109,7 +118,7 @@ class ReachEnv(GoalTaskEnv):
     def _distance(self) -> float:
         return float(np.linalg.norm(self._target_position() - self._fingertip_position()))
 
-    def _get_obs(self) -> np.ndarray:
+    def _flat_obs(self) -> np.ndarray:
         angles = self.data.qpos[:3]
         fingertip = self._fingertip_position()
         target = self._target_position()

@@ -7,13 +7,15 @@ a test checks them against the built envs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Literal
+from typing import Callable, Literal, Sequence
 
 import gymnasium
+import numpy as np
 
 from dopr_robot.errors import UserError
+from envs.cameras import check_cameras, check_image_size
 from envs.experts.base import Expert
 from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchReachExpert
 from envs.experts.push import PushExpert
@@ -44,6 +46,8 @@ class TaskSpec:
     available: bool
     unavailable_reason: str
     success_criterion: str
+    obs_keys: dict[str, int] = field(default_factory=dict)  # named low-dim parts of the flat state -> size
+    cameras: tuple[str, ...] = ()  # cameras make(name, cameras=...) can render
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,14 @@ class TaskEntry:
     expert_kind: ExpertKind
     success_criterion: str
     needs_fetch_extra: bool = False
+    obs_keys: dict[str, int] = field(default_factory=dict)
+    cameras: tuple[str, ...] = ()
+
+
+def _own(env_class: type, **kwargs: object) -> TaskEntry:
+    """An own MuJoCo task: its named observation parts and cameras come from the env class."""
+    sizes = {key: part.stop - part.start for key, part in env_class.OBS_KEYS.items()}
+    return TaskEntry(make_env=env_class, obs_keys=sizes, cameras=env_class.CAMERAS, **kwargs)
 
 
 def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str) -> TaskEntry:
@@ -90,8 +102,8 @@ def _locomotion(task: str, obs_dim: int, act_dim: int, success_return: float) ->
 # has none and gets Hopper's level; Humanoid's healthy reward alone is 5000 over 1000 steps, so it
 # needs 6000 (forward progress). Override per env with make(name, success_return=...).
 TASKS: dict[str, TaskEntry] = {
-    "Reach-v0": TaskEntry(
-        make_env=ReachEnv,
+    "Reach-v0": _own(
+        ReachEnv,
         make_expert=ReachExpert,
         obs_dim=18,
         act_dim=3,
@@ -99,8 +111,8 @@ TASKS: dict[str, TaskEntry] = {
         expert_kind="scripted",
         success_criterion="fingertip within 2.5 cm of the target on the final step",
     ),
-    "Push-v0": TaskEntry(
-        make_env=PushEnv,
+    "Push-v0": _own(
+        PushEnv,
         make_expert=PushExpert,
         obs_dim=15,
         act_dim=2,
@@ -155,18 +167,35 @@ def task_spec(name: str) -> TaskSpec:
         available=not reason,
         unavailable_reason=reason,
         success_criterion=entry.success_criterion,
+        obs_keys=dict(entry.obs_keys),
+        cameras=entry.cameras,
     )
 
 
-def make(name: str, **kwargs: object) -> gymnasium.Env:
+def obs_key_slices(name: str) -> dict[str, slice]:
+    """The named low-dimensional parts of task ``name``'s flat observation, as slices of it (in order)."""
+    _, entry = _lookup(name)
+    starts = np.cumsum([0, *entry.obs_keys.values()])
+    return {key: slice(int(start), int(start + size)) for key, start, size in zip(entry.obs_keys, starts, entry.obs_keys.values())}
+
+
+def make(name: str, cameras: Sequence[str] = (), image_size: Sequence[int] = (64, 64),
+         **kwargs: object) -> gymnasium.Env:
     """Build task ``name``; keyword arguments go to its constructor (e.g. ``render_mode="rgb_array"``).
 
     The returned env has ``get_state()``/``set_state(state)``. Locomotion envs build without expert
     weights; a missing optional extra raises :class:`UserError` naming the install command.
+    ``cameras`` (names from ``task_spec(name).cameras``) make the observation a ``Dict``: the flat
+    state under ``"flat"``, the named low-dimensional parts, and ``"<camera>_image"`` uint8
+    ``(H, W, 3)`` at ``image_size`` = (width, height); see :mod:`envs.cameras`. An unknown camera
+    is one :class:`UserError` line listing the task's cameras.
     """
-    _, entry = _lookup(name)
+    key, entry = _lookup(name)
     if entry.needs_fetch_extra and not fetch_installed():
         raise UserError(f"task {name} is unavailable: {FETCH_MISSING_REASON}")
+    cameras = check_cameras(key, cameras, entry.cameras)
+    if cameras:
+        kwargs |= {"cameras": cameras, "image_size": check_image_size(image_size)}
     return entry.make_env(**kwargs)
 
 

@@ -23,6 +23,11 @@ A :class:`Controller` turns a batch of observations into a batch of actions and 
 memory; :class:`ExpertController` is the task's expert, batched. A controller that executes something
 other than what it means (an expert with exploration noise) also says what it meant: a
 :class:`LabellingController`'s ``labels``, recorded as the trajectory's ``labels``.
+
+Observations are arrays, or dicts of arrays for envs made with cameras (a ``Dict`` space, see
+:mod:`envs.cameras`): then the controller gets ``{key: (K, ...)}``, a trajectory's ``obs`` is
+``{key: (T + 1, ...)}``, and its ``states`` are the ``"flat"`` entry, the privileged state that
+experts act on and the compounding-error metrics measure (for array observations, the observations).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import gymnasium
 import numpy as np
 
 from dopr_robot.errors import UserError
+from envs.cameras import FLAT_KEY
 
 
 @dataclass
@@ -44,6 +50,8 @@ class Trajectory:
     the controller commanded (before the env's own clipping). rewards ``(T,)``. success ``(T,)``:
     ``info["is_success"]`` after each step. frames: ``T + 1`` RGB arrays when rendered, else None.
     labels ``(T, A)``: what a :class:`LabellingController` meant at each step, else None.
+    For dict observations ``obs`` is ``{key: (T + 1, ...)}``. states ``(T + 1, S)``: the flat state
+    at each step (``obs["flat"]``, or ``obs`` itself when it is an array).
     """
 
     seed: int
@@ -59,6 +67,16 @@ class Trajectory:
     @property
     def length(self) -> int:
         return int(self.actions.shape[0])
+
+    @property
+    def states(self) -> np.ndarray:
+        return state_of(self.obs)
+
+
+def state_of(obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+    """The flat state in an observation (or a batch, or a trajectory of them): ``obs["flat"]`` for
+    dict observations, else ``obs`` itself."""
+    return obs[FLAT_KEY] if isinstance(obs, dict) else obs
 
 
 class Controller(Protocol):
@@ -93,7 +111,8 @@ class ExpertController:
     def reset(self, slots: np.ndarray, obs: np.ndarray, seeds: Sequence[int | None] | None = None) -> None:
         pass
 
-    def act(self, obs: np.ndarray, active: np.ndarray) -> np.ndarray:
+    def act(self, obs: np.ndarray | dict[str, np.ndarray], active: np.ndarray) -> np.ndarray:
+        obs = state_of(obs)  # experts act on the flat state
         if active.all():  # the usual case: no gather
             return np.asarray(self.expert.act(obs), dtype=np.float32)
         actions = np.zeros((obs.shape[0], self.act_dim), dtype=np.float32)
@@ -116,7 +135,11 @@ class _Running:
     frames: list | None = None
 
     def finish(self, terminated: bool, truncated: bool) -> Trajectory:
-        return Trajectory(seed=self.seed, obs=np.stack(self.obs), actions=np.stack(self.actions),
+        if isinstance(self.obs[0], dict):
+            obs = {key: np.stack([o[key] for o in self.obs]) for key in self.obs[0]}
+        else:
+            obs = np.stack(self.obs)
+        return Trajectory(seed=self.seed, obs=obs, actions=np.stack(self.actions),
                           rewards=np.asarray(self.rewards, dtype=np.float64),
                           success=np.asarray(self.success, dtype=bool), terminated=terminated, truncated=truncated,
                           frames=self.frames, labels=np.stack(self.labels) if self.labels else None)
@@ -160,8 +183,7 @@ def run_episodes(make_env: Callable[[], gymnasium.Env], controller_factory: Call
 def _run(slots: list[gymnasium.Env], controller: Controller, seeds: Iterator[int], render: bool
          ) -> Iterator[tuple[int, Trajectory]]:
     k = len(slots)
-    space = slots[0].observation_space
-    obs = np.zeros((k, *space.shape), dtype=space.dtype)  # (K, D): each slot's newest observation
+    obs = _batch(slots[0].observation_space, k)  # (K, D) or {key: (K, ...)}: each slot's newest observation
     running: list[_Running | None] = [None] * k
     active = np.zeros(k, dtype=bool)
     live: list[int] = []  # the slots running an episode (np.flatnonzero(active), kept as a list)
@@ -178,9 +200,9 @@ def _run(slots: list[gymnasium.Env], controller: Controller, seeds: Iterator[int
             if seed is None:
                 continue
             handed_out += 1
-            obs[i], _ = slots[i].reset(seed=int(seed))
+            _put(obs, i, slots[i].reset(seed=int(seed))[0])
             started[i], reset_seeds[i] = True, int(seed)
-            running[i].obs.append(obs[i].copy())
+            running[i].obs.append(_row(obs, i, copy=True))
             if render:
                 running[i].frames.append(slots[i].render())
         active[:] = [r is not None for r in running]
@@ -195,17 +217,18 @@ def _run(slots: list[gymnasium.Env], controller: Controller, seeds: Iterator[int
             raise UserError("the policy produced a non-finite action (NaN or Inf); the checkpoint may be broken")
         labels = getattr(controller, "labels", None)  # a LabellingController's
         labels = None if labels is None else np.array(labels)
-        obs = obs.copy()  # a new (K, D) each step: the episodes keep views of its rows
+        obs = _copy(obs)  # a new (K, D) each step: the episodes keep views of its rows
         done = []
         for i in live:
             r = running[i]
-            obs[i], reward, terminated, truncated, info = slots[i].step(actions[i])
+            new, reward, terminated, truncated, info = slots[i].step(actions[i])
+            _put(obs, i, new)
             r.actions.append(actions[i])
             if labels is not None:
                 r.labels.append(labels[i])
             r.rewards.append(reward)
             r.success.append(bool(info.get("is_success", False)))
-            r.obs.append(obs[i])
+            r.obs.append(_row(obs, i))
             if render:
                 r.frames.append(slots[i].render())
             if terminated or truncated:
@@ -213,3 +236,29 @@ def _run(slots: list[gymnasium.Env], controller: Controller, seeds: Iterator[int
                 yield r.episode, r.finish(bool(terminated), bool(truncated))
         if done:
             start(done)
+
+
+# Batches of observations: one (K, ...) array, or {key: (K, ...)} for a Dict space.
+
+def _batch(space: gymnasium.Space, k: int) -> np.ndarray | dict[str, np.ndarray]:
+    if isinstance(space, gymnasium.spaces.Dict):
+        return {key: np.zeros((k, *sub.shape), dtype=sub.dtype) for key, sub in space.spaces.items()}
+    return np.zeros((k, *space.shape), dtype=space.dtype)
+
+
+def _put(batch: np.ndarray | dict[str, np.ndarray], i: int, obs: np.ndarray | dict[str, np.ndarray]) -> None:
+    if isinstance(batch, dict):
+        for key, array in batch.items():
+            array[i] = obs[key]
+    else:
+        batch[i] = obs
+
+
+def _row(batch: np.ndarray | dict[str, np.ndarray], i: int, copy: bool = False):
+    if isinstance(batch, dict):
+        return {key: array[i].copy() if copy else array[i] for key, array in batch.items()}
+    return batch[i].copy() if copy else batch[i]
+
+
+def _copy(batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    return {key: array.copy() for key, array in batch.items()} if isinstance(batch, dict) else batch.copy()

@@ -65,7 +65,7 @@ def test_collect_and_compare_take_the_same_collection_options(tmp_path: Path, ca
     from dopr_robot.collect_config import CollectConfig
 
     flags = ["--" + f.name.replace("_", "-") for f in fields(CollectConfig)]
-    assert flags == ["--episodes", "--seed", "--noise", "--success-only", "--max-attempts"]
+    assert flags == ["--episodes", "--seed", "--noise", "--success-only", "--max-attempts", "--cameras", "--image-size"]
     for command, prefix in (("collect", "--"), ("compare", "--demo-")):
         with pytest.raises(SystemExit):
             main([command, "--help"])

@@ -1,6 +1,7 @@
 """dopr-robot collect: run a task's expert and write its demonstrations to one HDF5 file.
 
-``--episodes``, ``--seed``, ``--noise``, ``--success-only`` and ``--max-attempts`` are the fields of
+``--episodes``, ``--seed``, ``--noise``, ``--success-only``, ``--max-attempts``, ``--cameras`` and
+``--image-size`` are the fields of
 :class:`~dopr_robot.collect_config.CollectConfig`, the same config a comparison collects with
 (``compare --demo-episodes``, ``--demo-success-only``, ...).
 """

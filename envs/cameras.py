@@ -1,0 +1,89 @@
+"""Camera observations: images rendered offscreen from named cameras of a MuJoCo model.
+
+A task that offers cameras returns, when made with ``cameras=(...)``, a ``Dict`` observation: its flat
+state under ``"flat"``, its named low-dimensional parts, and one ``"<camera>_image"`` uint8
+``(H, W, 3)`` per camera (robomimic's key names and layout). One :class:`mujoco.Renderer` serves every
+camera of an env (they share the image size) and lives as long as the env: building one per frame
+would cost more than rendering.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
+
+import mujoco
+import numpy as np
+from gymnasium import spaces
+
+from dopr_robot.errors import UserError
+
+IMAGE_SUFFIX = "_image"
+FLAT_KEY = "flat"
+MIN_IMAGE_SIDE, MAX_IMAGE_SIDE = 8, 1024
+
+
+def image_key(camera: str) -> str:
+    """The observation key of ``camera``'s images (``agentview`` -> ``agentview_image``)."""
+    return f"{camera}{IMAGE_SUFFIX}"
+
+
+def is_image_key(key: str) -> bool:
+    return key.endswith(IMAGE_SUFFIX)
+
+
+def check_cameras(task: str, cameras: Sequence[str], offered: Sequence[str]) -> tuple[str, ...]:
+    """``cameras`` as a tuple, each once; a camera the task lacks is one UserError line listing its cameras."""
+    cameras = tuple(cameras)
+    for camera in cameras:
+        if camera not in offered:
+            listed = ", ".join(offered) if offered else "none (it renders no camera observations)"
+            raise UserError(f"task {task} has no camera {camera!r}; its cameras: {listed}")
+    if len(set(cameras)) < len(cameras):
+        raise UserError(f"--cameras names a camera twice: {','.join(cameras)}")
+    return cameras
+
+
+def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
+    """``(width, height)`` in pixels, each within [MIN_IMAGE_SIDE, MAX_IMAGE_SIDE], or a UserError line."""
+    size = tuple(image_size)
+    if (len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
+            or not all(MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size)):
+        raise UserError(f"--image-size must be N or WIDTHxHEIGHT with sides {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} "
+                        f"pixels, got {image_size!r}")
+    return int(size[0]), int(size[1])
+
+
+def camera_space(flat: spaces.Box, low_dim: dict[str, int], cameras: Sequence[str],
+                 image_size: tuple[int, int]) -> spaces.Dict:
+    """The ``Dict`` observation space: ``flat``, the low-dimensional keys, then one image per camera."""
+    width, height = image_size
+    parts: dict[str, spaces.Space] = {FLAT_KEY: flat}
+    parts |= {key: spaces.Box(-np.inf, np.inf, shape=(size,), dtype=flat.dtype) for key, size in low_dim.items()}
+    parts |= {image_key(c): spaces.Box(0, 255, shape=(height, width, 3), dtype=np.uint8) for c in cameras}
+    return spaces.Dict(parts)
+
+
+class CameraRenderer:
+    """Renders ``cameras`` of ``model`` at ``image_size`` (width, height) into uint8 ``(H, W, 3)`` arrays."""
+
+    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], image_size: tuple[int, int]) -> None:
+        width, height = image_size
+        # The offscreen buffer must hold the image; the assets size it for their video camera.
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, height)
+        self.cameras = tuple(cameras)
+        self.ids = [model.camera(camera).id for camera in self.cameras]
+        self.renderer = mujoco.Renderer(model, height=height, width=width)
+
+    def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
+        images = {}
+        for camera, camera_id in zip(self.cameras, self.ids):
+            self.renderer.update_scene(data, camera=camera_id)
+            images[image_key(camera)] = self.renderer.render()  # a new array each call, top row first
+        return images
+
+    def close(self) -> None:
+        self.renderer.close()
