@@ -222,11 +222,12 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
 
 def _compounding(policy: Policy, expert, policy_runs: list[Trajectory], expert_runs: list[Trajectory],
                  records: list[dict[str, Any]], bootstrap_seed: int, horizon: int | None) -> dict[str, Any]:
-    """Relabel every visited state with both the policy (fresh prediction) and the expert, in bulk."""
-    policy_states = [t.obs[:-1] for t in policy_runs]
-    expert_states = [t.obs[:-1] for t in expert_runs]
-    policy_at_policy = _split(policy_actions(policy, policy_states), policy_states)
-    policy_at_expert = _split(policy_actions(policy, expert_states), expert_states)
+    """Relabel every visited state with both the policy (fresh prediction, on its observations) and
+    the expert (on the flat states), in bulk."""
+    policy_states = [t.states[:-1] for t in policy_runs]
+    expert_states = [t.states[:-1] for t in expert_runs]
+    policy_at_policy = _split(policy_actions(policy, [t.obs[:-1] for t in policy_runs]), policy_states)
+    policy_at_expert = _split(policy_actions(policy, [t.obs[:-1] for t in expert_runs]), expert_states)
     expert_at_policy = _split(expert.act(np.concatenate(policy_states)), policy_states)
     expert_at_expert = _split(expert.act(np.concatenate(expert_states)), expert_states)
     obs_mean = policy.obs_normalizer.mean.double().cpu().numpy()

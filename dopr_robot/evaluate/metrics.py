@@ -228,11 +228,12 @@ def episode_compounding(policy: Trajectory, expert: Trajectory, obs_mean: np.nda
     the time to divergence (:func:`time_to_divergence`) against ``threshold`` (default
     :func:`divergence_threshold` of the observation dimension).
     """
-    if not np.array_equal(policy.obs[0], expert.obs[0]):
+    if not np.array_equal(policy.states[0], expert.states[0]):
         raise RuntimeError(f"seed {policy.seed}: the policy's and the expert's initial observations differ; "
                            "the task's reset is not determined by its seed")
     steps = min(policy.length, expert.length)
-    dx = (policy.obs[: steps + 1] - expert.obs[: steps + 1]) / obs_std  # mean cancels in a difference
+    # Deviations are in the flat state (what the expert acts on), whatever the policy observes.
+    dx = (policy.states[: steps + 1] - expert.states[: steps + 1]) / obs_std  # mean cancels in a difference
     deviation = np.linalg.norm(dx, axis=-1)
     du = (policy.actions[:steps] - expert.actions[:steps]) / act_std
     per_step = np.minimum(1.0, np.sum(dx[:steps] ** 2, axis=-1) + np.sum(du ** 2, axis=-1))
@@ -240,7 +241,7 @@ def episode_compounding(policy: Trajectory, expert: Trajectory, obs_mean: np.nda
     on_policy = np.sum(((policy_at_policy - expert_at_policy) / act_std) ** 2, axis=-1)
     on_expert = np.sum(((policy_at_expert - expert_at_expert) / act_std) ** 2, axis=-1)
     if threshold is None:
-        threshold = divergence_threshold(policy.obs.shape[-1])
+        threshold = divergence_threshold(policy.states.shape[-1])
     policy_failed = policy.terminated and not (policy.length and bool(policy.success[-1]))
     t_div, diverged = time_to_divergence(deviation, threshold, policy.length, expert.length, policy_failed)
     return {
