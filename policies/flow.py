@@ -58,8 +58,9 @@ import torch
 from torch import Tensor, nn
 
 from policies.base import Generators, Policy, masked_mean
-from policies.mlp import MLPConfig, MLPTrunk
-from policies.transformer import TransformerConfig, TransformerTrunk
+from policies.encoders import ImageEncoderConfig
+from policies.mlp import MLPTrunk, MLPTrunkConfig
+from policies.transformer import TransformerTrunk, TransformerTrunkConfig
 
 TIME_SAMPLING = ("uniform", "beta")
 
@@ -85,21 +86,24 @@ class FlowHeadConfig:
 
 
 @dataclass(frozen=True)
-class FlowMLPConfig(FlowHeadConfig, MLPConfig):
-    """``mlp``'s trunk options (width, depth, dropout), then the flow head's."""
+class FlowMLPConfig(ImageEncoderConfig, FlowHeadConfig, MLPTrunkConfig):
+    """``mlp``'s trunk options (width, depth, dropout), the flow head's, then the image encoder's."""
 
     def __post_init__(self) -> None:
-        MLPConfig.__post_init__(self)
+        self.check_trunk()
         self.check_head()
+        self.check_encoder()
 
 
 @dataclass(frozen=True)
-class FlowTransformerConfig(FlowHeadConfig, TransformerConfig):
-    """``transformer``'s trunk options (d_model, n_layers, n_heads, mlp_ratio, dropout), then the flow head's."""
+class FlowTransformerConfig(ImageEncoderConfig, FlowHeadConfig, TransformerTrunkConfig):
+    """``transformer``'s trunk options (d_model, n_layers, n_heads, mlp_ratio, dropout), the flow head's,
+    then the image encoder's."""
 
     def __post_init__(self) -> None:
-        TransformerConfig.__post_init__(self)
+        self.check_trunk()
         self.check_head()
+        self.check_encoder()
 
 
 def time_embedding(t: Tensor, dim: int, min_period: float = 4e-3, max_period: float = 4.0) -> Tensor:

@@ -16,16 +16,22 @@ from policies.encoders import ImageEncoderConfig
 
 
 @dataclass(frozen=True)
-class MLPConfig(ImageEncoderConfig):
-    """The image encoder's options (used with images only), then the residual MLP's."""
-
+class MLPTrunkConfig:
     width: int = 256  # hidden width of every residual block
     depth: int = 3  # number of residual blocks
     dropout: float = 0.0  # dropout inside each block
 
-    def __post_init__(self) -> None:
+    def check_trunk(self) -> None:
         if self.width < 1 or self.depth < 0 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"invalid MLP config {self}: need width >= 1, depth >= 0, 0 <= dropout < 1")
+
+
+@dataclass(frozen=True)
+class MLPConfig(ImageEncoderConfig, MLPTrunkConfig):
+    """The residual MLP's options, then the image encoder's (used with images only)."""
+
+    def __post_init__(self) -> None:
+        self.check_trunk()
         self.check_encoder()
 
 

@@ -16,20 +16,26 @@ from policies.encoders import ImageEncoderConfig
 
 
 @dataclass(frozen=True)
-class TransformerConfig(ImageEncoderConfig):
-    """The image encoder's options (used with images only), then the transformer's."""
-
+class TransformerTrunkConfig:
     d_model: int = 128  # token width
     n_layers: int = 4  # transformer blocks
     n_heads: int = 4  # attention heads (d_model must divide evenly)
     mlp_ratio: int = 4  # hidden width of each block's MLP, in multiples of d_model
     dropout: float = 0.0
 
-    def __post_init__(self) -> None:
+    def check_trunk(self) -> None:
         if self.d_model < 1 or self.n_layers < 1 or self.n_heads < 1 or self.d_model % self.n_heads:
             raise ValueError(f"invalid transformer config {self}: d_model must be a multiple of n_heads, all >= 1")
         if self.mlp_ratio < 1 or not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"invalid transformer config {self}: need mlp_ratio >= 1 and 0 <= dropout < 1")
+
+
+@dataclass(frozen=True)
+class TransformerConfig(ImageEncoderConfig, TransformerTrunkConfig):
+    """The transformer's options, then the image encoder's (used with images only)."""
+
+    def __post_init__(self) -> None:
+        self.check_trunk()
         self.check_encoder()
 
 
