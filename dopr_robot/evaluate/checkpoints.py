@@ -56,7 +56,8 @@ def evaluate_checkpoint(run_or_file: str | Path, config: EvalConfig, *, task: st
     task, env_kwargs = checkpoint_task(checkpoint, task)
     use_ema = config.use_ema
     policy = policy_from_checkpoint(checkpoint, use_ema=use_ema, device=device, flow_steps=config.flow_steps)
-    result = evaluate(policy, task, config, env_kwargs=env_kwargs, progress=progress)
+    result = evaluate(policy, task, config, env_kwargs=env_kwargs, progress=progress,
+                      obs_keys=(checkpoint.get("dataset") or {}).get("obs_keys") or ())
     result.validation = validation_record(run_or_file, checkpoint)
     result.checkpoint = {"path": str(checkpoint_path(run_or_file)), "step": checkpoint.get("step"),
                          "use_ema": use_ema and checkpoint.get("ema") is not None,

@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
+import gymnasium
 import numpy as np
 import torch
 
@@ -151,10 +152,26 @@ def task_horizon(task: str, env_kwargs: dict[str, Any] | None) -> int:
     return int((env_kwargs or {}).get("horizon", envs.task_spec(task).horizon))
 
 
-def resolve_task(task: str, env_kwargs: dict[str, Any] | None, with_expert: bool):
-    """(task name, env factory, expert or None, note) for a registered task, with the checks users need."""
+def camera_kwargs(image_shapes: Mapping[str, Sequence[int]]) -> dict[str, Any]:
+    """``envs.make`` arguments that render what a policy with ``image_shapes`` {"<camera>_image": (h, w, 3)}
+    was trained on: the same cameras at the same size; {} for a state policy."""
+    if not image_shapes:
+        return {}
+    not_cameras = [key for key in image_shapes if not key.endswith("_image")]
+    sizes = {tuple(shape[:2]) for shape in image_shapes.values()}
+    if not_cameras or len(sizes) > 1:
+        raise UserError(f"the policy's images {dict(image_shapes)} cannot be rendered at evaluation: expected keys "
+                        "'<camera>_image' of one size")
+    (height, width), = sizes
+    return {"cameras": tuple(key[:-len("_image")] for key in image_shapes), "image_size": (width, height)}
+
+
+def resolve_task(task: str, env_kwargs: dict[str, Any] | None, with_expert: bool,
+                 image_shapes: Mapping[str, Sequence[int]] | None = None):
+    """(task name, env factory, expert or None, note) for a registered task, with the checks users need;
+    the env renders the cameras of a policy with ``image_shapes`` (:func:`camera_kwargs`)."""
     spec = envs.task_spec(task)  # UserError for unknown names, listing the valid ones
-    env_kwargs = dict(env_kwargs or {})
+    env_kwargs = dict(env_kwargs or {}) | camera_kwargs(image_shapes or {})
     if not spec.available and with_expert:
         raise UserError(f"task {spec.name} is unavailable: {spec.unavailable_reason}; "
                         "pass --no-expert to evaluate the policy alone, without the compounding-error metrics")
@@ -165,7 +182,7 @@ def resolve_task(task: str, env_kwargs: dict[str, Any] | None, with_expert: bool
 
 def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[str, Any] | None = None,
              make_env: Callable[[], Any] | None = None, expert: Any = None, bootstrap_seed: int = 0,
-             progress: bool = False) -> EvalResult:
+             progress: bool = False, obs_keys: Sequence[str] = ()) -> EvalResult:
     """Roll ``policy`` out for ``config.episodes`` seeded episodes (``config.seeds``) in
     ``config.num_envs`` envs at once, executing ``config.actions_per_chunk`` actions of each chunk,
     and (``config.with_expert``) the task's expert from the same initial states. The checkpoint
@@ -174,7 +191,9 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
 
     ``make_env``/``expert`` replace the registry's env factory and expert (``task`` is then only a
     label, and the horizon of ``deviation_at`` is the longest episode pair): tests use this for envs
-    with known answers. The policy runs in eval mode (restored after).
+    with known answers. The policy runs in eval mode (restored after). A policy with images is
+    evaluated in envs that render its cameras at its image size, its low-dim observation the
+    concatenation of ``obs_keys`` (the training data's, in order; see :class:`PolicyController`).
     """
     for name in ("episodes", "num_envs", "seed"):
         value = getattr(config, name)
@@ -184,7 +203,7 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
     actions_per_chunk, with_expert = config.actions_per_chunk, config.with_expert
     check_actions_per_chunk(actions_per_chunk, policy.chunk)
     if make_env is None:
-        task, make_env, registry_expert, note = resolve_task(task, env_kwargs, with_expert)
+        task, make_env, registry_expert, note = resolve_task(task, env_kwargs, with_expert, policy.image_shapes)
         expert = registry_expert if expert is None else expert
         horizon = task_horizon(task, env_kwargs)
     else:
@@ -192,7 +211,7 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
         horizon = None
     if not with_expert:
         expert = None
-    check_spaces(make_env, policy, task)
+    check_spaces(make_env, policy, task, obs_keys)
 
     episode_seeds = [seed + i for i in range(episodes)]
     started = time.perf_counter()
@@ -200,10 +219,13 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
     policy.eval()
     try:
         bar = _progress_bar(episodes * (2 if expert is not None else 1), task, progress)
-        policy_runs = rollout(make_env, partial(PolicyController, policy, actions_per_chunk=actions_per_chunk),
+        policy_runs = rollout(make_env, partial(PolicyController, policy, actions_per_chunk=actions_per_chunk,
+                                                obs_keys=obs_keys),
                               episode_seeds, num_envs, on_episode=lambda _: bar.update(1))
         records = [episode_record(t) for t in policy_runs]
         compounding, env_steps = None, sum(t.length for t in policy_runs)
+        if expert is not None and policy.image_shapes:
+            expert, note = None, "the compounding-error metrics are not computed for policies that see images yet"
         if expert is not None:
             act_dim = policy.act_dim
             expert_runs = rollout(make_env, lambda k: ExpertController(expert, act_dim), episode_seeds, num_envs,
@@ -275,12 +297,25 @@ def policy_actions(policy: Policy, observations: list[np.ndarray], batch_size: i
     return torch.cat(out).double().cpu().numpy()
 
 
-def check_spaces(make_env: Callable[[], Any], policy: Policy, task: str) -> None:
+def check_spaces(make_env: Callable[[], Any], policy: Policy, task: str, obs_keys: Sequence[str] = ()) -> None:
+    """One UserError line unless the env's observations and actions are the policy's (for dict
+    observations: the low-dim ``obs_keys`` add up to its observation, its images are there at its size)."""
     env = make_env()
     try:
-        obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+        space, act_shape = env.observation_space, env.action_space.shape
     finally:
         env.close()
+    obs_shape = space.shape
+    if isinstance(space, gymnasium.spaces.Dict):
+        low_dim = [key for key in obs_keys if key not in policy.image_shapes] or ["flat"]
+        missing = [key for key in [*low_dim, *policy.image_shapes] if key not in space.spaces]
+        if missing:
+            raise UserError(f"the policy reads observation key(s) {', '.join(missing)} that task {task} does not give "
+                            f"(it gives {', '.join(space.spaces)})")
+        obs_shape = (sum(int(np.prod(space[key].shape)) for key in low_dim),)
+        for key, shape in policy.image_shapes.items():
+            if space[key].shape != shape:
+                raise UserError(f"the policy takes {key} of shape {shape}, task {task} renders {space[key].shape}")
     if obs_shape != (policy.obs_dim,) or act_shape != (policy.act_dim,):
         raise UserError(f"the policy takes {policy.obs_dim}-d observations and gives {policy.act_dim}-d actions, but "
                         f"task {task} has observations {obs_shape} and actions {act_shape}; evaluate it on the task "
