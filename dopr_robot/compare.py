@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass, fields, replace
@@ -69,11 +70,13 @@ from dopr_robot.config import (
     resolve_config,
     same_file,
 )
+from dopr_robot.dagger import BCLearner, DaggerConfig, check_task, prepare, run_dagger
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint, make_evaluator
 from dopr_robot.grid import Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS, dopr_only_arguments, is_dopr
 from dopr_robot.report import write_counts_report, write_replication_report, write_report
+from dopr_robot.report.files import write_remedies_report
 from envs import seeds as seed_ranges
 
 CONFIG_FILE = "compare_config.json"
@@ -87,6 +90,30 @@ PER_CELL = ("data", "out", "optimizer", "seed")
 PER_OPTIMIZER = ("lr", "weight_decay", "damping", "optimizer_options", "warmup_steps", "grad_clip")
 # With several demonstration counts, count N is the comparison in DIR/demos<N>/.
 DEMO_COUNT_DIR = "demos{}"
+# With remedies beside "none", remedy noise:0.1 is the comparison in DIR/remedies/noise0.1/.
+REMEDY_DIR = "remedies"
+REMEDIES_ALLOWED = "none, noise:SIGMA (SIGMA > 0), dagger:ROUNDS (ROUNDS >= 1)"
+
+
+def parse_remedy(text: str) -> tuple[str, float]:
+    """``"none"`` -> ("none", 0), ``"noise:0.1"`` -> ("noise", 0.1), ``"dagger:3"`` -> ("dagger", 3);
+    anything else is one UserError line naming what is allowed."""
+    kind, _, value = str(text).partition(":")
+    try:
+        if kind == "none" and not value:
+            return "none", 0
+        if kind == "noise" and math.isfinite(float(value)) and float(value) > 0:
+            return "noise", float(value)
+        if kind == "dagger" and int(value) >= 1:
+            return "dagger", int(value)
+    except ValueError:
+        pass
+    raise UserError(f"--remedies: {text!r} is not a remedy; allowed: {REMEDIES_ALLOWED}")
+
+
+def remedy_directory(remedy: str) -> str:
+    """``noise:0.1`` -> ``noise0.1``: the remedy's comparison directory under DIR/remedies/."""
+    return remedy.replace(":", "")
 
 
 def train_template(**options: Any) -> TrainConfig:
@@ -105,6 +132,16 @@ class CompareConfig:
         help="per optimizer, its own values of " + ", ".join(PER_OPTIMIZER) + " over the training template's, as "
              'JSON or a JSON file (e.g. a sweep\'s optimizer_settings.json): \'{"muon": {"lr": 0.02}, '
              '"dopr-muon": {"lr": 0.02, "damping": 0.1}}\'; optimizer_options are merged into the template\'s')
+    remedies: list = option(
+        ["none"], help=f"data-side remedies, a grid axis beside the optimizer ({REMEDIES_ALLOWED}): none = the "
+                       "demonstrations as collected; noise:SIGMA = demonstrations collected with action noise SIGMA; "
+                       "dagger:ROUNDS = ROUNDS DAgger rounds after training on the demonstrations. Each remedy beside "
+                       f"none is a comparison in OUT/{REMEDY_DIR}/<remedy>/ (none stays in OUT/)")
+    dagger_episodes: int = option(10, help="dagger:ROUNDS remedies: the learner's episodes relabelled per round")
+    dagger_steps: int = option(0, help="dagger:ROUNDS remedies: training steps per round after the first training "
+                                       "(0: steps // 4)")
+    dagger_beta0: float = option(0.0, help="dagger:ROUNDS remedies: round r executes the expert's action with "
+                                           "probability DAGGER_BETA0**r (0: the policy alone)")
     seeds: int = option(5, help="training seeds per (task, optimizer): first_seed .. first_seed + seeds - 1")
     first_seed: int = option(0, help="the first training seed")
     data: dict = option({}, help='existing demonstrations per task as JSON, e.g. \'{"Push-v0": "push.hdf5"}\'')
@@ -155,6 +192,7 @@ class CompareConfig:
             raise UserError(f"the training template sets {', '.join(set_here)}, which compare sets for each cell: "
                             "build it with train_template(...) and use CompareConfig's data, out, optimizers and seeds")
         self._check_optimizer_settings()
+        self._check_remedies()
         for optimizer in self.optimizers:  # TrainConfig checks the options against each optimizer of the grid
             self.cell_config(optimizer, 0, Path(""), Path(""))
         demo = range(self.demo.seed, self.demo.seed + self.demo.attempts(max(counts)))
@@ -196,6 +234,62 @@ class CompareConfig:
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
 
+    def _check_remedies(self) -> None:
+        """Each remedy parses, once; noise remedies collect (no --data, clean --demo-noise); dagger remedies
+        evaluate nothing during training and have valid round settings."""
+        parsed = [parse_remedy(r) for r in self.remedies]
+        if not parsed or len(set(self.remedies)) < len(self.remedies):
+            raise UserError(f"--remedies must list each remedy once, got {','.join(map(str, self.remedies)) or 'none'}")
+        kinds = {kind for kind, _ in parsed}
+        if len(self.remedies) > 1 and isinstance(self.demo.episodes, list):
+            raise UserError("--remedies with several --demo-episodes is not supported: give one count")
+        noise = [value for kind, value in parsed if kind == "noise"]
+        if noise and (self.data or self.demo.noise not in (0, *noise[:1])):
+            raise UserError("--remedies noise:SIGMA collects demonstrations with noise SIGMA: it needs collected clean "
+                            "demonstrations (no --data, --demo-noise 0)")
+        if "dagger" in kinds:
+            if self.train.eval_every:
+                raise UserError("--eval-every does not apply to dagger:ROUNDS remedies (DAgger evaluates no policy "
+                                "while it trains): drop --eval-every")
+            rounds = max(value for kind, value in parsed if kind == "dagger")
+            self.dagger_config(self.tasks[0], self.cell_config(self.optimizers[0], 0, Path(""), Path("")), Path(""),
+                               Path(""), rounds)  # DaggerConfig's own checks (the round settings, its seed range)
+
+    def remedy(self) -> str:
+        """This comparison's one remedy (a grid of several runs each in its own comparison, see by_remedy)."""
+        return self.remedies[0] if len(self.remedies) == 1 else "none"
+
+    def by_remedy(self) -> dict[str, "CompareConfig"]:
+        """With several remedies: remedy -> its comparison (none in OUT/, the others in
+        OUT/remedies/<remedy>/), else {} (one remedy runs in OUT/ itself)."""
+        if len(self.remedies) == 1:
+            return {}
+        return {r: replace(self, remedies=[r], out=self.out if r == "none" else
+                           str(Path(self.out) / REMEDY_DIR / remedy_directory(r))) for r in self.remedies}
+
+    def collection(self) -> CollectConfig:
+        """The demonstrations this comparison's cells train on: ``demo``, with noise SIGMA for noise:SIGMA."""
+        kind, value = parse_remedy(self.remedy())
+        return replace(self.demo, noise=value) if kind == "noise" else self.demo
+
+    def dagger_config(self, task: str, cell: TrainConfig, data: Path, out: Path, rounds: int) -> DaggerConfig:
+        """A dagger:ROUNDS cell's DAgger run: the cell's training settings, the grid's round settings."""
+        return DaggerConfig(out=str(out), task=task, data=str(data), rounds=rounds, episodes_per_round=self.dagger_episodes,
+                            beta0=self.dagger_beta0, steps_per_round=self.dagger_steps or max(1, self.train.steps // 4),
+                            num_envs=self.eval.num_envs, train=replace(cell, data="", out=""))
+
+    def remedy_budget(self, remedy: str) -> str:
+        """What a remedy costs in data and training, for the summary."""
+        kind, value = parse_remedy(remedy)
+        if kind == "dagger":
+            steps = self.dagger_steps or max(1, self.train.steps // 4)
+            return (f"{remedy}: {value} rounds of {self.dagger_episodes} relabelled episodes (beta0 {self.dagger_beta0}) "
+                    f"and {steps} steps each, after {self.train.steps} steps on the demonstrations "
+                    f"({self.train.steps + value * steps} steps in all)")
+        if kind == "noise":
+            return f"{remedy}: the demonstrations collected with action noise {value}, {self.train.steps} steps"
+        return f"none: the demonstrations as collected, {self.train.steps} steps"
+
     def demo_counts(self) -> list[int]:
         """The demonstration counts: one, or the several of a grid over counts."""
         return self.demo.counts()
@@ -208,7 +302,10 @@ class CompareConfig:
                 for n in sorted(self.demo.episodes)}
 
     def cells(self) -> list[tuple[str, str, int]]:
-        """Every (task, optimizer, seed), in the order they run."""
+        """Every (task, optimizer, seed) whose run lies in this directory, in the order they run (with
+        remedies beside none, those of none; the others' lie in their own comparisons)."""
+        if len(self.remedies) > 1 and "none" not in self.remedies:
+            return []
         return [(task, optimizer, seed) for task in self.tasks for optimizer in self.optimizers
                 for seed in range(self.first_seed, self.first_seed + self.seeds)]
 
@@ -246,10 +343,26 @@ def _compare(config: CompareConfig, progress: bool, execution: Execution, overwr
         for count in counts.values():
             _compare(count, progress, execution, overwrite)
         return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
+    remedies = config.by_remedy()
+    if remedies:  # each remedy beside none in a comparison of its own, then the summary over remedies
+        for remedy, grid in remedies.items():
+            if remedy != "none":
+                _compare(grid, progress, execution, overwrite)
+            else:
+                _run_missing(grid, progress, execution, overwrite)
+        return write_remedies_report(out, {r: Path(grid.out) for r, grid in remedies.items()},
+                                     {r: config.remedy_budget(r) for r in remedies})
+    return _run_missing(config, progress, execution, overwrite, report=True)
+
+
+def _run_missing(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool,
+                 report: bool = False) -> list[dict[str, Any]]:
+    """Collect the demonstrations, run the cells without an eval.json, write the report (``report``)."""
+    out = Path(config.out)
     data = {task: demonstrations(config, task, out, progress, overwrite) for task in config.tasks}
     missing = _missing_cells(config)
     run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
-    return write_report(out)
+    return write_report(out) if report else []
 
 
 def pending_cells(config: CompareConfig, progress: bool = True) -> tuple[dict[str, Path], list[tuple[str, str, int]]]:
@@ -280,7 +393,8 @@ def check_comparison(config: CompareConfig, overwrite: bool = False) -> None:
     check_experts(config)
     for task, path in config.data.items():
         check_data_file(task, path)
-    for grid in (config, *config.by_demo_count().values()):  # with several counts, each count's directory too
+    subs = [*config.by_demo_count().values(), *(c for r, c in config.by_remedy().items() if r != "none")]
+    for grid in (config, *subs):  # with several counts or remedies, each one's directory too
         out = check_directory_destination(grid.out, what="comparison (--out)")
         if overwrite:
             continue
@@ -345,6 +459,10 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
     run_dir = config.run_dir(task, optimizer, seed)
     settings = config.eval
     started = time.perf_counter()
+    kind, rounds = parse_remedy(config.remedy())
+    if kind == "dagger":
+        _dagger_cell(config, task, optimizer, seed, data, device, rounds)
+        return
     resume = (run_dir / CHECKPOINT_NAME).exists()
     cell = config.cell_config(optimizer, seed, data, run_dir)
     # --eval-every: evaluations during training on the grid's evaluation episodes, without the expert.
@@ -358,7 +476,32 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
         raise
     result = evaluate_checkpoint(run_dir, settings, task=task, device=device)
     record = result.to_dict()
-    record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed,
+    record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed, "remedy": config.remedy(),
+                      "expert_labels": _transitions(data), "wall_time_s": round(time.perf_counter() - started, 2),
+                      "resumed": resume}
+    write_json_atomic(run_dir / EVAL_FILE, record)
+
+
+def _transitions(data: Path) -> int:
+    """The demonstration transitions in ``data``: the expert labels a cell trained on."""
+    return sum(len(episode) for episode in demos.load(str(data)).episodes)
+
+
+def _dagger_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str,
+                 rounds: int) -> None:
+    """A dagger:ROUNDS cell: DAgger in the cell's directory (round_<k>/, resumable round by round) from the
+    cell's training settings, the last round's run evaluated; the cell is done when its eval.json exists."""
+    run_dir = config.run_dir(task, optimizer, seed)
+    started = time.perf_counter()
+    resume = run_dir.exists() and any(run_dir.iterdir())
+    settings = config.dagger_config(task, config.cell_config(optimizer, seed, data, run_dir), data, run_dir, rounds)
+    prepare(settings)
+    result = run_dagger(settings, lambda: envs.make(task), envs.make_expert(task),
+                        BCLearner(settings, device=device), data, progress=False)
+    record = evaluate_checkpoint(result.final_run, config.eval, task=task, device=device).to_dict()
+    record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed, "remedy": config.remedy(),
+                      "expert_labels": result.expert_labels, "dagger_rounds": result.rounds,
+                      "train_steps_total": settings.train.steps + rounds * settings.steps_per_round,
                       "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
     write_json_atomic(run_dir / EVAL_FILE, record)
 
@@ -446,7 +589,7 @@ def _upgrade_flat(values: dict[str, Any]) -> dict[str, Any]:
 
 # A resumed comparison may add tasks, optimizers and seeds (and change how many envs evaluate at
 # once); anything else would make earlier cells incomparable with new ones.
-GROWABLE = ("tasks", "optimizers", "seeds", "eval.num_envs", "out")
+GROWABLE = ("tasks", "optimizers", "remedies", "seeds", "eval.num_envs", "out")
 
 
 def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
@@ -485,6 +628,9 @@ def _changed_optimizer_settings(saved: CompareConfig, config: CompareConfig) -> 
 
 def check_experts(config: CompareConfig) -> None:
     """Before any work: every task whose demonstrations compare collects has an expert to collect them."""
+    if any(parse_remedy(r)[0] == "dagger" for r in config.remedies):
+        for task in config.tasks:  # the expert labels the states the policies visit, --data or not
+            check_task(task)
     for task in (t for t in config.tasks if t not in config.data):
         spec = envs.task_spec(task)
         if spec.available:
@@ -524,7 +670,7 @@ def _collection_differs(config: CompareConfig, task: str, path: Path) -> str:
         recorded = demos.load(path).metadata
     except UserError as err:
         return f"unreadable: {err}"
-    wanted = config.demo.record(task)
+    wanted = config.collection().record(task)
     recorded = {"success_only": False, **recorded}  # files from before success-only collection
     differs = [f"{key} {recorded.get(key)!r}, asked {value!r}" for key, value in wanted.items()
                if recorded.get(key) != value]
@@ -554,7 +700,7 @@ def demonstrations(config: CompareConfig, task: str, out: Path, progress: bool, 
     if differs and not overwrite:
         raise _other_collection(path, differs)
     if differs or not path.exists():  # replaced only once the new file is complete
-        demos.collect(task, out=path, overwrite=True, progress=progress, **config.demo.collect_arguments())
+        demos.collect(task, out=path, overwrite=True, progress=progress, **config.collection().collect_arguments())
     return path
 
 
@@ -590,6 +736,10 @@ def replicate(out: str | Path, progress: bool = True, execution: Execution = Exe
         first = Path(original.out) / DEMO_COUNT_DIR.format(sorted(original.demo.episodes)[0])
         raise UserError(f"{out} holds one comparison per demonstration count ({', '.join(map(str, original.demo_counts()))}); "
                         f"replicate them one by one: `dopr-robot compare --out {first} --replicate`, ...")
+    if original.by_remedy():
+        raise UserError(f"{out} holds a comparison over remedies ({', '.join(original.remedies)}); replicate each "
+                        f"remedy's comparison on its own: `dopr-robot compare --out {out / REMEDY_DIR}/<remedy> "
+                        "--replicate` (none: with --remedies none in a copy of the settings)")
     config = replication_config(original)
     unfinished = [cell for cell in original.cells() if not (original.run_dir(*cell) / EVAL_FILE).exists()]
     if unfinished:

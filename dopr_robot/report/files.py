@@ -22,7 +22,7 @@ from dopr_robot.report.plots import (
     plot_validation_vs_success,
 )
 from dopr_robot.report.results import load_rows
-from dopr_robot.report.tables import counts_markdown, csv_text, replication_markdown, summary_markdown
+from dopr_robot.report.tables import counts_markdown, csv_text, remedies_markdown, replication_markdown, summary_markdown
 
 FIGURES = {"val_loss_vs_success.png": plot_validation_vs_success, "deviation_from_expert.png": plot_deviation,
            "learning_curves.png": plot_learning_curves, "terminal_reward.png": plot_terminal_reward,
@@ -59,6 +59,23 @@ def write_counts_report(out: str | Path, directories: dict[int, str | Path]) -> 
     write_text_atomic(out / "summary.md", counts_markdown(rows, relative))
     for name, plot in COUNT_FIGURES.items():
         plot(rows, out / name)
+    return rows
+
+
+def write_remedies_report(out: str | Path, directories: dict[str, str | Path], budgets: dict[str, str]
+                          ) -> list[dict[str, Any]]:
+    """Write ``out``/results.csv (every run, with its remedy) and summary.md (optimizer x remedy, paired
+    differences both ways) over the comparisons in ``directories`` (remedy -> its directory; none's is
+    ``out`` itself, the others have their own report); ``budgets``: remedy -> what it costs. Returns the rows."""
+    out = Path(out)
+    rows = []
+    for remedy, directory in directories.items():
+        found = load_rows(directory)
+        if not found:
+            raise FileNotFoundError(f"no finished runs of remedy {remedy} under {Path(directory)}/runs")
+        rows += found
+    write_text_atomic(out / "results.csv", csv_text(rows))
+    write_text_atomic(out / "summary.md", remedies_markdown(rows, budgets))
     return rows
 
 

@@ -23,11 +23,11 @@ from dopr_robot.errors import UserError
 from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.run_log import METRICS_NAME, read_metrics
 
-COLUMNS = ["task", "optimizer", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
+COLUMNS = ["task", "optimizer", "remedy", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
            "success_ci_high", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
            "divergence_threshold", "deviation_at_half", "deviation_at_half_t", "action_error_on_policy",
            "action_error_on_expert", "action_error_ratio", "eval_episodes", "eval_seed", "train_steps",
-           "demo_episodes", "demo_noise", "wall_time_s"]
+           "demo_episodes", "demo_noise", "expert_labels", "wall_time_s"]
 
 DEVIATION_FRACTION = "0.5"  # the summary's deviation column: the deviation at 50% of the horizon
 
@@ -60,7 +60,7 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
     at_half = (comp.get("deviation_at") or {}).get(DEVIATION_FRACTION) or {}
     config_file = eval_file.parent / "config.json"
     return {
-        "task": task, "optimizer": optimizer, "seed": seed,
+        "task": task, "optimizer": optimizer, "seed": seed, "remedy": cell.get("remedy", "none"),
         "val_loss": validation.get("val_loss"), "best_val_loss": validation.get("best_val_loss"),
         "success_rate": closed["success_rate"], "success_ci_low": closed["success_ci"][0],
         "success_ci_high": closed["success_ci"][1], "mean_return": closed.get("mean_return"),
@@ -74,6 +74,7 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
         "eval_episodes": result.get("episodes"), "eval_seed": result.get("seed"),
         "train_steps": checkpoint.get("step"),
         "demo_episodes": (dataset or {}).get("episodes"), "demo_noise": metadata.get("noise"),
+        "expert_labels": cell.get("expert_labels"),  # demonstration transitions + relabelled states
         "wall_time_s": cell.get("wall_time_s"),
         # beyond the CSV: what tables and plots need
         "_records": result.get("records") or [],

@@ -171,6 +171,72 @@ def counts_markdown(rows: list[dict[str, Any]], directories: dict[int, str]) -> 
     return "\n".join(lines)
 
 
+# Remedies (none, noise:SIGMA, dagger:ROUNDS): a grid axis beside the optimizer.
+
+REMEDY_METRICS = ["success_rate", "mean_return", "val_loss"]
+
+
+def remedy_order(remedies: Any) -> list[str]:
+    """Distinct remedies, none first, then as named."""
+    return sorted(set(remedies), key=lambda r: (r != "none", r))
+
+
+def remedies_markdown(rows: list[dict[str, Any]], budgets: dict[str, str]) -> str:
+    """summary.md of a grid over remedies: per task and metric, a table optimizer x remedy with the
+    paired differences DoPr-X - X within each remedy, then remedy - none within each optimizer (seed by
+    seed); and the expert labels each remedy used. ``budgets``: remedy -> its data and training budget."""
+    remedies = remedy_order(r["remedy"] for r in rows)
+    lines = ["# Comparison over remedies", "",
+             "Every (task, optimizer, remedy, seed) cell trains from the same initial weights per seed and is evaluated "
+             f"on the same reset seeds. [b] = {BOOTSTRAP_NAME} (paired: seed pairs, then the episodes both runs "
+             f"played); [t] = 95% t-interval over seeds (≥ {MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{per-seed "
+             "values}); a difference in bold: its interval excludes 0. Each remedy beside none is a full comparison "
+             "in remedies/<remedy>/ with every metric.", "", "Budgets:", "", *[f"- {budgets[r]}" for r in remedies
+                                                                              if r in budgets], ""]
+    metrics = sorted((m for m in METRICS if m.column in REMEDY_METRICS), key=lambda m: REMEDY_METRICS.index(m.column))
+    for task in sorted({r["task"] for r in rows}):
+        task_rows = [r for r in rows if r["task"] == task]
+        optimizers = optimizer_order(r["optimizer"] for r in task_rows)
+        lines += [f"## {task}", "", "Expert labels each remedy used (demonstration transitions + relabelled states), "
+                  "mean per run: " + "; ".join(f"{r} {_labels(task_rows, r)}" for r in remedies), ""]
+        for metric in metrics:
+            lines += [f"### {_heading(metric)}", "", "| | " + " | ".join(remedies) + " |", "|---|" + "---|" * len(remedies)]
+            for optimizer in optimizers:
+                cells = []
+                for remedy in remedies:
+                    runs = [r for r in task_rows if r["optimizer"] == optimizer and r["remedy"] == remedy]
+                    cells.append(f"{optimizer_cell(runs, metric)} ({len(runs)} seeds)" if runs else "—")
+                lines.append(f"| {optimizer} | " + " | ".join(cells) + " |")
+            for base, dopr in dopr_pairs(optimizers):
+                cells = [_difference_cell([r for r in task_rows if r["remedy"] == remedy], base, dopr, metric)
+                         for remedy in remedies]
+                lines.append(f"| {dopr} - {base} | " + " | ".join(cells) + " |")
+            others = [r for r in remedies if r != "none"]
+            if "none" in remedies and others:
+                lines += ["", "| remedy - none | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+                for optimizer in optimizers:
+                    by_remedy = [{**r, "optimizer": r["remedy"]} for r in task_rows if r["optimizer"] == optimizer]
+                    lines.append(f"| {optimizer} | " + " | ".join(_difference_cell(by_remedy, "none", remedy, metric)
+                                                                    for remedy in others) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def _difference_cell(rows: list[dict[str, Any]], base: str, other: str, metric: Metric) -> str:
+    """``other - base`` seed by seed over ``rows`` (paired by their ``optimizer`` key), bold when its
+    interval excludes 0, with the number of pairs."""
+    difference = paired_difference(rows, base, other, metric)
+    if not difference.seeds:
+        return "—"
+    cell = f"**{difference.cell()}**" if difference.excludes_zero() else difference.cell()
+    return f"{cell} ({difference.seeds} pairs)"
+
+
+def _labels(rows: list[dict[str, Any]], remedy: str) -> str:
+    values = [r["expert_labels"] for r in rows if r["remedy"] == remedy and r.get("expert_labels") is not None]
+    return f"{round(sum(values) / len(values)):,}" if values else "unknown"
+
+
 def dopr_pairs(optimizers: list[str]) -> list[tuple[str, str]]:
     """(X, DoPr-X) for every base X present together with its DoPr variant."""
     return [(base_of(name), name) for name in optimizers if is_dopr(name) and base_of(name) in optimizers]
