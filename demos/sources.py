@@ -36,8 +36,10 @@ def _parse_obs_keys(obs_keys: str | Sequence[str] | None) -> list[str] | None:
 def load(source: str | os.PathLike, obs_keys: str | Sequence[str] | None = None) -> DemoDataset:
     """Load demonstrations from an HDF5 file, a Minari dataset directory, or a local Minari id.
 
-    ``obs_keys`` (a list, or one comma-separated string) picks the observation keys to concatenate,
-    in that order; by default every key whose per-step data is 1-D, sorted. Every problem a user can
+    ``obs_keys`` (a list, or one comma-separated string) picks the observation keys: low-dimensional
+    ones are concatenated in that order, camera images (``<camera>_image``, uint8 ``(T, H, W, 3)``,
+    HDF5 files) are kept as images; by default ``flat`` in our files, else every key whose per-step
+    data is 1-D, sorted. Every problem a user can
     fix (missing or damaged file, missing keys, empty episodes, NaN/Inf, mismatched sizes, a Minari
     dataset that is not stored locally) raises :class:`~dopr_robot.errors.UserError`.
     """

@@ -45,6 +45,11 @@ class PushEnv(GoalTaskEnv):
     - 11-12: puck minus pusher
     - 13-14: goal minus puck
 
+    Named parts (:attr:`OBS_KEYS`): ``robot_state`` 0-3 (what the pusher knows without looking),
+    ``object`` 4-8, ``goal`` 9-10, ``object_rel`` 11-12, ``goal_rel`` 13-14. With ``cameras``
+    (``agentview``, a steep view of the whole pusher range; ``fixed``, the video camera) the
+    observation is a ``Dict`` of ``flat``, these parts and ``<camera>_image`` uint8 ``(H, W, 3)``.
+
     ## Reward
     ``reward = reward_goal + reward_near + reward_control`` with ``reward_goal = -|goal - puck|``,
     ``reward_near = -0.5 * max(0, |puck - pusher| - 0.06)`` (0 when touching) and

@@ -59,6 +59,11 @@ class ReachEnv(GoalTaskEnv):
     - 12-14: target position xyz (m)
     - 15-17: target minus fingertip (m)
 
+    Named parts (:attr:`OBS_KEYS`): ``robot_state`` 0-11 (what the arm knows without looking),
+    ``goal`` 12-14, ``goal_rel`` 15-17. With ``cameras`` (``agentview``, a close third-person view
+    of arm and target; ``fixed``, the video camera) the observation is a ``Dict`` of ``flat``, these
+    parts and ``<camera>_image`` uint8 ``(H, W, 3)`` at ``image_size`` (width, height).
+
     ## Reward
     ``reward = reward_distance + reward_control`` with ``reward_distance = -|target - fingertip|``
     and ``reward_control = -ctrl_cost_weight * |action|^2``; both terms are in ``info``.

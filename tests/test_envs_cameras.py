@@ -99,3 +99,22 @@ def test_rollout_of_dict_observations_keeps_states_and_images() -> None:
         np.testing.assert_array_equal(b.actions, a.actions)
         assert b.obs["agentview_image"].shape == (7, 16, 16, 3)
         assert len({b.obs["agentview_image"][t].tobytes() for t in range(7)}) > 1  # frames are not one buffer
+
+
+def test_compounding_error_is_measured_on_the_states_of_dict_observations() -> None:
+    from dopr_robot.evaluate.metrics import episode_compounding
+
+    expert = envs.make_expert("Reach-v0")
+
+    class Pushed(ExpertController):  # the expert, nudged: a policy whose states drift from the expert's
+        def act(self, obs, active):
+            return super().act(obs, active) + 0.3
+
+    make = lambda: envs.make("Reach-v0", cameras=("agentview",), image_size=(16, 16), horizon=5)  # noqa: E731
+    (policy,) = rollout(make, lambda k: Pushed(expert, 3), [4], 1)
+    (reference,) = rollout(make, lambda k: ExpertController(expert, 3), [4], 1)
+    std, zeros = np.full(18, 0.5), np.zeros((5, 3))
+    result = episode_compounding(policy, reference, np.zeros(18), std, np.ones(3), zeros, zeros, zeros, zeros)
+    expected = np.linalg.norm((policy.obs["flat"] - reference.obs["flat"]) / std, axis=-1)
+    np.testing.assert_allclose(result["deviation"], expected)
+    assert result["deviation"][-1] > 0
