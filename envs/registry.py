@@ -208,13 +208,15 @@ def make_expert(name: str) -> Expert:
 
 
 def describe_tasks() -> str:
-    """A plain-text table of every task: sizes, horizon, expert kind and availability."""
-    header = ("task", "obs", "act", "horizon", "expert", "status")
+    """A plain-text table of every task: sizes, horizon, expert kind, cameras and availability."""
+    header = ("task", "obs", "act", "horizon", "expert", "cameras", "status")
     rows = [header]
     for name in TASKS:
         spec = task_spec(name)
         status = "available" if spec.available else f"unavailable: {spec.unavailable_reason}"
-        rows.append((spec.name, str(spec.obs_dim), str(spec.act_dim), str(spec.horizon), spec.expert_kind, status))
+        cameras = ",".join(spec.cameras) or "-"
+        rows.append((spec.name, str(spec.obs_dim), str(spec.act_dim), str(spec.horizon), spec.expert_kind, cameras,
+                     status))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:-1], widths)) + "  " + row[-1] for row in rows]
     return "\n".join(lines)

@@ -61,10 +61,10 @@ def test_gymnasium_make_with_namespace() -> None:
 def test_describe_tasks_table() -> None:
     table = envs.describe_tasks()
     lines = table.splitlines()
-    assert lines[0].split() == ["task", "obs", "act", "horizon", "expert", "status"]
+    assert lines[0].split() == ["task", "obs", "act", "horizon", "expert", "cameras", "status"]
     assert len(lines) == 1 + len(envs.list_tasks())
     reach_line = next(line for line in lines if line.startswith("Reach-v0"))
-    assert reach_line.split()[1:] == ["18", "3", "100", "scripted", "available"]
+    assert reach_line.split()[1:] == ["18", "3", "100", "scripted", "agentview,fixed", "available"]
 
 
 def test_locomotion_without_weights_is_unavailable_with_reason(tmp_path: Path, monkeypatch) -> None:
