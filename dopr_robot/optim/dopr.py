@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+from collections import Counter
 from typing import Callable
 
 import torch
@@ -10,6 +12,7 @@ from torch import Tensor, nn
 from torch.optim import SGD, Adam, AdamW, Optimizer
 
 from dopr_robot.optim.activation import InputSums, damped_factor, inverse_from_factor, solve_right
+from dopr_robot.optim.adapters import CONV_FORMS, AdapterOptions, LayerAdapter, adapter_for
 from dopr_robot.optim.adamuon import AdaMuonWithAdamW
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
@@ -32,17 +35,25 @@ BASE_OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
 
 
 class _Layer:
-    """A covered ``nn.Linear``: its parameters, its row ``index`` in the stacked input sums of the layers
-    of its width, and its forward-hook handle."""
+    """A covered layer: its parameters, its adapter, its row ``index`` in the stacked input sums of the
+    layers of its factor width, and its forward-hook handle."""
 
-    def __init__(self, name: str, module: nn.Linear, homogeneous: bool, sums: InputSums, index: int):
+    def __init__(self, name: str, module: nn.Module, adapter: LayerAdapter, homogeneous: bool, sums: InputSums,
+                 index: int):
         self.name = name
         self.module = module
+        self.adapter = adapter
         self.weight = module.weight
         self.bias = module.bias if homogeneous else None
         self.sums = sums
         self.index = index
         self.handle: torch.utils.hooks.RemovableHandle | None = None
+
+    def bias_grad(self) -> Tensor | None:
+        """The raw bias gradient (zeros when the bias got none); ``None`` without a trained bias."""
+        if self.bias is None:
+            return None
+        return self.bias.grad if self.bias.grad is not None else torch.zeros_like(self.bias)
 
 
 # The per-layer state a group keeps stacked (layers first), with its dtype: each layer's ``state`` entry
@@ -84,10 +95,40 @@ class _Group:
         return self._blocks[1]
 
 
+def _check_arguments(model: nn.Module, base: str, *, lr: float, damping: float, weight_decay: float, cov_ema: float,
+                     refresh_every: int, max_damping_retries: int, apply: str, conv_form: str,
+                     max_factor_dim: int) -> None:
+    """DoPr's arguments, each refused with a message that names the bad value."""
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"DoPr takes the model (an nn.Module) to hook its layers, got {type(model).__name__}")
+    if base not in BASE_OPTIMIZERS:
+        raise ValueError(f"Unknown base optimizer {base!r}; valid: {', '.join(BASE_OPTIMIZERS)}")
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
+    if not damping >= 0.0:
+        raise ValueError(f"Invalid damping: {damping} (must be >= 0; try 1e-3 to 1e-1)")
+    if not weight_decay >= 0.0:
+        raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
+    if not 0.0 <= cov_ema < 1.0:
+        raise ValueError(f"Invalid cov_ema: {cov_ema} (must be in [0, 1); 0 uses the current batch)")
+    if not (isinstance(refresh_every, int) and refresh_every >= 1):
+        raise ValueError(f"Invalid refresh_every: {refresh_every!r} (must be an integer >= 1)")
+    if apply not in ("auto", "solve", "inverse"):
+        raise ValueError(f"Invalid apply: {apply!r} (valid: auto, solve, inverse)")
+    if not (isinstance(max_damping_retries, int) and max_damping_retries >= 0):
+        raise ValueError(f"Invalid max_damping_retries: {max_damping_retries!r} (must be an integer >= 0)")
+    if conv_form not in CONV_FORMS:
+        raise ValueError(f"Invalid conv_form: {conv_form!r} (valid: {', '.join(CONV_FORMS)})")
+    if not (isinstance(max_factor_dim, int) and not isinstance(max_factor_dim, bool) and max_factor_dim >= 1):
+        raise ValueError(f"Invalid max_factor_dim: {max_factor_dim!r} (must be an integer >= 1)")
+
+
 class DoPr(Optimizer):
     r"""Double preconditioning: AP (activation covariance, input side) then a base GP.
 
-    For every ``nn.Linear`` of ``model`` (weight :math:`W`, bias :math:`b`, input :math:`z`), with
+    For every covered layer of ``model``: each ``nn.Linear`` (weight :math:`W`, bias :math:`b`, input
+    :math:`z`), and each ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.ConvTranspose1d`` viewed as a linear map
+    of rows of its input (``conv_form``; the registry ``adapters.ADAPTERS`` says which layers and how), with
     :math:`\tilde z = [z; 1]`, :math:`\tilde W = [W\ b]` and :math:`\tilde G = \partial L/\partial\tilde W`:
 
     .. math::
@@ -103,9 +144,12 @@ class DoPr(Optimizer):
     parts) in place of the raw gradient: AdamW's moments are moments of :math:`\tilde M`, Muon
     orthogonalizes its momentum of :math:`\tilde M`, AdaMuon orthogonalizes the sign of its momentum
     of :math:`\tilde M` and normalizes that by its own second moment, Signum takes the sign of its
-    momentum of :math:`\tilde M`, and SGD gives AP alone. Parameters that are not weights of linear
-    layers get the base GP on their raw gradient (AdamW for them when the base is Muon or AdaMuon).
-    ``coverage()`` lists which parameter gets what.
+    momentum of :math:`\tilde M`, and SGD gives AP alone. Parameters of other modules (norms,
+    embeddings, positional encodings), and layers refused by their adapter (a grouped convolution,
+    a factor wider than ``max_factor_dim``) get the base GP on their raw gradient (AdamW for them
+    when the base is Muon or AdaMuon, which also takes conv weights). ``coverage()`` lists which
+    parameter gets what and why; construction warns when less than half of the trainable
+    parameters (by count) get AP, since DoPr-X is then close to X.
 
     Statistics come from forward hooks that record only forwards in training mode with gradients
     enabled (``model.eval()``, ``torch.no_grad()`` and ``torch.inference_mode()`` forwards are
@@ -114,7 +158,7 @@ class DoPr(Optimizer):
     all-reduced before the solve: DDP over R ranks gives the update of one process on the whole
     batch.
 
-    Layers of one input width keep their statistics and their state stacked and are factored
+    Layers of one factor width keep their statistics and their state stacked and are factored
     together, one batched call per width and step (fewer small kernels; on a GPU, fewer launches);
     each layer's ``self.state[weight]`` entries are rows (views) of the group's tensors, and the math
     per layer is unchanged.
@@ -134,7 +178,7 @@ class DoPr(Optimizer):
     steps. The defaults (``k = 1``, ``β = 0``) are the exact per-step method.
 
     Args:
-        model: the module to optimize; its ``nn.Linear`` layers are hooked at construction.
+        model: the module to optimize; its covered layers are hooked at construction.
         base: the gradient preconditioner: ``"sgd" | "adam" | "adamw" | "signum" | "muon" | "adamuon"``.
         lr: learning rate, passed to the base (schedulers may change ``param_groups[0]["lr"]``).
         damping: relative damping :math:`\gamma > 0` (a fraction of the mean eigenvalue).
@@ -146,6 +190,16 @@ class DoPr(Optimizer):
             triangular solves with the factor), ``"inverse"`` (the inverse formed from the factor,
             then one matmul; the damping keeps it well conditioned), or ``"auto"`` (inverse on
             CUDA, solves elsewhere).
+        conv_form: how convolutions are preconditioned (``adapters.py``): ``"channel"`` (the c_in x c_in
+            channel second moment over all input positions, applied to every kernel tap) or
+            ``"unfold"`` (the second moment of the unfolded c_in·k patches, K-FAC's conv factor).
+            The default is chosen by ``benchmarks/conv_ap.py`` (a small conv-net regression: loss
+            after a fixed number of steps and time per step, against AdamW); closed-loop results from
+            pixels are not measured yet, so that choice rests on training loss and cost alone.
+        max_factor_dim: layers whose factor is wider (inputs of a linear layer, c_in·k for the unfold
+            form, c_in for the channel form) get the raw gradient, with that reason in the coverage
+            table: a dense factor costs d² memory and d³/3 per factorization (a linear readout of a
+            flattened 32x16x16 feature map would need an 8193² one).
         **base_kwargs: the base optimizer's other arguments (e.g. ``betas``, ``momentum``).
 
     Numerics are counted per layer in ``self.state[weight]`` as device tensors, read by
@@ -164,73 +218,72 @@ class DoPr(Optimizer):
         refresh_every: int = 1,
         max_damping_retries: int = 8,
         apply: str = "auto",
+        conv_form: str = "channel",
+        max_factor_dim: int = 4096,
         **base_kwargs,
     ):
-        if not isinstance(model, nn.Module):
-            raise ValueError(f"DoPr takes the model (an nn.Module) to hook its linear layers, got {type(model).__name__}")
-        if base not in BASE_OPTIMIZERS:
-            raise ValueError(f"Unknown base optimizer {base!r}; valid: {', '.join(BASE_OPTIMIZERS)}")
-        if not lr >= 0.0:
-            raise ValueError(f"Invalid learning rate: {lr} (must be >= 0)")
-        if not damping >= 0.0:
-            raise ValueError(f"Invalid damping: {damping} (must be >= 0; try 1e-3 to 1e-1)")
-        if not weight_decay >= 0.0:
-            raise ValueError(f"Invalid weight_decay: {weight_decay} (must be >= 0)")
-        if not 0.0 <= cov_ema < 1.0:
-            raise ValueError(f"Invalid cov_ema: {cov_ema} (must be in [0, 1); 0 uses the current batch)")
-        if not (isinstance(refresh_every, int) and refresh_every >= 1):
-            raise ValueError(f"Invalid refresh_every: {refresh_every!r} (must be an integer >= 1)")
-        if apply not in ("auto", "solve", "inverse"):
-            raise ValueError(f"Invalid apply: {apply!r} (valid: auto, solve, inverse)")
-        if not (isinstance(max_damping_retries, int) and max_damping_retries >= 0):
-            raise ValueError(f"Invalid max_damping_retries: {max_damping_retries!r} (must be an integer >= 0)")
-
+        _check_arguments(model, base, lr=lr, damping=damping, weight_decay=weight_decay, cov_ema=cov_ema,
+                         refresh_every=refresh_every, max_damping_retries=max_damping_retries, apply=apply,
+                         conv_form=conv_form, max_factor_dim=max_factor_dim)
         defaults = dict(lr=lr, weight_decay=weight_decay, damping=damping, cov_ema=cov_ema,
-                        refresh_every=refresh_every, max_damping_retries=max_damping_retries, apply=apply)
+                        refresh_every=refresh_every, max_damping_retries=max_damping_retries, apply=apply,
+                        conv_form=conv_form, max_factor_dim=max_factor_dim)
         super().__init__(_params_of(model), defaults)
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
         self._steps_done = 0  # steps taken by every covered layer (they step together)
-        self._groups = self._hook_linear_layers(model)
+        self._groups, refused = self._hook_layers(model, AdapterOptions(conv_form, max_factor_dim))
         order = {id(module): i for i, module in enumerate(model.modules())}
         self._layers = sorted((layer for group in self._groups for layer in group.layers), key=lambda l: order[id(l.module)])
-        self._coverage = self._describe_coverage(model)
+        self._coverage = self._describe_coverage(model, refused)
+        self._share = self._ap_share(model)
+        self._warn_if_mostly_uncovered()
 
     # -- construction -------------------------------------------------------------------------
 
-    def _hook_linear_layers(self, model: nn.Module) -> list[_Group]:
-        """Hook every covered linear layer; layers of one input width (and device) form a group whose
-        statistics are stacked, so that each step factors them in one batched call."""
+    def _hook_layers(self, model: nn.Module, options: AdapterOptions) -> tuple[list[_Group], dict[int, str]]:
+        """Hook every covered layer; layers of one factor width (and device) form a group whose statistics
+        are stacked, so that each step factors them in one batched call. Also returns the reasons of the
+        layers their adapter refused, by parameter id."""
         holders: dict[int, int] = {}  # how many modules hold each parameter (weight tying)
         for module in model.modules():
             for param in module.parameters(recurse=False):
                 holders[id(param)] = holders.get(id(param), 0) + 1
-        widths: dict[tuple, list[tuple[str, nn.Linear, bool]]] = {}
+        widths: dict[tuple, list[tuple[str, nn.Module, LayerAdapter, bool]]] = {}
+        refused: dict[int, str] = {}
         for name, module in model.named_modules():
-            if not isinstance(module, nn.Linear) or not module.weight.requires_grad:
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, nn.Parameter) or not weight.requires_grad:
                 continue
-            if holders[id(module.weight)] > 1:
-                continue  # a tied weight sees several input distributions: base GP only
-            homogeneous = module.bias is not None and module.bias.requires_grad
-            key = (module.in_features, homogeneous, module.weight.device)
-            widths.setdefault(key, []).append((name, module, homogeneous))
+            adapter = adapter_for(module, options)
+            if adapter is None or holders[id(weight)] > 1:
+                continue  # not a registered type, or a tied weight (several input distributions): base GP only
+            homogeneous = getattr(module, "bias", None) is not None and module.bias.requires_grad
+            if isinstance(adapter, str):
+                refused[id(weight)] = adapter
+                if homogeneous:
+                    refused[id(module.bias)] = adapter
+                continue
+            key = (adapter.factor_dim, homogeneous, weight.device)
+            widths.setdefault(key, []).append((name, module, adapter, homogeneous))
         groups = []
         for (d_in, homogeneous, device), members in widths.items():
             sums = InputSums(d_in, homogeneous, device, layers=len(members))
-            group = [_Layer(name, module, homogeneous, sums, index) for index, (name, module, _) in enumerate(members)]
+            group = [_Layer(name, module, adapter, homogeneous, sums, index)
+                     for index, (name, module, adapter, _) in enumerate(members)]
             for layer in group:
                 layer.handle = layer.module.register_forward_hook(self._make_hook(layer))
             groups.append(_Group(group))
-        return groups
+        return groups, refused
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             if self._records_now() and module.training and torch.is_grad_enabled():
-                layer.sums.add_(inputs[0], layer.index)
+                layer.sums.add_(layer.adapter.rows(inputs[0], output), layer.index)
 
         return record_inputs
 
-    def _describe_coverage(self, model: nn.Module) -> list[dict[str, str]]:
+    def _describe_coverage(self, model: nn.Module, refused: dict[int, str]) -> list[dict[str, str]]:
         ap = {id(layer.weight): layer for layer in self._layers}
         ap.update({id(layer.bias): layer for layer in self._layers if layer.bias is not None})
         # Muon and AdaMuon bases pair a matrix optimizer (linear weights) with AdamW (the rest).
@@ -243,12 +296,28 @@ class DoPr(Optimizer):
             if not param.requires_grad:
                 continue
             base = matrix_half if id(param) in matrices else ("adamw" if matrix_half else self.base_name)
-            rows.append({
-                "parameter": name,
-                "shape": "x".join(str(s) for s in param.shape) or "scalar",
-                "preconditioning": f"AP + {base}" if id(param) in ap else f"{base} (raw gradient)",
-            })
+            if id(param) in ap:
+                form = ap[id(param)].adapter.form
+                how = f"AP ({form}) + {base}" if form else f"AP + {base}"
+            else:
+                reason = f": {refused[id(param)]}" if id(param) in refused else ""
+                how = f"{base} (raw gradient{reason})"
+            rows.append({"parameter": name, "shape": "x".join(str(s) for s in param.shape) or "scalar",
+                         "preconditioning": how})
         return rows
+
+    def _ap_share(self, model: nn.Module) -> tuple[int, int]:
+        """(trainable parameters that get AP, all trainable parameters), counted by elements."""
+        covered = sum(p.numel() for layer in self._layers for p in (layer.weight, layer.bias) if p is not None)
+        return covered, sum(p.numel() for p in _params_of(model))
+
+    def _warn_if_mostly_uncovered(self) -> None:
+        covered, total = self._share
+        if total and 2 * covered < total:
+            warnings.warn(
+                f"DoPr covers only {100 * covered / total:.0f}% of the parameters ({covered} of {total}); the rest "
+                f"get the base optimizer's raw gradient, so DoPr-{self.base_name} ≈ {self.base_name} here "
+                "(DoPr.format_coverage() lists them)", stacklevel=3)
 
     # -- introspection ------------------------------------------------------------------------
 
@@ -264,7 +333,11 @@ class DoPr(Optimizer):
         header = {h: h for h in ("parameter", "shape", "preconditioning")}
         lines = ["  ".join(r[h].ljust(w) for h, w in zip(header, widths)).rstrip() for r in [header, *rows]]
         covered = sum(r["preconditioning"].startswith("AP") for r in rows)
-        lines.append(f"{covered} of {len(rows)} parameter tensors get AP ({len(self._layers)} linear layers hooked)")
+        kinds = Counter(layer.adapter.kind for layer in self._layers) or Counter(linear=0)
+        hooked = ", ".join(f"{count} {kind} layers hooked" for kind, count in kinds.items())
+        elements, total = self._share
+        share = f"{100 * elements / total:.0f}% of the parameters by count" if total else "no parameters"
+        lines.append(f"{covered} of {len(rows)} parameter tensors get AP ({hooked}); {share}")
         return "\n".join(lines)
 
     def numerics(self) -> dict[str, int]:
@@ -338,7 +411,7 @@ class DoPr(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Precondition the gradients of the linear layers (AP), then take the base step (GP)."""
+        """Precondition the gradients of the covered layers (AP), then take the base step (GP)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -350,38 +423,7 @@ class DoPr(Optimizer):
 
         swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
         for group in self._groups:
-            if not group.state:
-                self._init_group_state(group)
-            keys = len(group.state)
-            layers = group.layers
-            bias_grads = [None if layer.bias is None else
-                          layer.bias.grad if layer.bias.grad is not None else torch.zeros_like(layer.bias)
-                          for layer in layers]
-            updates = activation_precondition(
-                [layer.weight.grad for layer in layers],
-                bias_grads,
-                group.state,
-                sums=group.sums if refresh else None,
-                damping=options["damping"],
-                cov_ema=options["cov_ema"],
-                cache_inverse=options["refresh_every"] > 1,
-                max_damping_retries=options["max_damping_retries"],
-                apply_inverse=self._applies_inverse(group),
-                cached_blocks=group.inverse_blocks(),
-            )
-            if len(group.state) != keys:  # the first refresh created sigma or the inverse
-                self._point_rows(group)
-            for layer, update in zip(layers, updates):
-                self.state[layer.weight]["step"] += 1
-                if update is None:
-                    continue  # no gradient this step
-                swapped.append((layer.weight, layer.weight.grad))
-                layer.weight.grad = update[0]
-                if layer.bias is not None:
-                    swapped.append((layer.bias, layer.bias.grad))
-                    layer.bias.grad = update[1]
-            if refresh:
-                group.sums.zero_()
+            swapped += self._precondition_group(group, refresh)
         self._steps_done += 1
 
         # Schedulers and users change this optimizer's group; the base follows it.
@@ -394,6 +436,47 @@ class DoPr(Optimizer):
             for param, raw_grad in swapped:
                 param.grad = raw_grad
         return loss
+
+    def _precondition_group(self, group: _Group, refresh: bool) -> list[tuple[Tensor, Tensor]]:
+        """Replace the gradients of a group's layers by their AP gradients; returns (param, raw grad) pairs."""
+        options = self.param_groups[0]
+        if not group.state:
+            self._init_group_state(group)
+        keys = len(group.state)
+        layers = group.layers
+        raw_bias_grads = [layer.bias_grad() for layer in layers]
+        # Each layer's gradient as the matrix AP multiplies from the right (its adapter's view).
+        matrices = [(None, bias) if layer.weight.grad is None
+                    else layer.adapter.gradient_matrix(layer.weight.grad, bias)
+                    for layer, bias in zip(layers, raw_bias_grads)]
+        updates = activation_precondition(
+            [matrix for matrix, _ in matrices],
+            [bias for _, bias in matrices],
+            group.state,
+            sums=group.sums if refresh else None,
+            damping=options["damping"],
+            cov_ema=options["cov_ema"],
+            cache_inverse=options["refresh_every"] > 1,
+            max_damping_retries=options["max_damping_retries"],
+            apply_inverse=self._applies_inverse(group),
+            cached_blocks=group.inverse_blocks(),
+        )
+        if len(group.state) != keys:  # the first refresh created sigma or the inverse
+            self._point_rows(group)
+        swapped = []
+        for layer, update, raw_bias in zip(layers, updates, raw_bias_grads):
+            self.state[layer.weight]["step"] += 1
+            if update is None:
+                continue  # no gradient this step
+            weight_update, bias_update = layer.adapter.parameter_update(update[0], update[1], raw_bias)
+            swapped.append((layer.weight, layer.weight.grad))
+            layer.weight.grad = weight_update
+            if layer.bias is not None:
+                swapped.append((layer.bias, layer.bias.grad))
+                layer.bias.grad = bias_update
+        if refresh:
+            group.sums.zero_()
+        return swapped
 
     # -- saving and resuming ------------------------------------------------------------------
 
@@ -408,7 +491,16 @@ class DoPr(Optimizer):
         if "base" not in state_dict:
             raise ValueError("Not a DoPr state dict: the 'base' entry (base optimizer state) is missing")
         base_state = state_dict.pop("base")
+        mine = self.param_groups[0]
+        for key in ("conv_form", "max_factor_dim"):  # they decide which layers have which factor
+            saved = state_dict["param_groups"][0].get(key, mine[key]) if state_dict.get("param_groups") else mine[key]
+            if saved != mine[key]:
+                raise ValueError(f"This DoPr state was saved with {key}={saved!r}, this optimizer has "
+                                 f"{key}={mine[key]!r}: build it with the same {key} to resume")
         super().load_state_dict(state_dict)
+        for group in self.param_groups:  # files written before these options existed
+            group.setdefault("conv_form", mine["conv_form"])
+            group.setdefault("max_factor_dim", mine["max_factor_dim"])
         self.base.load_state_dict(base_state)
         # torch gave each layer its own tensors (cast to the parameter's dtype, possibly the caller's own):
         # stack them afresh per group, in our dtypes, and point the layers' entries at the rows.
