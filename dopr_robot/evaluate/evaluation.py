@@ -43,6 +43,8 @@ from dopr_robot.evaluate.rollout import (
     PolicyController,
     Trajectory,
     check_actions_per_chunk,
+    low_dim_keys,
+    low_dim_observation,
     rollout,
 )
 from envs import seeds
@@ -224,14 +226,13 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
                               episode_seeds, num_envs, on_episode=lambda _: bar.update(1))
         records = [episode_record(t) for t in policy_runs]
         compounding, env_steps = None, sum(t.length for t in policy_runs)
-        if expert is not None and policy.image_shapes:
-            expert, note = None, "the compounding-error metrics are not computed for policies that see images yet"
         if expert is not None:
             act_dim = policy.act_dim
             expert_runs = rollout(make_env, lambda k: ExpertController(expert, act_dim), episode_seeds, num_envs,
                                   on_episode=lambda _: bar.update(1))
             env_steps += sum(t.length for t in expert_runs)
-            compounding = _compounding(policy, expert, policy_runs, expert_runs, records, bootstrap_seed, horizon)
+            compounding = _compounding(policy, expert, policy_runs, expert_runs, records, bootstrap_seed, horizon,
+                                       obs_keys)
         bar.close()
     finally:
         policy.train(was_training)
@@ -243,17 +244,26 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
 
 
 def _compounding(policy: Policy, expert, policy_runs: list[Trajectory], expert_runs: list[Trajectory],
-                 records: list[dict[str, Any]], bootstrap_seed: int, horizon: int | None) -> dict[str, Any]:
+                 records: list[dict[str, Any]], bootstrap_seed: int, horizon: int | None,
+                 obs_keys: Sequence[str] = ()) -> dict[str, Any]:
     """Relabel every visited state with both the policy (fresh prediction, on its observations) and
-    the expert (on the flat states), in bulk."""
+    the expert (on the flat states), in bulk. Deviations are in units of the policy's observation
+    normalizer when it observes the flat state; a policy that observes other keys (images, robot
+    state) knows no scale of the state, so the spread of the states its expert runs visited is the unit."""
     policy_states = [t.states[:-1] for t in policy_runs]
     expert_states = [t.states[:-1] for t in expert_runs]
-    policy_at_policy = _split(policy_actions(policy, [t.obs[:-1] for t in policy_runs]), policy_states)
-    policy_at_expert = _split(policy_actions(policy, [t.obs[:-1] for t in expert_runs]), expert_states)
+    policy_at_policy = _split(policy_actions(policy, [_but_last(t.obs) for t in policy_runs], obs_keys=obs_keys),
+                              policy_states)
+    policy_at_expert = _split(policy_actions(policy, [_but_last(t.obs) for t in expert_runs], obs_keys=obs_keys),
+                              expert_states)
     expert_at_policy = _split(expert.act(np.concatenate(policy_states)), policy_states)
     expert_at_expert = _split(expert.act(np.concatenate(expert_states)), expert_states)
-    obs_mean = policy.obs_normalizer.mean.double().cpu().numpy()
-    obs_std = policy.obs_normalizer.std.double().cpu().numpy()
+    if isinstance(policy_runs[0].obs, dict):
+        visited = np.concatenate([t.states for t in expert_runs]).astype(np.float64)
+        obs_mean, obs_std = visited.mean(axis=0), np.maximum(visited.std(axis=0), 1e-3)
+    else:
+        obs_mean = policy.obs_normalizer.mean.double().cpu().numpy()
+        obs_std = policy.obs_normalizer.std.double().cpu().numpy()
     act_std = policy.action_normalizer.std.double().cpu().numpy()
     per_episode = []
     for i, (p, e) in enumerate(zip(policy_runs, expert_runs)):
@@ -277,23 +287,39 @@ def _compounding(policy: Policy, expert, policy_runs: list[Trajectory], expert_r
     return summary
 
 
+def _but_last(obs: np.ndarray | dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+    """A trajectory's observations without the last (after the final step), array or dict of arrays."""
+    return {key: value[:-1] for key, value in obs.items()} if isinstance(obs, dict) else obs[:-1]
+
+
 def _split(rows: np.ndarray, like: list[np.ndarray]) -> list[np.ndarray]:
     return np.split(np.asarray(rows, dtype=np.float64), np.cumsum([len(x) for x in like])[:-1])
 
 
 @torch.no_grad()
-def policy_actions(policy: Policy, observations: list[np.ndarray], batch_size: int = 4096, seed: int = 0) -> np.ndarray:
+def policy_actions(policy: Policy, observations: list, batch_size: int = 4096, seed: int = 0,
+                   obs_keys: Sequence[str] = ()) -> np.ndarray:
     """The policy's action now (first chunk row, a fresh prediction) at every step of each observation
-    sequence ``(T_i, D)``, with the history padded by the sequence's first observation as in training
-    (:func:`demos.history.history_indices`); ``(sum T_i, A)``. Batches run on the policy's device
-    and the actions come back in one copy. A policy that samples draws from one generator seeded
-    ``seed``: the same states give the same actions, whatever ``num_envs`` visited them with."""
+    sequence ``(T_i, D)`` (or dict of ``(T_i, ...)`` arrays: the low-dim ``obs_keys`` and the
+    policy's images, as :class:`PolicyController` reads them), with the history padded by the
+    sequence's first observation as in training (:func:`demos.history.history_indices`);
+    ``(sum T_i, A)``. Batches run on the policy's device and the actions come back in one copy. A
+    policy that samples draws from one generator seeded ``seed``: the same states give the same
+    actions, whatever ``num_envs`` visited them with."""
     device = module_device(policy)
     generator = torch.Generator().manual_seed(seed)
-    histories = [obs[history_indices(len(obs), policy.history)] for obs in observations]  # (T_i, H, D) each
-    histories = torch.as_tensor(np.concatenate(histories), dtype=torch.float32)
-    out = [policy.predict(histories[start:start + batch_size].to(device), generator=generator)[:, 0]
-           for start in range(0, len(histories), batch_size)]
+    keys = low_dim_keys(policy, obs_keys)
+    low_dim = [low_dim_observation(obs, keys) if isinstance(obs, dict) else obs for obs in observations]
+    starts = np.cumsum([0] + [len(obs) for obs in low_dim])[:-1]
+    rows = np.concatenate([start + history_indices(len(obs), policy.history) for start, obs in zip(starts, low_dim)])
+    flat = torch.as_tensor(np.concatenate(low_dim), dtype=torch.float32)
+    images = {key: np.concatenate([obs[key] for obs in observations]) for key in policy.image_shapes}
+    out = []
+    for start in range(0, len(rows), batch_size):
+        index = rows[start:start + batch_size]  # (B, H) rows of the concatenated sequences
+        extra = {"images": {key: torch.from_numpy(value[index]).to(device) for key, value in images.items()}} \
+            if images else {}
+        out.append(policy.predict(flat[torch.from_numpy(index)].to(device), generator=generator, **extra)[:, 0])
     return torch.cat(out).double().cpu().numpy()
 
 
@@ -307,7 +333,7 @@ def check_spaces(make_env: Callable[[], Any], policy: Policy, task: str, obs_key
         env.close()
     obs_shape = space.shape
     if isinstance(space, gymnasium.spaces.Dict):
-        low_dim = [key for key in obs_keys if key not in policy.image_shapes] or ["flat"]
+        low_dim = low_dim_keys(policy, obs_keys)
         missing = [key for key in [*low_dim, *policy.image_shapes] if key not in space.spaces]
         if missing:
             raise UserError(f"the policy reads observation key(s) {', '.join(missing)} that task {task} does not give "

@@ -54,7 +54,7 @@ class PolicyController:
         check_actions_per_chunk(actions_per_chunk, policy.chunk)
         self.policy, self.actions_per_chunk = policy, actions_per_chunk
         self.device = module_device(policy)
-        self.obs_keys = [key for key in obs_keys if key not in policy.image_shapes] or ["flat"]
+        self.obs_keys = low_dim_keys(policy, obs_keys)
         self.history = np.zeros((num_envs, policy.history, policy.obs_dim), dtype=np.float32)  # (K, H, D) raw
         self.images = {key: np.zeros((num_envs, policy.history, *shape), dtype=np.uint8)  # (K, H, h, w, 3) each
                        for key, shape in policy.image_shapes.items()}
@@ -106,9 +106,7 @@ class PolicyController:
         if missing:
             raise UserError(f"the policy reads observation key(s) {', '.join(missing)} that the environment does not "
                             f"give (it gives {', '.join(obs)}); make it with the cameras of the training data")
-        low_dim = obs[self.obs_keys[0]] if len(self.obs_keys) == 1 else \
-            np.concatenate([obs[key].reshape(len(obs[key]), -1) for key in self.obs_keys], axis=1)
-        return low_dim, obs
+        return low_dim_observation(obs, self.obs_keys), obs
 
     def _predict(self, rows: np.ndarray, generators: list[torch.Generator | None]) -> np.ndarray:
         """Chunks ``(B, C, A)`` for the histories of slots ``rows`` (bool ``(K,)``): one batched forward
@@ -119,6 +117,19 @@ class PolicyController:
                   for key, buffer in self.images.items()}
         return self.policy.predict(torch.from_numpy(history).to(self.device), generator=generators,
                                    **({"images": images} if images else {})).cpu().numpy()
+
+
+def low_dim_keys(policy: Policy, obs_keys: Sequence[str]) -> list[str]:
+    """The keys of dict observations that make up the policy's low-dim observation, in order:
+    ``obs_keys`` (the training data's) without its image keys; none: the flat state."""
+    return [key for key in obs_keys if key not in policy.image_shapes] or ["flat"]
+
+
+def low_dim_observation(obs: Mapping[str, np.ndarray], keys: Sequence[str]) -> np.ndarray:
+    """``(N, D)``: the ``(N, ...)`` arrays of ``keys`` side by side (a single key as it is)."""
+    if len(keys) == 1:
+        return obs[keys[0]]
+    return np.concatenate([obs[key].reshape(len(obs[key]), -1) for key in keys], axis=1)
 
 
 def check_actions_per_chunk(actions_per_chunk: int, chunk: int) -> None:
