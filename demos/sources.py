@@ -1,6 +1,6 @@
 """``load(source)``: one entry point for every kind of demonstration source, detected from ``source``.
 
-- an existing directory: a Minari dataset directory;
+- an existing directory: a LeRobot dataset (format v3.0, ``meta/info.json``) or a Minari dataset directory;
 - an existing file: HDF5 in the robomimic layout (from ``dopr-robot collect`` or elsewhere);
 - anything else: the id of a Minari dataset stored locally (never downloaded).
 """
@@ -15,6 +15,7 @@ import h5py
 
 from demos.dataset import DemoDataset
 from demos.hdf5 import read_hdf5
+from demos.lerobot_source import is_lerobot_dir, read_lerobot
 from demos.minari_source import minari_data_dir, minari_root, read_minari
 from dopr_robot.errors import UserError
 
@@ -34,7 +35,7 @@ def _parse_obs_keys(obs_keys: str | Sequence[str] | None) -> list[str] | None:
 
 
 def load(source: str | os.PathLike, obs_keys: str | Sequence[str] | None = None) -> DemoDataset:
-    """Load demonstrations from an HDF5 file, a Minari dataset directory, or a local Minari id.
+    """Load demonstrations from an HDF5 file, a LeRobot v3.0 or Minari dataset directory, or a local Minari id.
 
     ``obs_keys`` (a list, or one comma-separated string) picks the observation keys: low-dimensional
     ones are concatenated in that order, camera images (``<camera>_image``, uint8 ``(T, H, W, 3)``,
@@ -47,11 +48,14 @@ def load(source: str | os.PathLike, obs_keys: str | Sequence[str] | None = None)
     keys = _parse_obs_keys(obs_keys)
     path = Path(text)
     if path.is_dir():
+        if is_lerobot_dir(path):
+            return read_lerobot(path, keys)
         data_dir = minari_data_dir(text)
         if data_dir is None:
             raise UserError(
-                f"{text} is a directory but not a Minari dataset (no data/metadata.json in it); pass an HDF5 "
-                "file, a Minari dataset directory or a local Minari dataset id"
+                f"{text} is a directory but neither a LeRobot dataset (no meta/info.json in it) nor a Minari dataset "
+                "(no data/metadata.json); pass an HDF5 file, a LeRobot or Minari dataset directory or a local "
+                "Minari dataset id"
             )
         return read_minari(data_dir, text, keys)
     if path.is_file():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import h5py
@@ -147,3 +148,70 @@ def test_collect_config_cameras_and_image_size() -> None:
     assert "cameras" not in CollectConfig(episodes=2).record("Reach-v0")  # files from before cameras still match
     with pytest.raises(UserError, match="--image-size"):
         CollectConfig(episodes=2, image_size=(2, 2))
+
+
+def _lerobot_dataset(root: Path) -> np.ndarray:
+    """A tiny LeRobot v3.0 dataset written by hand: 2 episodes (5 and 3 frames) at 10 fps in one data file,
+    camera "top" as one h264 video holding both episodes, camera "wrist" as PNG images in the parquet.
+    Frame k of the dataset is uniformly grey at 20 + 25 k in both cameras; returns those greys."""
+    av = pytest.importorskip("av")
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    import imageio.v3 as iio
+
+    greys = 20 + 25 * np.arange(8)
+    frames = [np.full((24, 32, 3), grey, np.uint8) for grey in greys]
+    video = root / "videos/observation.images.top/chunk-000/file-000.mp4"
+    video.parent.mkdir(parents=True)
+    with av.open(str(video), mode="w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 32, 24, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    episode, frame_index = [0] * 5 + [1] * 3, [*range(5), *range(3)]
+    rng = np.random.default_rng(1)
+    data = pa.table({
+        "index": np.arange(8), "episode_index": episode, "frame_index": frame_index,
+        "timestamp": np.array(frame_index, np.float32) / 10, "task_index": np.zeros(8, np.int64),
+        "observation.state": pa.array(list(rng.normal(size=(8, 3)).astype(np.float32)), pa.list_(pa.float32(), 3)),
+        "action": pa.array(list(rng.normal(size=(8, 2)).astype(np.float32)), pa.list_(pa.float32(), 2)),
+        "next.reward": np.arange(8, dtype=np.float32), "next.done": [False] * 4 + [True] + [False] * 2 + [True],
+        "observation.images.wrist": [{"bytes": iio.imwrite("<bytes>", f, extension=".png"), "path": None} for f in frames],
+    })
+    (root / "data/chunk-000").mkdir(parents=True)
+    pq.write_table(data, root / "data/chunk-000/file-000.parquet")
+    top = "videos/observation.images.top"
+    episodes = pa.table({"episode_index": [0, 1], "length": [5, 3], "dataset_from_index": [0, 5],
+                         "dataset_to_index": [5, 8], "data/chunk_index": [0, 0], "data/file_index": [0, 0],
+                         f"{top}/chunk_index": [0, 0], f"{top}/file_index": [0, 0],
+                         f"{top}/from_timestamp": [0.0, 0.5], f"{top}/to_timestamp": [0.5, 0.8]})
+    (root / "meta/episodes/chunk-000").mkdir(parents=True)
+    pq.write_table(episodes, root / "meta/episodes/chunk-000/file-000.parquet")
+    image = {"shape": [24, 32, 3], "names": ["height", "width", "channels"]}
+    features = {"observation.state": {"dtype": "float32", "shape": [3]}, "action": {"dtype": "float32", "shape": [2]},
+                "observation.images.top": {"dtype": "video", **image}, "observation.images.wrist": {"dtype": "image", **image},
+                **{key: {"dtype": "int64", "shape": [1]} for key in ("index", "episode_index", "frame_index", "task_index")},
+                "timestamp": {"dtype": "float32", "shape": [1]}, "next.reward": {"dtype": "float32", "shape": [1]},
+                "next.done": {"dtype": "bool", "shape": [1]}}
+    info = {"codebase_version": "v3.0", "fps": 10, "robot_type": "test", "features": features,
+            "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
+            "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    return greys
+
+
+def test_lerobot_v3_dataset_loads_by_path_with_video_and_png_cameras(tmp_path: Path) -> None:
+    root = tmp_path / "lerobot"
+    greys = _lerobot_dataset(root)
+    data = demos.load(root, obs_keys="observation.images.top,wrist_image,observation.state")
+    assert [len(e) for e in data.episodes] == [5, 3] and data.obs_dim == 3 and data.act_dim == 2
+    assert data.image_shapes == {"top_image": (24, 32, 3), "wrist_image": (24, 32, 3)}
+    for key in ("top_image", "wrist_image"):
+        seen = np.concatenate([e.images[key] for e in data.episodes]).reshape(8, -1).mean(axis=1)
+        np.testing.assert_allclose(seen, greys, atol=3)  # the right frame for every step (h264 is lossy)
+    assert data.episodes[1].dones.tolist() == [False, False, True]
+    np.testing.assert_array_equal(data.episodes[1].rewards, [5, 6, 7])
+    assert demos.load(root).obs_keys == ["observation.state"]
+    with pytest.raises(UserError, match="has no observation key 'gripper'; available keys: .*images: "):
+        demos.load(root, obs_keys="gripper")

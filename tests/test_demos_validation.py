@@ -134,7 +134,7 @@ def test_minari_id_not_stored_locally(tmp_path: Path, monkeypatch: pytest.Monkey
 
 
 def test_directory_that_is_not_a_minari_dataset(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="is a directory but not a Minari dataset"):
+    with pytest.raises(UserError, match="is a directory but neither a LeRobot dataset .* nor a Minari dataset"):
         demos.load(tmp_path)
 
 
