@@ -89,14 +89,11 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     try:
         while step < config.steps:
             indices = torch.randint(len(run.train_windows), (config.batch_size,), generator=run.sampler)
-            loss = policy.loss(run.train_windows.batch(copy_to(indices.chunk(run.world)[run.rank], run.device)),
-                               forward=run.forward)
+            loss = run.loss(run.train_windows.batch(copy_to(indices.chunk(run.world)[run.rank], run.device)))
             meter.add(loss, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if config.grad_clip > 0:
-                nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
-            optimizer.step()
+            run.update()  # gradient clip, optimizer step
             scheduler.step()
             if ema is not None:
                 ema.update(policy)
@@ -107,7 +104,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
                 threads.rebalance()  # give cores back to (or take them from) other jobs on the machine
                 _check_finite(run, meter, step)
                 last_loss = meter.mean()
-                log.write(step=step, train_loss=last_loss, lr=scheduler.get_last_lr()[0],
+                log.write(step=step, train_loss=last_loss, lr=float(scheduler.get_last_lr()[0]),
                           elapsed_s=round(time.perf_counter() - started, 3), **ap_watch.check(step))
                 bar.set_postfix(loss=f"{last_loss:.4f}")
             if run.valid_windows is not None and due(config.val_every):
@@ -144,6 +141,8 @@ class _Run:
     scheduler: torch.optim.lr_scheduler.LambdaLR
     sampler: torch.Generator  # the batch order, on the CPU
     data_sha256: str | None  # the demonstrations' content (data_fingerprint), checked on a resume
+    loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None  # batch -> loss (:func:`_step_functions`)
+    update: Callable[[], None] | None = None  # gradient clip and optimizer step (:func:`_step_functions`)
     step: int = 0  # where this call starts
     best: dict[str, Any] | None = None  # {"val_loss", "step"} of the best validation so far
     best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"} of the best closed-loop evaluation
@@ -183,6 +182,8 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     model = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else policy
     optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
+    if config.compile:
+        _learning_rate_as_tensor(optimizer, device)  # before the schedule reads it
     run = _Run(config, run_dir, device, rank, world, dataset, train_windows, valid_windows, policy, ema,
                forward=_mixed_precision(model, device, config.amp), optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps)),
@@ -191,7 +192,66 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
         _restore(run, checkpoint)
     elif warm_start is not None:
         _warm_start(run, load_checkpoint(warm_start))
+    run.loss, run.update = _step_functions(run)
     return run
+
+
+def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], Callable[[], None]]:
+    """The step's two calls: ``loss(batch)`` (the forward; its backward follows it) and ``update()``
+    (gradient clip, optimizer step); with ``config.compile`` compiled by ``torch.compile``.
+
+    What stays eager under compile, and why: DoPr's statistics hooks decide whether to record from the
+    optimizer's Python step counter, so tracing them would recompile every step; they run eagerly
+    between the compiled pieces of the forward (its graph breaks at each hooked layer). DoPr's own step
+    (the solve) keeps per-layer Python counters and state bookkeeping for the same reason: eager, while
+    its base optimizer's step is compiled. On CUDA the compiled pieces are captured as CUDA graphs
+    (inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). Compiled random ops call
+    torch's own (``fallback_random``): dropout and a flow policy's noise draw what eager draws, and a
+    resumed run replays them.
+    """
+    policy, optimizer, forward, config = run.policy, run.optimizer, run.forward, run.config
+
+    def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return policy.loss(batch, forward=forward)
+
+    def clip() -> None:
+        nn.utils.clip_grad_norm_(policy.parameters(), config.grad_clip)
+
+    def update() -> None:
+        if config.grad_clip > 0:
+            clip()
+        optimizer.step()
+
+    if not config.compile:
+        return loss, update
+    torch._dynamo.reset()  # a fresh cache per run: runs in one process never reach its recompile limit
+    options = {"fallback_random": True, "triton.cudagraphs": run.device.type == "cuda"}
+
+    def compiled(function: Callable) -> Callable:
+        return torch.compile(function, options=options)
+
+    _hooks_run_eagerly(policy)
+    base = getattr(optimizer, "base", None)  # DoPr's base optimizer
+    if base is None:
+        return compiled(loss), compiled(update)
+    base.step = compiled(base.step)  # what DoPr's step calls after its (eager) solve
+    clip = compiled(clip)
+    return compiled(loss), update
+
+
+def _hooks_run_eagerly(model: nn.Module) -> None:
+    """Keep ``torch.compile`` from tracing the forward hooks of ``model``'s layers (DoPr's statistics):
+    each runs eagerly where the compiled forward breaks its graph."""
+    for module in model.modules():
+        for key, hook in list(module._forward_hooks.items()):
+            module._forward_hooks[key] = torch.compiler.disable(hook)
+
+
+def _learning_rate_as_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Hold the learning rate as a tensor that the schedule updates in place: a Python float would be a
+    constant of the compiled optimizer step, recompiled at each new value."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
 
 
 def _evaluation_cadence(config: TrainConfig, evaluator: Evaluator | None, evaluate_every: int) -> int:

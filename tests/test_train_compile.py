@@ -1,0 +1,88 @@
+"""``train --compile``: the compiled step trains the curve eager trains (within float round-off), and a
+compiled run resumes bit-exactly. Kept tiny: compilation, not training, is what these tests pay for."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from dopr_robot.checkpoint import load_checkpoint
+from dopr_robot.config import TrainConfig
+from dopr_robot.train import train
+
+OPTIMIZERS = [("adamw", {}), ("dopr-adamw", {}), ("dopr-adamw", {"refresh_every": 5}), ("dopr-muon", {})]
+
+
+def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
+    settings = dict(data=str(data), out=str(out), policy="mlp", policy_options={"width": 16, "depth": 1},
+                    steps=50, batch_size=16, lr=3e-3, warmup_steps=5, log_every=5, val_every=50,
+                    checkpoint_every=50)
+    settings.update(overrides)
+    return TrainConfig(**settings)
+
+
+def logged(run_dir: Path, key: str) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if key in line]
+
+
+@pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["adamw", "dopr-adamw", "dopr-adamw-amortized", "dopr-muon"])
+def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, one_thread, optimizer: str,
+                                                  options: dict) -> None:
+    config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
+    eager = train(config, progress=False, device="cpu")
+    torch._dynamo.utils.counters.clear()
+    compiled = train(replace(config, out=str(tmp_path / "compiled"), compile=True), progress=False, device="cpu")
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+
+    # Muon orthogonalizes in bfloat16: its round-off is larger than float32's.
+    rel = 1e-3 if optimizer.endswith("muon") else 1e-4
+    assert logged(compiled.run_dir, "train_loss") == pytest.approx(logged(eager.run_dir, "train_loss"), rel=rel)
+    assert logged(compiled.run_dir, "lr") == pytest.approx(logged(eager.run_dir, "lr"), rel=1e-6)
+    if optimizer.startswith("dopr"):  # AP worked in both (no layer-step fell back to the raw gradient)
+        assert logged(compiled.run_dir, "dopr_skipped") == logged(eager.run_dir, "dopr_skipped")
+    weights_eager, weights_compiled = load_checkpoint(eager.run_dir)["model"], load_checkpoint(compiled.run_dir)["model"]
+    for name, value in weights_eager.items():
+        torch.testing.assert_close(weights_compiled[name], value, rtol=10 * rel, atol=rel / 10, msg=name)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+def test_a_compiled_run_resumes_bit_exactly(reach_demos: Path, tmp_path: Path, one_thread) -> None:
+    config = tiny_config(reach_demos, tmp_path / "whole", optimizer="dopr-adamw", steps=30, checkpoint_every=10,
+                         optimizer_options={"refresh_every": 3}, compile=True,
+                         policy_options={"width": 16, "depth": 1, "dropout": 0.1})  # dropout: compiled RNG replayed
+    whole = train(config, progress=False, device="cpu")
+
+    def kill_at_25(policy, step: int) -> dict:
+        if step == 25:
+            raise Interrupt
+        return {}
+
+    killed = replace(config, out=str(tmp_path / "killed"))
+    with pytest.raises(Interrupt):
+        train(killed, evaluator=kill_at_25, evaluate_every=5, progress=False, device="cpu")
+    assert load_checkpoint(killed.out)["step"] == 20
+    resumed = train(killed, resume=True, progress=False, device="cpu")
+
+    final_whole, final_resumed = load_checkpoint(whole.run_dir), load_checkpoint(resumed.run_dir)
+    for key in ("model", "ema"):
+        for name, value in final_whole[key].items():
+            assert torch.equal(value, final_resumed[key][name]), f"{key}.{name}"
+    assert logged(whole.run_dir, "train_loss") == logged(resumed.run_dir, "train_loss")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph capture of the compiled step needs a GPU")
+@pytest.mark.parametrize("optimizer, options", OPTIMIZERS[:3], ids=["adamw", "dopr-adamw", "dopr-adamw-amortized"])
+def test_the_captured_step_on_cuda_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, optimizer: str,
+                                                          options: dict) -> None:
+    config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
+    eager = train(config, progress=False, device="cuda")
+    captured = train(replace(config, out=str(tmp_path / "captured"), compile=True), progress=False, device="cuda")
+    assert logged(captured.run_dir, "train_loss") == pytest.approx(logged(eager.run_dir, "train_loss"), rel=1e-3)
