@@ -192,7 +192,7 @@ class DemoDataset:
             ("made by", _made_by(self.metadata)),
             ("episodes", f"{len(self.episodes)} (train {len(self.train_indices)}, valid {len(self.valid_indices)})"),
             ("transitions", f"{int(lengths.sum())} (episode length {length_range})"),
-            ("observation", f"{self.obs_dim} (keys: {', '.join(self.obs_keys)})"),
+            ("observation", f"{self.obs_dim} (keys: {', '.join(k for k in self.obs_keys if k not in self.image_shapes)})"),
             *_image_rows(self.metadata.get("image_keys", {}), self.image_shapes),
             ("action", str(self.act_dim)),
             ("success", success),
@@ -207,12 +207,12 @@ class DemoDataset:
 def _image_rows(on_disk: dict[str, dict[str, Any]], loaded: dict[str, tuple[int, ...]]) -> list[tuple[str, str]]:
     """One ``images`` row per image key of the file: per-step shape, dtype, size on disk, and whether loaded."""
     rows = []
+    on_disk = on_disk | {key: {"shape": list(shape), "dtype": "uint8"} for key, shape in loaded.items() if key not in on_disk}
     for key, entry in on_disk.items():
         shape = "x".join(str(n) for n in entry.get("shape", []))
-        megabytes = entry.get("bytes", 0) / 1e6
+        size = f", {entry['bytes'] / 1e6:.2f} MB on disk" if "bytes" in entry else ""
         note = "loaded" if key in loaded else "not loaded (name it in --obs-keys)"
-        rows.append(("images" if not rows else "", f"{key} {shape} {entry.get('dtype', '?')}, {megabytes:.2f} MB on disk, "
-                                                    f"{note}"))
+        rows.append(("images" if not rows else "", f"{key} {shape} {entry.get('dtype', '?')}{size}, {note}"))
     return rows
 
 
