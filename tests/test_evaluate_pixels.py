@@ -17,6 +17,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.evaluate.checkpoints import evaluate_checkpoint
 from dopr_robot.evaluate.evaluation import _but_last, camera_kwargs, evaluate, policy_actions
 from dopr_robot.evaluate.rollout import PolicyController, rollout
+from dopr_robot.evaluate.video import camera_panel
 from dopr_robot.train import train
 from policies import Policy, make_policy
 from policies.encoders import ImageEncoderConfig
@@ -128,3 +129,12 @@ def test_a_short_pixel_training_evaluates_end_to_end(demo_file, tmp_path: Path, 
     assert evaluation.closed_loop["n"] == 2 and evaluation.compounding is not None
     assert evaluation.env_kwargs == {"horizon": 30}  # the data's env, rendering the policy's camera at 32 px
     assert evaluation.env_steps == sum(r["length"] + r["expert_length"] for r in evaluation.records)
+
+
+def test_the_video_panel_shows_the_pixels_the_policy_saw() -> None:
+    images = np.random.default_rng(0).integers(0, 256, (2, 16, 20, 3), dtype=np.uint8)
+    frames = camera_panel(images, 50)  # factor 3: 48 rows, one black row above and below
+    assert len(frames) == 2 and frames[0].shape == (50, 60, 3)
+    np.testing.assert_array_equal(frames[1][1:49:3, ::3], images[1])
+    np.testing.assert_array_equal(frames[1][3, 4], images[1][0, 1])  # a pixel repeated, not interpolated
+    assert not frames[0][0].any() and not frames[0][49].any()

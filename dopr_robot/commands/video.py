@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     task, env_kwargs = checkpoint_task(checkpoint, args.task)
     video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device,
                                                 flow_steps=settings.flow_steps), task, out, settings,
-                   env_kwargs=env_kwargs)
+                   env_kwargs=env_kwargs, obs_keys=(checkpoint.get("dataset") or {}).get("obs_keys") or ())
     side = "policy | expert" if video["with_expert"] else "policy"
     print(f"wrote {video['path']} ({side}, {video['episodes']} episode(s), {video['frames']} frames)")
     return 0

@@ -6,14 +6,17 @@ so an episode pair lasts ``max(T_policy, T_expert) + 1`` frames (the reset frame
 step); episodes follow one another. Written with imageio (mp4 through imageio-ffmpeg, or gif),
 atomically. Renders use the tasks' fast settings (no shadows/reflections, no multisampling) and
 each task's camera ("fixed" in Reach-v0's and Push-v0's XML frames the workspace and the goal at
-4:3, hence the default panel size of 320 x 240).
+4:3, hence the default panel size of 320 x 240). A policy that sees images gets a panel per camera
+beside its own: the images it was given, at their size scaled up by a whole factor (nearest pixel)
+to the panel height, so the video shows what the policy saw next to the third-person view.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -21,7 +24,7 @@ import envs
 from dopr_robot.atomic import atomic_path, check_destination
 from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
-from dopr_robot.evaluate.evaluation import check_spaces, resolve_task
+from dopr_robot.evaluate.evaluation import camera_kwargs, check_spaces, resolve_task
 from dopr_robot.evaluate.rollout import ExpertController, PolicyController, Trajectory, check_actions_per_chunk, rollout
 from policies import Policy
 
@@ -81,6 +84,17 @@ def compose_episode(panels: list[tuple[str, Trajectory]]) -> list[np.ndarray]:
     return frames_out
 
 
+def camera_panel(images: np.ndarray, height: int) -> list[np.ndarray]:
+    """Frames ``(height, k·w, 3)`` of camera images ``(T, h, w, 3)``: each scaled up by the largest whole
+    factor k that fits ``height`` (nearest pixel: the pixels the policy saw), centred vertically."""
+    factor = max(1, height // images.shape[1])
+    scaled = images.repeat(factor, axis=1).repeat(factor, axis=2)[:, :height]
+    top = (height - scaled.shape[1]) // 2
+    padded = np.zeros((len(images), height, scaled.shape[2], 3), dtype=np.uint8)
+    padded[:, top:top + scaled.shape[1]] = scaled
+    return list(padded)
+
+
 def _even(frame: np.ndarray) -> np.ndarray:
     """Pad to even height and width (yuv420p video needs them)."""
     pad_h, pad_w = frame.shape[0] % 2, frame.shape[1] % 2
@@ -122,13 +136,16 @@ def write_video(out: str | Path, episodes: Any, fps: int, size: tuple[int, int] 
 def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *,
                  env_kwargs: dict[str, Any] | None = None, actions_per_chunk: int = 1, with_expert: bool = True,
                  size: tuple[int, int] = DEFAULT_SIZE, fps: int | None = None,
-                 make_env: Callable[..., Any] | None = None, expert: Any = None) -> dict[str, Any]:
-    """Render one episode per seed (policy, and expert beside it when there is one) into ``out``.
+                 make_env: Callable[..., Any] | None = None, expert: Any = None,
+                 obs_keys: Sequence[str] = ()) -> dict[str, Any]:
+    """Render one episode per seed (policy, what it saw when it sees images, and expert beside it
+    when there is one) into ``out``.
 
     ``size`` ``(width, height)``: pixels of each panel's render (a banner of :data:`BANNER` rows
     goes above it, panels sit side by side, :data:`GAP` columns apart). ``make_env(**render_kwargs)``
-    replaces the registry's factory (``task`` is then a label). Returns ``{"path", "frames",
-    "episodes", "with_expert", "size"}``.
+    replaces the registry's factory (``task`` is then a label). ``obs_keys``: the training data's
+    observation keys, for a policy that reads dict observations (:class:`PolicyController`).
+    Returns ``{"path", "frames", "episodes", "with_expert", "size"}``.
     """
     if len(seeds) < 1:
         raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
@@ -137,8 +154,8 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
     if make_env is None:
         task, _, registry_expert, _ = resolve_task(task, env_kwargs, with_expert)
         expert = registry_expert if expert is None else expert
-        make_env = partial(envs.make, task, **dict(env_kwargs or {}))
-    check_spaces(make_env, policy, task)  # a checkpoint of another task: one line, not a shape error mid-rollout
+        make_env = partial(envs.make, task, **dict(env_kwargs or {}), **camera_kwargs(policy.image_shapes))
+    check_spaces(make_env, policy, task, obs_keys)  # a checkpoint of another task: one line, not a shape error mid-rollout
     if not with_expert:
         expert = None
     render_env = partial(make_env, render_mode="rgb_array", width=width, height=height)
@@ -151,8 +168,11 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
 
     def episodes():
         for seed in seeds:
-            panels = [("policy", rollout(render_env, partial(PolicyController, policy, actions_per_chunk=actions_per_chunk),
-                                         [seed], 1, render=True)[0])]
+            run = rollout(render_env, partial(PolicyController, policy, actions_per_chunk=actions_per_chunk,
+                                              obs_keys=obs_keys), [seed], 1, render=True)[0]
+            panels = [("policy", run)] + [(key.removesuffix("_image") + " (policy input)",
+                                           replace(run, frames=camera_panel(run.obs[key], height)))
+                                          for key in policy.image_shapes]
             if expert is not None:
                 panels.append(("expert", rollout(render_env, lambda k: ExpertController(expert, policy.act_dim),
                                                  [seed], 1, render=True)[0]))
@@ -167,9 +187,10 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
 
 
 def render(policy: Policy, task: str, out: str | Path, settings: EvalConfig, *, episodes: int | None = None,
-           env_kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+           env_kwargs: dict[str, Any] | None = None, obs_keys: Sequence[str] = ()) -> dict[str, Any]:
     """``record_video`` of the first ``episodes`` (default: all) of ``settings``' episodes, with its
     chunking, expert, size and frame rate (``eval --videos``, ``video``, ``quickstart``)."""
     seeds = settings.seeds[: settings.episodes if episodes is None else episodes]
     return record_video(policy, task, out, seeds, env_kwargs=env_kwargs, actions_per_chunk=settings.actions_per_chunk,
-                        with_expert=settings.with_expert, size=settings.size, fps=settings.fps or None)
+                        with_expert=settings.with_expert, size=settings.size, fps=settings.fps or None,
+                        obs_keys=obs_keys)
