@@ -57,15 +57,15 @@ def spatial_softmax(maps: Tensor) -> Tensor:
 
 
 def random_shift(images: Tensor, shift: int, group: int = 1) -> Tensor:
-    """Pad float images (N, 3, H, W) by ``shift`` (edges repeated) and crop back at a random offset in
-    [0, 2·shift]², one offset per run of ``group`` consecutive images (one sample's history)."""
-    n, _, h, w = images.shape
-    padded = nn.functional.pad(images, (shift,) * 4, mode="replicate")
-    offsets = torch.randint(0, 2 * shift + 1, (n // group, 2), device=images.device).repeat_interleave(group, dim=0)
-    rows = (offsets[:, :1] + torch.arange(h, device=images.device))[:, :, None]  # (N, H, 1)
-    cols = (offsets[:, 1:] + torch.arange(w, device=images.device))[:, None, :]  # (N, 1, W)
-    picked = padded.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
-    return picked.permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+    """Images (N, H, W, C) of any dtype padded by ``shift`` pixels (edges repeated) and cropped back at
+    a random offset in [0, 2·shift]², one offset per run of ``group`` consecutive images (one
+    sample's history). One gather with clamped indices (what edge padding amounts to), on uint8."""
+    n, h, w = images.shape[:3]
+    device = images.device
+    offsets = torch.randint(0, 2 * shift + 1, (n // group, 2), device=device).repeat_interleave(group, dim=0) - shift
+    rows = (offsets[:, :1] + torch.arange(h, device=device)).clamp_(0, h - 1)[:, :, None]  # (N, H, 1)
+    cols = (offsets[:, 1:] + torch.arange(w, device=device)).clamp_(0, w - 1)[:, None, :]  # (N, 1, W)
+    return images[torch.arange(n, device=device)[:, None, None], rows, cols]
 
 
 class ImageEncoder(nn.Module):
@@ -80,9 +80,9 @@ class ImageEncoder(nn.Module):
     def forward(self, images: Tensor, group: int = 1) -> Tensor:
         if images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8 (N, H, W, 3), got {images.dtype}")
-        x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
         if self.training and self.shift > 0:
-            x = random_shift(x, self.shift, group)
+            images = random_shift(images, self.shift, group)  # on uint8: a quarter of the bytes to move
+        x = images.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5)
         return self.readout(spatial_softmax(self.backbone(x)))
 
 

@@ -67,14 +67,14 @@ def test_images_stay_uint8_until_the_encoder() -> None:
 
 
 def test_random_shift_is_a_translation_shared_by_a_sample_history() -> None:
-    images = torch.arange(2 * 3 * 3 * 8 * 8, dtype=torch.float32).view(6, 3, 8, 8)  # 2 samples x history 3
+    images = torch.arange(6 * 8 * 8 * 3, dtype=torch.float32).view(6, 8, 8, 3)  # 2 samples x history 3, HWC
     torch.manual_seed(1)
     shifted = random_shift(images, 2, group=3)
     offsets = []
     for n in range(6):
-        padded = torch.nn.functional.pad(images[n:n + 1], (2,) * 4, mode="replicate")[0]
+        padded = torch.nn.functional.pad(images[n].permute(2, 0, 1)[None], (2,) * 4, mode="replicate")[0]
         offsets.append([(dy, dx) for dy in range(5) for dx in range(5)
-                        if torch.equal(padded[:, dy:dy + 8, dx:dx + 8], shifted[n])])
+                        if torch.equal(padded[:, dy:dy + 8, dx:dx + 8], shifted[n].permute(2, 0, 1))])
     assert all(len(found) == 1 for found in offsets)  # each image is one crop of its padded self
     assert offsets[0] == offsets[1] == offsets[2] and offsets[3] == offsets[4] == offsets[5]  # one per sample
 

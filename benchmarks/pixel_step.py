@@ -1,0 +1,104 @@
+"""Time of one pixel training step (forward + backward + clip + optimizer step), AdamW vs DoPr-AdamW.
+
+The model is what ``train --policy mlp --obs-keys agentview_image,robot_state`` builds at 64 px: the
+default conv encoder (4 conv layers of 32 channels, spatial softmax, random shift) and the default
+residual MLP (width 256, depth 3), a 12-d low-dim observation, 3-d actions, batch 64 of uint8
+images. Prints the milliseconds per step of each optimizer (median of ``--steps`` timed steps after
+``--warmup``), ``--repeats`` rounds interleaved so both optimizers meet the same machine load, the
+forward + backward alone for reference, the DoPr/AdamW ratio, DoPr's coverage summary (which layers
+it preconditions), and the load average before and after (on a shared machine the numbers mean
+little without it).
+
+    python benchmarks/pixel_step.py [--threads 2] [--repeats 3] [--size 64] [--encoder conv] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from dopr_robot.devices import resolve_device
+from dopr_robot.optim import make_optimizer
+from policies import make_policy
+
+OBS_DIM, ACT_DIM = 12, 3
+
+
+def make_batch(batch: int, size: int, device: torch.device) -> dict:
+    g = torch.Generator().manual_seed(0)
+    return {"obs": torch.randn(batch, 1, OBS_DIM, generator=g).to(device),
+            "actions": torch.randn(batch, 1, ACT_DIM, generator=g).to(device),
+            "action_mask": torch.ones(batch, 1, dtype=torch.bool, device=device),
+            "images": {"agentview_image": torch.randint(0, 256, (batch, 1, size, size, 3), generator=g,
+                                                        dtype=torch.uint8).to(device)}}
+
+
+def build(optimizer: str, args: argparse.Namespace, device: torch.device):
+    torch.manual_seed(0)
+    policy = make_policy("mlp", OBS_DIM, ACT_DIM, image_shapes={"agentview_image": (args.size, args.size, 3)},
+                         encoder=args.encoder).to(device)
+    return policy, (make_optimizer(optimizer, policy, lr=1e-4) if optimizer != "none" else None)
+
+
+def ms_per_step(policy: nn.Module, optimizer, batch: dict, args: argparse.Namespace, device: torch.device) -> float:
+    """Median milliseconds of one step over ``args.steps`` timed steps (after ``args.warmup``)."""
+    times = []
+    for i in range(args.warmup + args.steps):
+        started = time.perf_counter()
+        loss = policy.loss(batch)
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if optimizer is not None:
+            nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+            optimizer.step()
+        else:
+            policy.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        if i >= args.warmup:
+            times.append(1000.0 * (time.perf_counter() - started))
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--encoder", default="conv")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    batch = make_batch(args.batch, args.size, device)
+    load_before = os.getloadavg()
+    models = {name: build(name, args, device) for name in ("none", "adamw", "dopr-adamw")}
+    results: dict[str, list[float]] = {name: [] for name in models}
+    for _ in range(args.repeats):
+        for name, (policy, optimizer) in models.items():
+            results[name].append(ms_per_step(policy, optimizer, batch, args, device))
+    load_after = os.getloadavg()
+
+    policy, dopr = models["dopr-adamw"]
+    print(f"pixel step: mlp + {args.encoder} encoder, {args.size}x{args.size} px, batch {args.batch}, "
+          f"{args.threads} thread(s), {device}; {sum(p.numel() for p in policy.parameters())} parameters")
+    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
+    for name, label in (("none", "forward + backward"), ("adamw", "AdamW step"), ("dopr-adamw", "DoPr-AdamW step")):
+        print(f"{label:20s} {'  '.join(f'{ms:7.1f}' for ms in results[name])} ms  (median {statistics.median(results[name]):.1f})")
+    ratios = [d / a for d, a in zip(results["dopr-adamw"], results["adamw"])]
+    print(f"DoPr-AdamW / AdamW   {'  '.join(f'{r:7.2f}' for r in ratios)}")
+    print("DoPr coverage:")
+    print(dopr.format_coverage())
+
+
+if __name__ == "__main__":
+    main()
