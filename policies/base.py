@@ -77,7 +77,8 @@ class Policy(nn.Module):
     def loss(self, batch: dict[str, Tensor], forward: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Mean squared error in normalized action units over the valid (unpadded) chunk steps.
 
-        ``batch``: "obs" (B, H, D), "actions" (B, C, A), "action_mask" (B, C) bool. ``forward``
+        ``batch``: "obs" (B, H, D), "actions" (B, C, A), "action_mask" (B, C) bool, and for a policy
+        with cameras "images" {key: uint8 (B, H, h, w, 3)}. ``forward``
         replaces ``self`` for the network call, e.g. a DistributedDataParallel wrapper of it.
         """
         predicted = (forward or self)(self.obs_normalizer.normalize(batch["obs"]), **self.image_inputs(batch))
