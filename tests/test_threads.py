@@ -89,3 +89,46 @@ def test_the_cli_applies_an_explicit_count_and_gives_it_back(monkeypatch, capsys
     assert seen == [1]
     # After the command the process is as before: no budget rebalances later library calls.
     assert torch.get_num_threads() == before and threads.rebalance() is None
+
+
+WORKER = """
+import sys, time, types
+from pathlib import Path
+# torch's thread setting stubbed: importing torch takes seconds, and what is tested is the budget
+sys.modules["torch"] = types.SimpleNamespace(get_num_threads=lambda: 1, set_num_threads=lambda n: None)
+from dopr_robot import threads
+threads.PROC_STAT = Path(sys.argv[3])  # an idle machine: at the same instant, every core looks free to both
+Path(sys.argv[2]).touch()
+while not Path(sys.argv[1]).exists():
+    time.sleep(0.002)
+print(threads.configure().threads, flush=True)
+sys.stdin.read()  # hold the claim until the test has read both budgets
+"""
+
+
+def test_processes_started_together_split_the_cores_and_give_them_back(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", threads.ENV_VARIABLE)}
+    env["XDG_RUNTIME_DIR"] = str(tmp_path)
+    claims = tmp_path / "dopr-robot-threads"
+    claims.mkdir()
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (claims / gone.stdout.strip()).write_text("1 adapt\n")  # a process that died without removing its claim
+    go, idle = tmp_path / "go", tmp_path / "stat"
+    idle.write_text("cpu  0 0 0 100000 0 0 0 0 0 0\n")
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, str(go), str(tmp_path / f"ready{i}"), str(idle)], env=env,
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for i in range(2)]
+    while not all((tmp_path / f"ready{i}").exists() for i in range(2)):
+        time.sleep(0.01)
+    go.touch()
+    budgets = [int(worker.stdout.readline()) for worker in workers]
+    assert sorted(path.name for path in claims.iterdir() if path.name.isdigit()) == sorted(str(w.pid) for w in workers)
+    for worker in workers:
+        worker.communicate("")
+    cores = threads.machine_cores()
+    assert min(budgets) >= 1 and sum(budgets) <= max(cores, 2), budgets
+    assert not [path for path in claims.iterdir() if path.name.isdigit()]  # given back at exit
