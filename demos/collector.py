@@ -252,7 +252,7 @@ class _Kept:
 
 
 def _write_episodes(file: Any, runs: Iterator[Trajectory], episodes: int, success_only: bool, bar: tqdm,
-                    obs_keys: dict[str, slice] | None = None) -> _Kept:
+                    obs_keys: dict[str, Any] | None = None) -> _Kept:
     """Write the episodes of ``runs`` in turn (only the successful ones with ``success_only``) until
     ``episodes`` are written or ``runs`` ends; ``obs_keys``: the named parts of the flat state."""
     kept = _Kept()

@@ -97,9 +97,9 @@ def demo_name(index: int) -> str:
 
 
 def write_episode(file: h5py.File, episode: Episode, next_obs: np.ndarray | None = None,
-                  obs_keys: dict[str, slice] | None = None) -> None:
+                  obs_keys: dict[str, Any] | None = None) -> None:
     """Add ``episode`` as ``data/<episode.name>``: obs under the key ``flat``, its named parts
-    ``obs_keys`` (key -> slice of it) beside, and each of its images chunked per frame and compressed."""
+    ``obs_keys`` (key -> slice or index array of it) beside, and each of its images chunked per frame and compressed."""
     group = file.require_group("data").create_group(episode.name)
     group.create_dataset(f"obs/{FLAT_OBS_KEY}", data=episode.obs)
     for key, part in (obs_keys or {}).items():

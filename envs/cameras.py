@@ -56,6 +56,21 @@ def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
     return int(size[0]), int(size[1])
 
 
+def look_at(model: mujoco.MjModel, camera: str, position: Sequence[float], target: Sequence[float],
+            fovy: float) -> None:
+    """Place ``camera`` of ``model`` in the world at ``position``, looking at ``target`` (z up)."""
+    forward = np.asarray(target, float) - np.asarray(position, float)
+    forward /= np.linalg.norm(forward)
+    right = np.cross(forward, [0.0, 0.0, 1.0])
+    right /= np.linalg.norm(right)
+    up = np.cross(right, forward)
+    quaternion = np.zeros(4)
+    mujoco.mju_mat2Quat(quaternion, np.stack([right, up, -forward], axis=1).flatten())  # a camera looks along -z
+    index = model.camera(camera).id
+    model.cam_bodyid[index], model.cam_mode[index] = 0, mujoco.mjtCamLight.mjCAMLIGHT_FIXED
+    model.cam_pos[index], model.cam_quat[index], model.cam_fovy[index] = position, quaternion, fovy
+
+
 def camera_space(flat: spaces.Box, low_dim: dict[str, int], cameras: Sequence[str],
                  image_size: tuple[int, int]) -> spaces.Dict:
     """The ``Dict`` observation space: ``flat``, the low-dimensional keys, then one image per camera."""
@@ -69,13 +84,15 @@ def camera_space(flat: spaces.Box, low_dim: dict[str, int], cameras: Sequence[st
 class CameraRenderer:
     """Renders ``cameras`` of ``model`` at ``image_size`` (width, height) into uint8 ``(H, W, 3)`` arrays."""
 
-    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], image_size: tuple[int, int]) -> None:
+    def __init__(self, model: mujoco.MjModel, cameras: Sequence[str], image_size: tuple[int, int],
+                 model_names: dict[str, str] | None = None) -> None:
+        """``model_names``: the model's name of a camera offered under another name (default: the same)."""
         width, height = image_size
         # The offscreen buffer must hold the image; the assets size it for their video camera.
         model.vis.global_.offwidth = max(model.vis.global_.offwidth, width)
         model.vis.global_.offheight = max(model.vis.global_.offheight, height)
         self.cameras = tuple(cameras)
-        self.ids = [model.camera(camera).id for camera in self.cameras]
+        self.ids = [model.camera((model_names or {}).get(camera, camera)).id for camera in self.cameras]
         self.renderer = mujoco.Renderer(model, height=height, width=width)
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:

@@ -16,10 +16,28 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 
+from envs.cameras import CameraRenderer, camera_space, look_at
 from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
 from dopr_robot.errors import UserError
 
 FETCH_MISSING_REASON = "fetch extra not installed: pip install 'dopr-robot[fetch]'"
+
+# Named parts of the flat observation (see FetchTask): the gripper's own state is not contiguous in
+# gymnasium-robotics' vector (grip_pos 0-2, gripper_state 9-10, grip_velp 20-22, gripper_vel 23-24).
+_REACH_PARTS = {"robot_state": slice(0, 10), "achieved_goal": slice(10, 13), "goal": slice(13, 16)}
+_OBJECT_PARTS = {
+    "robot_state": np.array([0, 1, 2, 9, 10, 20, 21, 22, 23, 24]),
+    "object": np.array([*range(3, 9), *range(11, 20)]),  # position, relative to the gripper, rotation, velocities
+    "achieved_goal": slice(25, 28),
+    "goal": slice(28, 31),
+}
+FETCH_OBS_KEYS: dict[str, dict[str, Any]] = {
+    "FetchReach-v4": _REACH_PARTS, "FetchPush-v4": _OBJECT_PARTS, "FetchPickAndPlace-v4": _OBJECT_PARTS,
+}
+FETCH_CAMERAS = ("agentview",)
+# "agentview" is the model's spare external camera, moved to face the robot across the table from
+# above, so gripper, object and goal (drawn where the goal is) read at 64 x 64.
+_AGENTVIEW = {"camera": "external_camera_0", "position": (1.95, 0.75, 1.25), "target": (1.3, 0.75, 0.42), "fovy": 45.0}
 
 
 def fetch_installed() -> bool:
@@ -41,6 +59,11 @@ class FetchTask(gymnasium.Wrapper):
     gymnasium-robotics (gripper position first; for Push/PickAndPlace the object position at 3-5
     and the finger positions at 9-10).
 
+    Named parts (:data:`FETCH_OBS_KEYS`): ``robot_state`` (gripper position, fingers and their
+    velocities), ``object`` (Push/PickAndPlace), ``achieved_goal``, ``goal``. With
+    ``cameras=("agentview",)`` the observation is a ``Dict`` of ``flat``, these parts and
+    ``agentview_image`` uint8 ``(H, W, 3)`` at ``image_size`` (width, height), the goal drawn in it.
+
     ## Reward
     Unchanged (sparse by default: -1 until the goal is reached, then 0).
 
@@ -57,7 +80,8 @@ class FetchTask(gymnasium.Wrapper):
     own limit), counted in this wrapper (the inner env has no ``TimeLimit``).
     """
 
-    def __init__(self, env: gymnasium.Env, horizon: int = 50) -> None:
+    def __init__(self, env: gymnasium.Env, horizon: int = 50, parts: dict[str, Any] | None = None,
+                 cameras: tuple[str, ...] = (), image_size: tuple[int, int] = (64, 64)) -> None:
         if horizon < 1:
             raise ValueError(f"horizon must be >= 1, got {horizon}")
         super().__init__(env)
@@ -66,7 +90,33 @@ class FetchTask(gymnasium.Wrapper):
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(size,), dtype=np.float32)
         self.horizon = horizon
         self._elapsed_steps = 0
-        use_fast_rendering(env.unwrapped.model)
+        model = env.unwrapped.model
+        use_fast_rendering(model)
+        self._parts, self._cameras = dict(parts or {}), None
+        if cameras:
+            low_dim = {key: len(range(size)[part]) if isinstance(part, slice) else len(part)
+                       for key, part in self._parts.items()}
+            self.observation_space = camera_space(self.observation_space, low_dim, cameras, image_size)
+            look_at(model, _AGENTVIEW["camera"], _AGENTVIEW["position"], _AGENTVIEW["target"], _AGENTVIEW["fovy"])
+            self._cameras = CameraRenderer(model, cameras, image_size, {"agentview": _AGENTVIEW["camera"]})
+            self._target = model.site("target0").id
+
+    def _observe(self, obs: dict[str, np.ndarray]) -> np.ndarray | dict[str, np.ndarray]:
+        flat = self.flatten(obs)
+        if self._cameras is None:
+            return flat
+        unwrapped = self.env.unwrapped
+        # Draw the goal marker at the goal, as gymnasium-robotics' render() does, but in the derived
+        # site position only (no mj_forward): the simulation is left exactly as it was.
+        unwrapped.data.site_xpos[self._target] = unwrapped.goal
+        images = self._cameras.render(unwrapped.data)
+        return {"flat": flat} | {key: flat[part] for key, part in self._parts.items()} | images
+
+    def close(self) -> None:
+        if self._cameras is not None:
+            self._cameras.close()
+            self._cameras = None
+        super().close()
 
     @staticmethod
     def flatten(obs: dict[str, np.ndarray]) -> np.ndarray:
@@ -84,14 +134,14 @@ class FetchTask(gymnasium.Wrapper):
     ) -> tuple[np.ndarray, dict[str, Any]]:
         obs, info = self.env.reset(seed=seed, options=options)
         self._elapsed_steps = 0
-        return self.flatten(obs), {**info, "is_success": self._is_success(obs)}
+        return self._observe(obs), {**info, "is_success": self._is_success(obs)}
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._elapsed_steps += 1
         info = {**info, "is_success": bool(info["is_success"])}
         truncated = bool(truncated) or self._elapsed_steps >= self.horizon
-        return self.flatten(obs), float(reward), bool(terminated), truncated, info
+        return self._observe(obs), float(reward), bool(terminated), truncated, info
 
     # -- replayable state -----------------------------------------------------------------------
 
@@ -114,7 +164,7 @@ class FetchTask(gymnasium.Wrapper):
         unwrapped.goal = state[1:4].copy()
         set_physics_state(unwrapped.model, unwrapped.data, state[4:])
         self._elapsed_steps = int(state[0])
-        return self.flatten(unwrapped._get_obs())
+        return self._observe(unwrapped._get_obs())
 
 
 def make_fetch_env(
@@ -123,11 +173,14 @@ def make_fetch_env(
     render_mode: str | None = None,
     width: int = 240,
     height: int = 240,
+    cameras: tuple[str, ...] = (),
+    image_size: tuple[int, int] = (64, 64),
     **kwargs: Any,
 ) -> FetchTask:
     """Build ``task`` (a gymnasium-robotics id such as ``"FetchPush-v4"``) wrapped in :class:`FetchTask`.
 
-    Extra keyword arguments (e.g. ``reward_type="dense"``) go to the gymnasium-robotics env.
+    Extra keyword arguments (e.g. ``reward_type="dense"``) go to the gymnasium-robotics env;
+    ``cameras``/``image_size`` make the observation a ``Dict`` with images (see :class:`FetchTask`).
     """
     if not fetch_installed():
         raise UserError(f"{task} is unavailable: {FETCH_MISSING_REASON}")
@@ -139,4 +192,5 @@ def make_fetch_env(
         "FetchPickAndPlace-v4": pick_and_place.MujocoFetchPickAndPlaceEnv,
     }
     env = env_classes[task](render_mode=render_mode, width=width, height=height, **kwargs)
-    return FetchTask(env, horizon=horizon)
+    return FetchTask(env, horizon=horizon, parts=FETCH_OBS_KEYS[task], cameras=tuple(cameras),
+                     image_size=tuple(image_size))

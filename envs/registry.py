@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import gymnasium
-import numpy as np
 
 from dopr_robot.errors import UserError
 from envs.cameras import check_cameras, check_image_size
@@ -21,7 +20,7 @@ from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchRe
 from envs.experts.push import PushExpert
 from envs.experts.reach import ReachExpert
 from envs.experts.sb3 import has_weights, load_sb3_expert
-from envs.fetch import FETCH_MISSING_REASON, fetch_installed, make_fetch_env
+from envs.fetch import FETCH_CAMERAS, FETCH_MISSING_REASON, FETCH_OBS_KEYS, fetch_installed, make_fetch_env
 from envs.locomotion import make_locomotion_env
 from envs.push import PushEnv
 from envs.reach import ReachEnv
@@ -62,14 +61,17 @@ class TaskEntry:
     expert_kind: ExpertKind
     success_criterion: str
     needs_fetch_extra: bool = False
-    obs_keys: dict[str, int] = field(default_factory=dict)
+    obs_parts: dict[str, Any] = field(default_factory=dict)  # named part -> slice or index array of the flat obs
     cameras: tuple[str, ...] = ()
 
 
 def _own(env_class: type, **kwargs: object) -> TaskEntry:
     """An own MuJoCo task: its named observation parts and cameras come from the env class."""
-    sizes = {key: part.stop - part.start for key, part in env_class.OBS_KEYS.items()}
-    return TaskEntry(make_env=env_class, obs_keys=sizes, cameras=env_class.CAMERAS, **kwargs)
+    return TaskEntry(make_env=env_class, obs_parts=env_class.OBS_KEYS, cameras=env_class.CAMERAS, **kwargs)
+
+
+def _part_size(part: Any, obs_dim: int) -> int:
+    return len(range(obs_dim)[part]) if isinstance(part, slice) else len(part)
 
 
 def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str) -> TaskEntry:
@@ -82,6 +84,8 @@ def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str)
         expert_kind="scripted",
         success_criterion=f"{achieved} within 5 cm of the goal on the final step",
         needs_fetch_extra=True,
+        obs_parts=FETCH_OBS_KEYS[task],
+        cameras=FETCH_CAMERAS,
     )
 
 
@@ -167,16 +171,16 @@ def task_spec(name: str) -> TaskSpec:
         available=not reason,
         unavailable_reason=reason,
         success_criterion=entry.success_criterion,
-        obs_keys=dict(entry.obs_keys),
+        obs_keys={key: _part_size(part, entry.obs_dim) for key, part in entry.obs_parts.items()},
         cameras=entry.cameras,
     )
 
 
-def obs_key_slices(name: str) -> dict[str, slice]:
-    """The named low-dimensional parts of task ``name``'s flat observation, as slices of it (in order)."""
+def obs_key_slices(name: str) -> dict[str, Any]:
+    """The named low-dimensional parts of task ``name``'s flat observation: each a slice of it, or an
+    index array where the part is not contiguous (Fetch's gripper state); ``flat[..., part]`` selects it."""
     _, entry = _lookup(name)
-    starts = np.cumsum([0, *entry.obs_keys.values()])
-    return {key: slice(int(start), int(start + size)) for key, start, size in zip(entry.obs_keys, starts, entry.obs_keys.values())}
+    return dict(entry.obs_parts)
 
 
 def make(name: str, cameras: Sequence[str] = (), image_size: Sequence[int] = (64, 64),

@@ -118,3 +118,28 @@ def test_compounding_error_is_measured_on_the_states_of_dict_observations() -> N
     expected = np.linalg.norm((policy.obs["flat"] - reference.obs["flat"]) / std, axis=-1)
     np.testing.assert_allclose(result["deviation"], expected)
     assert result["deviation"][-1] > 0
+
+
+@pytest.mark.skipif(not envs.registry.fetch_installed(), reason="needs the fetch extra (gymnasium-robotics)")
+def test_fetch_cameras_leave_the_states_bit_identical_and_show_object_and_goal() -> None:
+    spec = envs.task_spec("FetchPush-v4")
+    parts = envs.obs_key_slices("FetchPush-v4")
+    covered = np.concatenate([np.arange(spec.obs_dim)[part] for part in parts.values()])
+    assert sorted(covered.tolist()) == list(range(spec.obs_dim))  # the named parts cover the state once
+    plain = envs.make("FetchPush-v4")
+    seen = envs.make("FetchPush-v4", cameras=("agentview",), image_size=(64, 64))
+    try:
+        flat, _ = plain.reset(seed=2)
+        obs, _ = seen.reset(seed=2)
+        for _ in range(5):
+            flat = plain.step(np.array([0.5, -0.5, 0.2, 1.0]))[0]
+            obs = seen.step(np.array([0.5, -0.5, 0.2, 1.0]))[0]
+            np.testing.assert_array_equal(obs["flat"], flat)
+        for key, part in parts.items():
+            np.testing.assert_array_equal(obs[key], flat[part])
+        image = obs["agentview_image"].astype(int)
+        assert ((image[..., 0] > 150) & (image[..., 1] < 80)).sum() >= 1  # the red goal marker is drawn
+        assert (image.max(axis=-1) < 50).sum() >= 4  # the black block
+    finally:
+        plain.close()
+        seen.close()
