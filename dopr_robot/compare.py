@@ -344,25 +344,47 @@ def _compare(config: CompareConfig, progress: bool, execution: Execution, overwr
             _compare(count, progress, execution, overwrite)
         return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
     remedies = config.by_remedy()
-    if remedies:  # each remedy beside none in a comparison of its own, then the summary over remedies
-        for remedy, grid in remedies.items():
-            if remedy != "none":
-                _compare(grid, progress, execution, overwrite)
-            else:
-                _run_missing(grid, progress, execution, overwrite)
-        return write_remedies_report(out, {r: Path(grid.out) for r, grid in remedies.items()},
-                                     {r: config.remedy_budget(r) for r in remedies})
-    return _run_missing(config, progress, execution, overwrite, report=True)
-
-
-def _run_missing(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool,
-                 report: bool = False) -> list[dict[str, Any]]:
-    """Collect the demonstrations, run the cells without an eval.json, write the report (``report``)."""
-    out = Path(config.out)
+    if remedies:  # each remedy beside none a comparison of its own, their cells run as one grid
+        return _compare_remedies(config, remedies, progress, execution, overwrite)
     data = {task: demonstrations(config, task, out, progress, overwrite) for task in config.tasks}
     missing = _missing_cells(config)
     run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
-    return write_report(out) if report else []
+    return write_report(out)
+
+
+@dataclass(frozen=True)
+class RemedyGrid:
+    """The cells of several remedies' comparisons run as one grid (so workers and Ray tasks overlap
+    remedies): a cell's task is ``<task>@<remedy>``, as the grid's progress and failures name it."""
+
+    out: str
+    grids: dict[str, CompareConfig]
+
+
+def run_remedy_cell(grid: RemedyGrid, key: str, optimizer: str, seed: int, data: Path, device: str = "auto") -> None:
+    """The cell ``(task, optimizer, seed)`` of remedy ``key = task@remedy``; top-level, like :func:`run_cell`."""
+    task, _, remedy = key.partition("@")
+    run_cell(grid.grids[remedy], task, optimizer, seed, data, device)
+
+
+def _compare_remedies(config: CompareConfig, remedies: dict[str, CompareConfig], progress: bool,
+                      execution: Execution, overwrite: bool) -> list[dict[str, Any]]:
+    """Every remedy's directory, config and demonstrations; every missing cell in one grid; each
+    remedy's report in its directory, and the summary over remedies in ``config.out``."""
+    data, missing = {}, []
+    for remedy, grid in remedies.items():
+        if remedy != "none":  # none's cells lie in config.out, whose config _compare saved
+            _start(grid, overwrite)
+        for task in grid.tasks:
+            data[f"{task}@{remedy}"] = demonstrations(grid, task, Path(grid.out), progress, overwrite)
+        missing += [(f"{task}@{remedy}", optimizer, seed) for task, optimizer, seed in _missing_cells(grid)]
+    done = sum(len(grid.cells()) for grid in remedies.values()) - len(missing)
+    run_cells(run_remedy_cell, RemedyGrid(config.out, remedies), missing, data, execution, progress, done=done)
+    for remedy, grid in remedies.items():
+        if remedy != "none":
+            write_report(grid.out)
+    return write_remedies_report(config.out, {r: Path(grid.out) for r, grid in remedies.items()},
+                                 {r: config.remedy_budget(r) for r in remedies})
 
 
 def pending_cells(config: CompareConfig, progress: bool = True) -> tuple[dict[str, Path], list[tuple[str, str, int]]]:
@@ -590,6 +612,8 @@ def _upgrade_flat(values: dict[str, Any]) -> dict[str, Any]:
 # A resumed comparison may add tasks, optimizers and seeds (and change how many envs evaluate at
 # once); anything else would make earlier cells incomparable with new ones.
 GROWABLE = ("tasks", "optimizers", "remedies", "seeds", "eval.num_envs", "out")
+# The dagger:ROUNDS remedies' settings: compared only where a grid has such a remedy.
+DAGGER_SETTINGS = ("dagger_episodes", "dagger_steps", "dagger_beta0")
 
 
 def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
@@ -601,6 +625,8 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     growable = GROWABLE
     if isinstance(config.demo.episodes, list) and isinstance(saved_config.demo.episodes, list):
         growable += ("demo.episodes",)
+    if not any(parse_remedy(r)[0] == "dagger" for r in (*config.remedies, *saved_config.remedies)):
+        growable += DAGGER_SETTINGS  # settings of no cell of either grid
     changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
                if name not in (*growable, "optimizer_settings", "data") and saved.get(name) != value]
     saved_out = json.loads(saved_file.read_text()).get("out", saved_config.out)  # where it was made
