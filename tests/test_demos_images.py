@@ -215,3 +215,14 @@ def test_lerobot_v3_dataset_loads_by_path_with_video_and_png_cameras(tmp_path: P
     assert demos.load(root).obs_keys == ["observation.state"]
     with pytest.raises(UserError, match="has no observation key 'gripper'; available keys: .*images: "):
         demos.load(root, obs_keys="gripper")
+
+
+def test_collect_and_inspect_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "pixels.hdf5"
+    assert main(["collect", "--task", "Push-v0", "--episodes", "1", "--out", str(out), "--cameras", "agentview",
+                 "--image-size", "16", "--max-attempts", "0", "--no-progress"]) == 0
+    assert demos.load(out).metadata["cameras"] == ["agentview"] and demos.load(out).metadata["image_size"] == [16, 16]
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "agentview_image 16x16x3 uint8" in printed and "MB on disk, not loaded" in printed
