@@ -221,10 +221,11 @@ def collect(
     env_args = {"env_name": spec.name, "env_kwargs": env_kwargs, "type": ENV_TYPE}
 
     start = time.perf_counter()
-    bar = tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress)
     runs = expert_episodes(env, expert, range(seed, seed + max_attempts), noise)
-    # closing(env): the loop closes it too, but not when the destination is refused before it starts.
-    with closing(env), closing(runs), atomic_hdf5(out, overwrite=overwrite) as file, bar:
+    # closing(env): the loop closes it too, but not when the destination is refused before it starts;
+    # the bar opens after the destination is checked, so a refusal prints nothing else.
+    with closing(env), closing(runs), atomic_hdf5(out, overwrite=overwrite) as file, \
+            tqdm(total=episodes, desc=f"collect {spec.name}", unit="episode", disable=not progress) as bar:
         obs_keys = envs.obs_key_slices(spec.name)
         kept = _write_episodes(file, runs, episodes, success_only, bar, obs_keys)
         if len(kept.names) < episodes:
