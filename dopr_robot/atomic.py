@@ -72,7 +72,8 @@ def check_destination(
             raise UserError(f"{path}: no permission to replace it in {path.parent}; choose another path")
         if not overwrite and not (ours is not None and ours(path) is True):
             raise UserError(
-                f"{path} exists and is not a {what}; pass --overwrite to replace it, or choose another path"
+                f"{path} exists and is not {'an' if what[:1] in 'aeiou' else 'a'} {what}; pass --overwrite to replace it, "
+                "or choose another path"
                 if ours is not None
                 else f"{path} exists; pass --overwrite to replace it, or choose another path"
             )
