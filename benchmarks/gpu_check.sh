@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The GPU check in one command (about 5 minutes on one H200): the CUDA tests, training steps/s on
-# CUDA and on the CPU, and DoPr's per-step overhead on CUDA; everything is printed.
+# The GPU check in one command (about 10 minutes on one H200): the CUDA tests, training steps/s on
+# CUDA and on the CPU, DoPr's per-step overhead on CUDA, and the training loop eager against
+# --compile (on CUDA: compiled and captured as CUDA graphs) for AdamW and DoPr-AdamW, exact and
+# amortized, on the MLP and the transformer, on the same card; everything is printed.
 #
 # Setup, once, in a fresh checkout on a machine with an NVIDIA GPU (pip's default index gives the
 # CUDA build of torch there):
@@ -33,13 +35,15 @@ assert torch.cuda.is_available(), "torch sees no CUDA device: this check needs o
 
 # Every test of test_device.py (the CUDA ones run here; -rs would name any that skipped), the
 # optimizer's own CUDA tests (no host sync: as torch's sync debug mode sees it, and as time shows
-# it), and the gloo torchrun test (it must keep passing on a GPU machine).
-part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py \
+# it), the captured training step against eager (test_train_compile.py; it skips without a GPU),
+# and the gloo torchrun test (it must keep passing on a GPU machine).
+part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py tests/test_train_compile.py \
     "tests/test_optim_no_sync.py::test_cuda_step_makes_no_host_synchronization" \
     "tests/test_optim_no_sync.py::test_cuda_step_returns_while_the_device_is_still_busy" tests/test_train_distributed.py
 part "flow policy on CUDA" "$PYTHON" benchmarks/flow_cuda_check.py
 part "training steps/s, CUDA and CPU" "$PYTHON" benchmarks/train_speed.py --devices cuda,cpu --steps 200
 part "DoPr overhead on CUDA" "$PYTHON" benchmarks/optimizer_overhead.py --device cuda --repeats 5 --steps 30
+part "eager vs compiled+captured, CUDA" "$PYTHON" benchmarks/compiled_step.py --devices cuda --steps 300
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then
