@@ -70,6 +70,7 @@ from dopr_robot.config import (
     resolve_config,
     same_file,
 )
+from dopr_robot.dagger import CONFIG_FILE as DAGGER_CONFIG
 from dopr_robot.dagger import BCLearner, DaggerConfig, check_task, prepare, run_dagger
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate import evaluate_checkpoint, make_evaluator
@@ -465,8 +466,8 @@ def _start(config: CompareConfig, overwrite: bool) -> None:
     out = Path(config.out)
     if overwrite:
         for run_dir in out.glob("runs/*/*/seed*"):
-            for name in RUN_FILES:
-                path = run_dir / name
+            # a dagger:ROUNDS cell's run: its rounds and DAgger config beside the evaluation
+            for path in [*(run_dir / name for name in (*RUN_FILES, DAGGER_CONFIG)), *run_dir.glob("round_*")]:
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / CONFIG_FILE, config_to_dict(config))

@@ -60,5 +60,8 @@ def run(args: argparse.Namespace) -> int:
           f"{', '.join(str(p) for p in sorted(out.glob('*.png')))}")
     for count in config.by_demo_count().values():
         print(f"{count.demo.episodes} demonstrations: {Path(count.out) / 'summary.md'}")
+    for remedy, grid in config.by_remedy().items():
+        if remedy != "none":
+            print(f"remedy {remedy}: {Path(grid.out) / 'summary.md'}")
     return 0
 

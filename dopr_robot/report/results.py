@@ -23,7 +23,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.run_log import METRICS_NAME, read_metrics
 
-COLUMNS = ["task", "optimizer", "remedy", "seed", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
+COLUMNS = ["task", "optimizer", "seed", "remedy", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
            "success_ci_high", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
            "divergence_threshold", "deviation_at_half", "deviation_at_half_t", "action_error_on_policy",
            "action_error_on_expert", "action_error_ratio", "eval_episodes", "eval_seed", "train_steps",
