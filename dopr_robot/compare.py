@@ -14,6 +14,18 @@ same reset seeds, so a smaller count's demonstrations are the first episodes of 
 ``summary.md`` with each count's paired DoPr-X - X differences side by side, and the figures over
 counts (:func:`dopr_robot.report.write_counts_report`).
 
+With remedies beside none (``--remedies none,noise:0.1,dagger:3``) the cells are (task, optimizer,
+remedy, seed): none's are laid out as above in ``DIR`` (so a comparison made without remedies resumes
+and grows), every other remedy is a comparison of its own in ``DIR/remedies/<remedy>/`` (``noise0.1``,
+``dagger3``) with its own data/, runs/ and report, and ``DIR`` holds one ``results.csv`` (a
+``remedy`` column) and a ``summary.md`` over remedies (:func:`dopr_robot.report.files.write_remedies_report`).
+``noise:SIGMA`` trains on demonstrations collected with action noise SIGMA (same episodes and reset
+seeds as the clean ones, one collection per task and SIGMA); ``dagger:R`` runs R DAgger rounds
+(:mod:`dopr_robot.dagger`) in the cell's directory from the clean demonstrations, with the cell's
+optimizer and seed: round 0 is none's cell trained again, then each round relabels ``dagger_episodes``
+episodes of the policy and trains ``dagger_steps`` more steps. Every remedy's missing cells run as one
+grid, with the same seeds and evaluation episodes.
+
 Every cell of a task trains on the same demonstrations with the same settings (one ``TrainConfig``,
 the grid's template), apart from the optimizer and the seed, and is evaluated with the same
 ``EvalConfig`` on the same evaluation seeds. Only where ``optimizer_settings`` says so does an

@@ -3,7 +3,8 @@
 Every `train` option is a `compare` option with the same name (``--lr``, ``--ema-decay``,
 ``--optimizer-options``), applied to every cell; the evaluation options are ``--eval-*``;
 ``--config FILE.json`` takes the nested JSON form that ``DIR/compare_config.json`` holds
-(see :mod:`dopr_robot.compare`); ``--demo-episodes 10,25,50`` runs one comparison per count.
+(see :mod:`dopr_robot.compare`); ``--demo-episodes 10,25,50`` runs one comparison per count;
+``--remedies none,noise:0.1,dagger:3`` adds data-side remedies as a grid axis (one comparison per remedy).
 """
 
 from __future__ import annotations
