@@ -4,10 +4,13 @@ The model is what ``train --policy mlp --obs-keys agentview_image,robot_state`` 
 default conv encoder (4 conv layers of 32 channels, spatial softmax, random shift) and the default
 residual MLP (width 256, depth 3), a 12-d low-dim observation, 3-d actions, batch 64 of uint8
 images. Prints the milliseconds per step of each optimizer (median of ``--steps`` timed steps after
-``--warmup``), ``--repeats`` rounds interleaved so both optimizers meet the same machine load, the
-forward + backward alone for reference, the DoPr/AdamW ratio, DoPr's coverage summary (which layers
-it preconditions), and the load average before and after (on a shared machine the numbers mean
-little without it).
+``--warmup``), ``--repeats`` rounds interleaved so the optimizers meet the same machine load, the
+forward + backward alone for reference, DoPr-AdamW with its default conv form and with
+``conv_form="channel"``, the DoPr/AdamW ratios, DoPr's coverage table (which layers it
+preconditions, how), and the load average before and after. On a shared machine the wall times
+mean little without the load, so each row also gives the process CPU time per step divided by the
+threads: what the step costs when the threads get whole cores (spin-waiting threads inflate it a
+little, so it is an upper bound of that).
 
     python benchmarks/pixel_step.py [--threads 2] [--repeats 3] [--size 64] [--encoder conv] [--device cpu]
 """
@@ -38,18 +41,25 @@ def make_batch(batch: int, size: int, device: torch.device) -> dict:
                                                         dtype=torch.uint8).to(device)}}
 
 
-def build(optimizer: str, args: argparse.Namespace, device: torch.device):
+# label -> (optimizer, its options); "none": forward + backward only.
+VARIANTS = {"forward + backward": ("none", {}), "AdamW step": ("adamw", {}), "DoPr-AdamW step": ("dopr-adamw", {}),
+            "DoPr-AdamW channel": ("dopr-adamw", {"conv_form": "channel"})}
+
+
+def build(optimizer: str, options: dict, args: argparse.Namespace, device: torch.device):
     torch.manual_seed(0)
     policy = make_policy("mlp", OBS_DIM, ACT_DIM, image_shapes={"agentview_image": (args.size, args.size, 3)},
                          encoder=args.encoder).to(device)
-    return policy, (make_optimizer(optimizer, policy, lr=1e-4) if optimizer != "none" else None)
+    return policy, (make_optimizer(optimizer, policy, lr=1e-4, **options) if optimizer != "none" else None)
 
 
-def ms_per_step(policy: nn.Module, optimizer, batch: dict, args: argparse.Namespace, device: torch.device) -> float:
-    """Median milliseconds of one step over ``args.steps`` timed steps (after ``args.warmup``)."""
-    times = []
+def ms_per_step(policy: nn.Module, optimizer, batch: dict, args: argparse.Namespace,
+                device: torch.device) -> tuple[float, float]:
+    """Median wall milliseconds of one step over ``args.steps`` timed steps (after ``args.warmup``),
+    and the process CPU milliseconds per step divided by the threads."""
+    times, cpu = [], 0.0
     for i in range(args.warmup + args.steps):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         loss = policy.loss(batch)
         if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
@@ -63,7 +73,8 @@ def ms_per_step(policy: nn.Module, optimizer, batch: dict, args: argparse.Namesp
             torch.cuda.synchronize(device)
         if i >= args.warmup:
             times.append(1000.0 * (time.perf_counter() - started))
-    return statistics.median(times)
+            cpu += 1000.0 * (time.process_time() - cpu_started)
+    return statistics.median(times), cpu / args.steps / args.threads
 
 
 def main() -> None:
@@ -81,22 +92,28 @@ def main() -> None:
     device = resolve_device(args.device)
     batch = make_batch(args.batch, args.size, device)
     load_before = os.getloadavg()
-    models = {name: build(name, args, device) for name in ("none", "adamw", "dopr-adamw")}
-    results: dict[str, list[float]] = {name: [] for name in models}
+    models = {label: build(name, options, args, device) for label, (name, options) in VARIANTS.items()}
+    results: dict[str, list[tuple[float, float]]] = {label: [] for label in models}
     for _ in range(args.repeats):
-        for name, (policy, optimizer) in models.items():
-            results[name].append(ms_per_step(policy, optimizer, batch, args, device))
+        for label, (policy, optimizer) in models.items():
+            results[label].append(ms_per_step(policy, optimizer, batch, args, device))
     load_after = os.getloadavg()
 
-    policy, dopr = models["dopr-adamw"]
+    policy, dopr = models["DoPr-AdamW step"]
     print(f"pixel step: mlp + {args.encoder} encoder, {args.size}x{args.size} px, batch {args.batch}, "
           f"{args.threads} thread(s), {device}; {sum(p.numel() for p in policy.parameters())} parameters")
     print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} (1 min)")
-    for name, label in (("none", "forward + backward"), ("adamw", "AdamW step"), ("dopr-adamw", "DoPr-AdamW step")):
-        print(f"{label:20s} {'  '.join(f'{ms:7.1f}' for ms in results[name])} ms  (median {statistics.median(results[name]):.1f})")
-    ratios = [d / a for d, a in zip(results["dopr-adamw"], results["adamw"])]
-    print(f"DoPr-AdamW / AdamW   {'  '.join(f'{r:7.2f}' for r in ratios)}")
-    print("DoPr coverage:")
+    print(f"{'':20s} wall ms per round (median)           CPU ms / threads per round")
+    for label, rows in results.items():
+        walls, cpus = [w for w, _ in rows], [c for _, c in rows]
+        print(f"{label:20s} {' '.join(f'{ms:7.1f}' for ms in walls)}  ({statistics.median(walls):7.1f})    "
+              f"{' '.join(f'{ms:7.1f}' for ms in cpus)}")
+    adamw = results["AdamW step"]
+    for label in ("DoPr-AdamW step", "DoPr-AdamW channel"):
+        ratios = [d[0] / a[0] for d, a in zip(results[label], adamw)]
+        cpu_ratios = [d[1] / a[1] for d, a in zip(results[label], adamw)]
+        print(f"{label} / AdamW: wall {' '.join(f'{r:.2f}' for r in ratios)};  CPU {' '.join(f'{r:.2f}' for r in cpu_ratios)}")
+    print("DoPr coverage (default conv form):")
     print(dopr.format_coverage())
 
 
