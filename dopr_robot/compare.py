@@ -63,6 +63,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+import h5py
+
 import demos
 import envs
 from dopr_robot.atomic import check_directory_destination, write_json_atomic
@@ -518,8 +520,13 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
 
 
 def _transitions(data: Path) -> int:
-    """The demonstration transitions in ``data``: the expert labels a cell trained on."""
-    return sum(len(episode) for episode in demos.load(str(data)).episodes)
+    """The demonstration transitions in ``data``: the expert labels a cell trained on (the file's recorded
+    total when it has one, else counted from the loaded episodes)."""
+    try:
+        with h5py.File(data, "r") as file:
+            return int(file["data"].attrs["total"])
+    except (OSError, KeyError, TypeError, ValueError):
+        return sum(len(episode) for episode in demos.load(str(data)).episodes)
 
 
 def _dagger_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: Path, device: str,
