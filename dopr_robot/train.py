@@ -86,6 +86,7 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     def due(every: int) -> bool:  # every N steps, and at the last step
         return every > 0 and (step % every == 0 or step == config.steps)
 
+    threads.rebalance()  # a job started beside this one while it set up (at the same instant) is seen now
     try:
         while step < config.steps:
             indices = torch.randint(len(run.train_windows), (config.batch_size,), generator=run.sampler)

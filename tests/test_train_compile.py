@@ -46,8 +46,9 @@ def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: P
     if optimizer.startswith("dopr"):  # AP worked in both (no layer-step fell back to the raw gradient)
         assert logged(compiled.run_dir, "dopr_skipped") == logged(eager.run_dir, "dopr_skipped")
     weights_eager, weights_compiled = load_checkpoint(eager.run_dir)["model"], load_checkpoint(compiled.run_dir)["model"]
-    for name, value in weights_eager.items():
-        torch.testing.assert_close(weights_compiled[name], value, rtol=10 * rel, atol=rel / 10, msg=name)
+    for name, value in weights_eager.items():  # relative to the weights' size: an elementwise test trips on Muon's ~0 entries
+        difference = float((weights_compiled[name] - value).norm() / value.norm().clamp(min=1e-12))
+        assert difference <= 10 * rel, f"{name}: {difference:.2g}"
 
 
 class Interrupt(Exception):
