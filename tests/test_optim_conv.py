@@ -4,7 +4,9 @@ invariance that defines them, the coverage table's notes, the low-coverage warni
 from __future__ import annotations
 
 import copy
+import runpy
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -275,7 +277,7 @@ def pixel_model() -> nn.Sequential:
 def test_coverage_lists_conv_forms_norms_grouped_convs_and_a_readout_over_max_factor_dim() -> None:
     with pytest.warns(UserWarning, match=r"DoPr covers only 2% of the parameters \(896 of 38372\); the rest get the "
                                          r"base optimizer's raw gradient, so DoPr-adamw ≈ adamw here"):
-        optimizer = DoPr(pixel_model(), base="adamw")
+        optimizer = DoPr(pixel_model(), base="adamw", conv_form="channel")
     rows = {r["parameter"]: r["preconditioning"] for r in optimizer.coverage()}
     assert rows == {
         "0.weight": "AP (channel) + adamw", "0.bias": "AP (channel) + adamw",
@@ -287,7 +289,7 @@ def test_coverage_lists_conv_forms_norms_grouped_convs_and_a_readout_over_max_fa
     }
     assert optimizer.format_coverage().splitlines()[-1] == (
         "2 of 8 parameter tensors get AP (1 conv layers hooked); 2% of the parameters by count")
-    unfolded = DoPr(pixel_model(), base="muon", conv_form="unfold", max_factor_dim=8192)  # 88%: no warning
+    unfolded = DoPr(pixel_model(), base="muon", max_factor_dim=8192)  # 88% covered: no warning
     rows = {r["parameter"]: r["preconditioning"] for r in unfolded.coverage()}
     assert rows["0.weight"] == "AP (unfold) + adamw"  # Muon takes matrices only: conv weights go to AdamW
     assert rows["5.weight"] == "AP + muon"
@@ -307,7 +309,7 @@ def test_a_mostly_covered_model_builds_without_a_warning() -> None:
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(conv_form="im2col"), r"Invalid conv_form: 'im2col' \(valid: channel, unfold\)"),
+    (dict(conv_form="im2col"), r"Invalid conv_form: 'im2col' \(valid: unfold, channel\)"),
     (dict(max_factor_dim=0), r"Invalid max_factor_dim: 0 \(must be an integer >= 1\)"),
     (dict(max_factor_dim=4096.0), r"Invalid max_factor_dim: 4096.0"),
 ])
@@ -392,3 +394,22 @@ def test_a_state_saved_with_another_conv_form_is_refused() -> None:
     train_steps(model, optimizer, 1, seed=1)
     with pytest.raises(ValueError, match=r"saved with conv_form='unfold', this optimizer has conv_form='channel'"):
         DoPr(model, conv_form="channel").load_state_dict(optimizer.state_dict())
+
+
+@pytest.mark.parametrize("form", ["channel", "unfold"])
+@pytest.mark.parametrize("options", [{}, {"refresh_every": 3, "cov_ema": 0.9}], ids=["exact", "amortized"])
+def test_a_step_with_conv_layers_converts_no_tensor_to_a_python_number(monkeypatch, form: str, options: dict) -> None:
+    """As for linear layers (test_optim_no_sync.py): the conv adapters add no host synchronization."""
+    guards = runpy.run_path(str(Path(__file__).with_name("test_optim_no_sync.py")))
+    torch.manual_seed(0)
+    model = unet_like()
+    optimizer = DoPr(model, base="adamw", lr=1e-3, conv_form=form, **options)
+    train_steps(model, optimizer, 1, seed=1)  # creates the state, outside the guard
+    generator = torch.Generator().manual_seed(2)
+    for _ in range(4):
+        optimizer.zero_grad()
+        (model(torch.randn(4, 3, 16, generator=generator)) - 1.0).pow(2).mean().backward()
+        with monkeypatch.context() as patch:
+            guards["forbid_host_conversions"](patch, guards["host_step_counters"](optimizer))
+            optimizer.step()
+    assert optimizer.numerics()["skipped"] == 0

@@ -7,6 +7,7 @@ This package imports nothing else from the project, so it can be dropped into an
 """
 
 from dopr_robot.optim.adamuon import AdaMuon, AdaMuonWithAdamW
+from dopr_robot.optim.adapters import ADAPTERS, CONV_FORMS
 from dopr_robot.optim.dopr import BASE_OPTIMIZERS, DoPr
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.registry import (
@@ -16,7 +17,7 @@ from dopr_robot.optim.registry import (
 from dopr_robot.optim.signum import Signum
 
 __all__ = [
-    "AdaMuon", "AdaMuonWithAdamW", "BASE_OPTIMIZERS", "DOPR_ONLY_ARGUMENTS", "DoPr", "MuonWithAdamW", "OPTIMIZERS",
+    "ADAPTERS", "AdaMuon", "AdaMuonWithAdamW", "BASE_OPTIMIZERS", "CONV_FORMS", "DOPR_ONLY_ARGUMENTS", "DoPr", "MuonWithAdamW", "OPTIMIZERS",
     "Signum", "base_of", "describe_registry", "dopr_only_arguments", "is_dopr", "make_optimizer",
     "optimizer_arguments",
 ]

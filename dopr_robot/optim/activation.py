@@ -15,6 +15,9 @@ last optimizer step,
 Only sums are accumulated (:math:`Z^\top Z`, :math:`Z^\top 1`, :math:`n`), so several forwards
 before one step (gradient accumulation) and several processes (an all-reduce of the sums) give the
 same :math:`\tilde\Sigma` as one forward over the whole batch.
+
+Other layers reach this form through their adapter (``adapters.py``): a convolution is a linear map
+of its unfolded input patches, or of its input channels at every kernel tap.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch import Tensor
 
 
 class InputSums:
-    r"""Running sums of the inputs of ``layers`` linear layers of one input width since the last optimizer
+    r"""Running sums of the input rows of ``layers`` layers of one factor width since the last optimizer
     step (not part of saved state), stacked so that their factorizations run as one batched call.
 
     ``outer[i]`` holds :math:`\sum \tilde z \tilde z^\top` of layer ``i``: with the homogeneous coordinate its

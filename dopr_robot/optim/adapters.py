@@ -18,7 +18,8 @@ second moment :math:`\tilde\Sigma` of the rows :math:`\tilde z`, and multiply th
   ``max_factor_dim``).
 
 ``ADAPTERS`` maps a module type to a builder ``(module, options) -> adapter | str``; a string is the
-reason the layer gets the raw gradient (shown in the coverage table). A module is looked up by its
+reason the layer gets the raw gradient (shown in the coverage table). The module's parameters are
+``weight`` and, optionally, ``bias`` (one entry per output row of the matrix). A module is looked up by its
 type, then its base classes (subclasses of ``nn.Linear`` are covered as linear layers). Modules of no
 registered type (norms, embeddings, ``nn.Conv3d``, ...) give their parameters to the base optimizer
 on the raw gradient. To cover a layer type of your own, register a builder before building DoPr::
@@ -71,14 +72,14 @@ from typing import Callable, Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CONV_FORMS = ("channel", "unfold")
+CONV_FORMS = ("unfold", "channel")
 
 
 @dataclass(frozen=True)
 class AdapterOptions:
     """The DoPr options an adapter builder may read."""
 
-    conv_form: str = "channel"  # one of CONV_FORMS
+    conv_form: str = "unfold"  # one of CONV_FORMS
     max_factor_dim: int = 4096  # wider factors (without the homogeneous coordinate): raw gradient
 
 
@@ -225,8 +226,8 @@ def _unfold(x: Tensor, kernel: tuple, dilation: tuple, padding: tuple, stride: t
 
 
 CONV_ADAPTERS: dict[str, Callable[[nn.Module], LayerAdapter]] = {
-    "channel": ConvChannelAdapter,
     "unfold": ConvUnfoldAdapter,
+    "channel": ConvChannelAdapter,
 }
 
 
