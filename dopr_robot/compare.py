@@ -539,7 +539,7 @@ def _dagger_cell(config: CompareConfig, task: str, optimizer: str, seed: int, da
     settings = config.dagger_config(task, config.cell_config(optimizer, seed, data, run_dir), data, run_dir, rounds)
     prepare(settings)
     result = run_dagger(settings, lambda: envs.make(task), envs.make_expert(task),
-                        BCLearner(settings, device=device), data, progress=False)
+                        BCLearner(settings, device=device), data)
     record = evaluate_checkpoint(result.final_run, config.eval, task=task, device=device).to_dict()
     record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed, "remedy": config.remedy(),
                       "expert_labels": result.expert_labels, "dagger_rounds": result.rounds,

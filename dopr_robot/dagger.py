@@ -220,7 +220,7 @@ class DaggerResult:
 
 
 def run_dagger(config: DaggerConfig, make_env: Callable[[], gymnasium.Env], expert: Any, learner: Learner,
-               initial: str | Path, *, progress: bool = True) -> DaggerResult:
+               initial: str | Path) -> DaggerResult:
     """Rounds 0..config.rounds as the module docstring says, each skipped when it is done; ``expert.act``
     maps a batch of observations ``(B, D)`` to actions ``(B, A)``; ``initial`` is the round-0 data."""
     out = Path(config.out)
@@ -228,14 +228,14 @@ def run_dagger(config: DaggerConfig, make_env: Callable[[], gymnasium.Env], expe
     for k in range(config.rounds + 1):
         done = round_dir(out, k) / DONE_FILE
         if not done.exists():
-            record = _round(config, k, make_env, expert, learner, Path(initial), progress)
+            record = _round(config, k, make_env, expert, learner, Path(initial))
             write_json_atomic(done, record)
         result.rounds.append(json.loads(done.read_text()))
     return result
 
 
 def _round(config: DaggerConfig, k: int, make_env: Callable[[], gymnasium.Env], expert: Any, learner: Learner,
-           initial: Path, progress: bool) -> dict[str, Any]:
+           initial: Path) -> dict[str, Any]:
     """Round ``k``: aggregate (unless written already), fit; the round's record."""
     here, before = round_dir(config.out, k), round_dir(config.out, k - 1)
     here.mkdir(parents=True, exist_ok=True)
@@ -379,6 +379,5 @@ def dagger(config: DaggerConfig, *, progress: bool = True, device: str = "auto")
     if not initial.exists():
         demos.collect(spec.name, out=initial, progress=progress, **config.demo.collect_arguments())
     learner = BCLearner(config, device=device, progress=progress)
-    return run_dagger(config, lambda: envs.make(spec.name), envs.make_expert(spec.name), learner, initial,
-                      progress=progress)
+    return run_dagger(config, lambda: envs.make(spec.name), envs.make_expert(spec.name), learner, initial)
 

@@ -139,3 +139,12 @@ def test_dagger_on_a_task_without_an_expert_is_refused_before_any_work(tmp_path:
     with pytest.raises(UserError, match="DAgger needs Ant-v5's expert"):
         compare(config, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_makes_a_dagger_cell_afresh(tmp_path: Path, monkeypatch) -> None:
+    config = CompareConfig(out=str(tmp_path), **{**PART, "remedies": ["dagger:1"]})
+    compare(config, progress=False)
+    real_train, trained = train_module.train, []
+    monkeypatch.setattr(train_module, "train", lambda cell, *a, **k: trained.append(cell.out) or real_train(cell, *a, **k))
+    compare(config, progress=False, overwrite=True)
+    assert [Path(out).parent.name for out in trained] == ["round_0", "round_1"]  # no round kept from before

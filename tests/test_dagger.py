@@ -123,7 +123,7 @@ def _config(tmp_path: Path, **overrides: Any) -> DaggerConfig:
 
 def test_dagger_covers_the_learners_states_and_recovers_the_expert_gain(tmp_path: Path) -> None:
     config, learner = _config(tmp_path), LeastSquares()
-    result = run_dagger(config, LinearEnv, LinearExpert(), learner, _line_demos(tmp_path / "demos.hdf5"), progress=False)
+    result = run_dagger(config, LinearEnv, LinearExpert(), learner, _line_demos(tmp_path / "demos.hdf5"))
 
     gains = [learner.gain(Path(config.out) / f"round_{k}" / "run") for k in range(3)]
     assert np.linalg.norm(gains[0] - K) > 1.0  # the demonstrations alone leave K unknown across the line
@@ -147,7 +147,7 @@ def test_dagger_covers_the_learners_states_and_recovers_the_expert_gain(tmp_path
 
 def test_relabelling_replays_the_expert_at_each_visited_state(tmp_path: Path) -> None:
     config = _config(tmp_path, beta0=0.5, rounds=1, episodes_per_round=4)
-    run_dagger(config, LinearEnv, LinearExpert(), LeastSquares(), _line_demos(tmp_path / "demos.hdf5"), progress=False)
+    run_dagger(config, LinearEnv, LinearExpert(), LeastSquares(), _line_demos(tmp_path / "demos.hdf5"))
     expert = LinearExpert()
     executed_by_expert = []
     for episode in (e for e in _episodes(Path(config.out) / "round_1" / "data.hdf5") if e["source"] == "dagger"):
@@ -177,21 +177,20 @@ def test_a_killed_dagger_reruns_only_the_unfinished_round(tmp_path: Path, monkey
 
     monkeypatch.setattr(learner, "fit", killed_in_round_2)
     with pytest.raises(Killed):
-        run_dagger(config, LinearEnv, LinearExpert(), learner, demos_file, progress=False)
+        run_dagger(config, LinearEnv, LinearExpert(), learner, demos_file)
     written = (Path(config.out) / "round_2" / "data.hdf5").read_bytes()
 
     again, controllers = LeastSquares(), []
     real_controller = again.controller
     monkeypatch.setattr(again, "controller", lambda *a: controllers.append(a) or real_controller(*a))
-    run_dagger(config, LinearEnv, LinearExpert(), again, demos_file, progress=False)
+    run_dagger(config, LinearEnv, LinearExpert(), again, demos_file)
     assert again.fits == [2] and controllers == []  # rounds 0-1 kept, round 2's aggregate reused
     assert (Path(config.out) / "round_2" / "data.hdf5").read_bytes() == written
 
 
 def test_bc_rounds_continue_the_previous_weights_and_optimizer_state(tmp_path: Path) -> None:
     config = _config(tmp_path, rounds=1, train=train_template(steps=20, batch_size=16, policy_options={"width": 16}))
-    run_dagger(config, LinearEnv, LinearExpert(), BCLearner(config, device="cpu"), _line_demos(tmp_path / "d.hdf5"),
-               progress=False)
+    run_dagger(config, LinearEnv, LinearExpert(), BCLearner(config, device="cpu"), _line_demos(tmp_path / "d.hdf5"))
     checkpoint = torch.load(Path(config.out) / "round_1" / "run" / "checkpoint.pt", weights_only=True)
     steps = {int(state["step"]) for state in checkpoint["optimizer"]["state"].values()}
     assert steps == {20 + 10} and checkpoint["step"] == 10  # AdamW's moments went on from round 0's 20 steps
