@@ -298,7 +298,8 @@ class CompareConfig:
         kind, value = parse_remedy(remedy)
         if kind == "dagger":
             steps = self.dagger_steps or max(1, self.train.steps // 4)
-            return (f"{remedy}: {value} rounds of {self.dagger_episodes} relabelled episodes (beta0 {self.dagger_beta0}) "
+            return (f"{remedy}: {value} round{'s' * (value > 1)} of {self.dagger_episodes} relabelled episodes "
+                    f"(beta0 {self.dagger_beta0}) "
                     f"and {steps} steps each, after {self.train.steps} steps on the demonstrations "
                     f"({self.train.steps + value * steps} steps in all)")
         if kind == "noise":
@@ -463,7 +464,8 @@ def _check_cell_evaluation(config: CompareConfig, task: str, optimizer: str, see
         return
     try:
         cell = json.loads(path.read_text())["cell"]
-        ours = (cell["task"], cell["optimizer"], cell["seed"]) == (task, optimizer, seed)
+        ours = (cell["task"], cell["optimizer"], cell["seed"], cell.get("remedy", "none")) == \
+            (task, optimizer, seed, config.remedy())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
         ours = False
     if not ours:
@@ -645,10 +647,13 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
     growable = GROWABLE
     if isinstance(config.demo.episodes, list) and isinstance(saved_config.demo.episodes, list):
         growable += ("demo.episodes",)
-    if not any(parse_remedy(r)[0] == "dagger" for r in (*config.remedies, *saved_config.remedies)):
-        growable += DAGGER_SETTINGS  # settings of no cell of either grid
+    if parse_remedy(config.remedy())[0] != "dagger":
+        growable += DAGGER_SETTINGS  # compared where the directory's own cells are DAgger's (a dagger remedy's own)
     changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
                if name not in (*growable, "optimizer_settings", "data") and saved.get(name) != value]
+    if saved_config.cells() and config.cells() and saved_config.remedy() != config.remedy():
+        changed.append(f"remedies ({saved_config.remedies!r} -> {config.remedies!r}: the runs in "
+                       f"{saved_file.parent / 'runs'} are {saved_config.remedy()}'s, not {config.remedy()}'s)")
     saved_out = json.loads(saved_file.read_text()).get("out", saved_config.out)  # where it was made
     if saved_config.data.keys() != config.data.keys() or not all(
             same_file(saved_config.data[task], saved_out, path, config.out) for task, path in config.data.items()):

@@ -148,3 +148,15 @@ def test_overwrite_makes_a_dagger_cell_afresh(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(train_module, "train", lambda cell, *a, **k: trained.append(cell.out) or real_train(cell, *a, **k))
     compare(config, progress=False, overwrite=True)
     assert [Path(out).parent.name for out in trained] == ["round_0", "round_1"]  # no round kept from before
+
+
+def test_remedies_may_grow_but_a_remedys_runs_keep_their_settings(serial: Path, tmp_path: Path) -> None:
+    from dopr_robot.compare import check_comparison
+
+    grown = tmp_path / "grown"
+    shutil.copytree(serial, grown, ignore=shutil.ignore_patterns("remedies"))
+    check_comparison(CompareConfig(out=str(grown), **{**TINY, "dagger_steps": 7}))  # dagger:1 is new there: any settings
+    with pytest.raises(UserError, match=r"changed: dagger_steps \(4 -> 7\)"):  # its runs in remedies/dagger1 took 4
+        check_comparison(CompareConfig(out=str(serial), **{**TINY, "dagger_steps": 7}))
+    with pytest.raises(UserError, match=r"remedies \(\['none', 'noise:0.1', 'dagger:1'\] -> \['noise:0.1'\]: the runs in"):
+        check_comparison(CompareConfig(out=str(serial), **{**TINY, "remedies": ["noise:0.1"]}))
