@@ -155,8 +155,8 @@ class CompareConfig:
     dagger_episodes: int = option(10, help="dagger:ROUNDS remedies: the learner's episodes relabelled per round")
     dagger_steps: int = option(0, help="dagger:ROUNDS remedies: training steps per round after the first training "
                                        "(0: steps // 4)")
-    dagger_beta0: float = option(0.0, help="dagger:ROUNDS remedies: round r executes the expert's action with "
-                                           "probability DAGGER_BETA0**r (0: the policy alone)")
+    dagger_beta0: float = option(0.5, help="dagger:ROUNDS remedies: round r executes the expert's action with "
+                                           "probability DAGGER_BETA0**r, as `dagger --beta0` (0: the policy alone)")
     seeds: int = option(5, help="training seeds per (task, optimizer): first_seed .. first_seed + seeds - 1")
     first_seed: int = option(0, help="the first training seed")
     data: dict = option({}, help='existing demonstrations per task as JSON, e.g. \'{"Push-v0": "push.hdf5"}\'')
