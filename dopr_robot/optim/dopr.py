@@ -199,8 +199,9 @@ class DoPr(Optimizer):
             than AdamW and diverged at a learning rate AdamW takes. The unfold form costs more: its
             statistics are n·(c_in·k)² per layer, n = batch x output positions: 5-8x AdamW's step on a
             4-conv 32-channel encoder at 64 px, batch 64, one CPU thread, and 1.0-1.6x with
-            ``refresh_every=10`` (the channel form: about 1x). Closed-loop results from pixels are not
-            measured yet: the choice rests on training loss and cost alone.
+            ``refresh_every=10``, which kept about half of the gain on the regression (the channel
+            form: about 1x). Closed-loop results from pixels are not measured yet: the choice rests on
+            training loss and cost alone.
         max_factor_dim: layers whose factor is wider (inputs of a linear layer, c_in·k for the unfold
             form, c_in for the channel form) get the raw gradient, with that reason in the coverage
             table: a dense factor costs d² memory and d³/3 per factorization (a linear readout of a
