@@ -198,7 +198,7 @@ class DoPr(Optimizer):
             loss, while the channel form, which ignores that neighbouring pixels correlate, did no better
             than AdamW and diverged at a learning rate AdamW takes. The unfold form costs more: its
             statistics are n·(c_in·k)² per layer, n = batch x output positions: 5-8x AdamW's step on a
-            4-conv 32-channel encoder at 64 px, batch 64, one CPU thread, and 1.0-1.6x with
+            4-conv 32-channel encoder at 64 px, batch 64, one CPU thread, and 1.6x with
             ``refresh_every=10``, which kept about half of the gain on the regression (the channel
             form: about 1x). Closed-loop results from pixels are not measured yet: the choice rests on
             training loss and cost alone.
