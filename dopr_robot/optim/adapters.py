@@ -84,6 +84,8 @@ class AdapterOptions:
 
 
 class LayerAdapter(Protocol):
+    """What DoPr asks of an adapter (the module docstring says what each member means)."""
+
     kind: str
     form: str
     dim_name: str
