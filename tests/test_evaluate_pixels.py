@@ -17,7 +17,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.evaluate.checkpoints import evaluate_checkpoint
 from dopr_robot.evaluate.evaluation import _but_last, camera_kwargs, evaluate, policy_actions
 from dopr_robot.evaluate.rollout import PolicyController, rollout
-from dopr_robot.evaluate.video import camera_panel
+from dopr_robot.evaluate.video import camera_panel, record_video
 from dopr_robot.train import train
 from policies import Policy, make_policy
 from policies.encoders import ImageEncoderConfig
@@ -138,3 +138,17 @@ def test_the_video_panel_shows_the_pixels_the_policy_saw() -> None:
     np.testing.assert_array_equal(frames[1][1:49:3, ::3], images[1])
     np.testing.assert_array_equal(frames[1][3, 4], images[1][0, 1])  # a pixel repeated, not interpolated
     assert not frames[0][0].any() and not frames[0][49].any()
+
+
+def test_a_video_of_a_pixel_policy_shows_its_camera_between_policy_and_expert(tmp_path: Path, one_thread) -> None:
+    import imageio.v2 as imageio
+
+    torch.manual_seed(0)
+    policy = make_policy("mlp", 12, 3, image_shapes={"agentview_image": (16, 16, 3)}, width=8, depth=1,
+                         encoder_channels=2, encoder_features=2)
+    video = record_video(policy, "Reach-v0", tmp_path / "v.gif", [0], env_kwargs={"horizon": 3}, size=(64, 48),
+                         obs_keys=["agentview_image", "robot_state"])
+    assert video["frames"] == 4 and video["with_expert"]
+    frames = imageio.mimread(tmp_path / "v.gif")
+    # policy 64 | gap 4 | camera 16 px scaled x3 = 48 | gap 4 | expert 64; banner 18 above 48 rows
+    assert frames[0].shape[:2] == (18 + 48, 64 + 4 + 48 + 4 + 64)
