@@ -227,7 +227,8 @@ def test_demo_success_only_reaches_the_collection_and_is_part_of_the_resume_chec
     assert [e.seed for e in data.episodes] == sorted(set(range(data.metadata["attempts"])) - set(dropped))
     assert [e.seed for e in data.episodes][:2] == [3, 4] and all(e.is_success for e in data.episodes)
     saved = json.loads((out / "compare_config.json").read_text())["demo"]
-    assert saved == {"episodes": 3, "seed": 0, "noise": 0.5, "success_only": True, "max_attempts": 0}
+    assert saved == {"episodes": 3, "seed": 0, "noise": 0.5, "success_only": True, "max_attempts": 0,
+                     "cameras": [], "image_size": [64, 64]}
 
     other = copy(finished, tmp_path)  # its cells trained on every episode collected
     assert compare(other, "--demo-success-only") == 2
