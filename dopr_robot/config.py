@@ -105,10 +105,10 @@ class TrainConfig:
                                    "stay float32)")
     compile: bool = option(False, help="torch.compile the step (CPU and CUDA; on CUDA its compiled pieces are also "
                                        "captured as CUDA graphs): the forward, loss and backward, the gradient clip "
-                                       "and the optimizer's step; for dopr-* its base step, while DoPr's statistics "
-                                       "hooks and its solve stay eager (their Python step counters would recompile "
-                                       "every step). The first steps pay the compilation; the numerics match eager "
-                                       "within float round-off")
+                                       "and the optimizer's step. For dopr-* only the clip and the base step: the "
+                                       "forward with DoPr's statistics hooks and DoPr's solve stay eager (their "
+                                       "Python step counters would recompile them every step). The first steps pay "
+                                       "the compilation; the numerics match eager within float round-off")
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:

@@ -201,11 +201,13 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     """The step's two calls: ``loss(batch)`` (the forward; its backward follows it) and ``update()``
     (gradient clip, optimizer step); with ``config.compile`` compiled by ``torch.compile``.
 
-    What stays eager under compile, and why: DoPr's statistics hooks decide whether to record from the
-    optimizer's Python step counter, so tracing them would recompile every step; they run eagerly
-    between the compiled pieces of the forward (its graph breaks at each hooked layer). DoPr's own step
-    (the solve) keeps per-layer Python counters and state bookkeeping for the same reason: eager, while
-    its base optimizer's step is compiled. On CUDA the compiled pieces are captured as CUDA graphs
+    What stays eager under compile with a DoPr optimizer, and why: the forward, loss and backward,
+    because DoPr's statistics hooks decide whether to record from the optimizer's Python step counter
+    (traced, they recompile every step; kept out of the trace, they break the forward into a piece per
+    layer, measured slower than eager); and DoPr's own step (the solve), whose per-layer Python counters
+    and state bookkeeping would recompile it every step too. Its gradient clip and its base optimizer's
+    step are compiled. Other optimizers have the whole step compiled. On CUDA the compiled pieces are
+    captured as CUDA graphs
     (inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). Compiled random ops call
     torch's own (``fallback_random``): dropout and a flow policy's noise draw what eager draws, and a
     resumed run replays them.
@@ -231,21 +233,12 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     def compiled(function: Callable) -> Callable:
         return torch.compile(function, options=options)
 
-    _hooks_run_eagerly(policy)
     base = getattr(optimizer, "base", None)  # DoPr's base optimizer
     if base is None:
         return compiled(loss), compiled(update)
     base.step = compiled(base.step)  # what DoPr's step calls after its (eager) solve
-    clip = compiled(clip)
-    return compiled(loss), update
-
-
-def _hooks_run_eagerly(model: nn.Module) -> None:
-    """Keep ``torch.compile`` from tracing the forward hooks of ``model``'s layers (DoPr's statistics):
-    each runs eagerly where the compiled forward breaks its graph."""
-    for module in model.modules():
-        for key, hook in list(module._forward_hooks.items()):
-            module._forward_hooks[key] = torch.compiler.disable(hook)
+    clip = compiled(clip)  # the closure of update() calls it
+    return loss, update
 
 
 def _learning_rate_as_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
