@@ -132,3 +132,28 @@ def test_processes_started_together_split_the_cores_and_give_them_back(tmp_path)
     cores = threads.machine_cores()
     assert min(budgets) >= 1 and sum(budgets) <= max(cores, 2), budgets
     assert not [path for path in claims.iterdir() if path.name.isdigit()]  # given back at exit
+
+
+def test_a_share_leaves_fixed_claims_their_cores_and_splits_the_rest_oldest_first(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    others = [subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+              for _ in range(2)]
+    try:
+        fixed, adapting = others
+        for process, claim in ((fixed, "1"), (adapting, "adapt")):  # claims of live processes younger than this one
+            (tmp_path / str(process.pid)).write_text(f"{threads._process_start(process.pid)} {claim}\n")
+        mine = threads.Claims(tmp_path)
+        mine.register(None)
+        assert {claim.pid: claim.fixed for claim in mine.live()} == {os.getpid(): None, fixed.pid: 1, adapting.pid: None}
+        # 4 cores: 1 to the fixed process, 3 split between the two adapting ones, the older (this one) taking 2.
+        assert mine.share(4) == 2
+        assert threads.Claims(tmp_path, pid=adapting.pid).share(4) == 1
+        assert mine.share(1) == 1  # never below one thread
+    finally:
+        for process in others:
+            process.communicate(b"")
+    assert mine.share(4) == 4  # they ended: their claims are ignored, and removed
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(["lock", str(os.getpid())])
