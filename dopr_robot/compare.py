@@ -505,7 +505,8 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
     resume = (run_dir / CHECKPOINT_NAME).exists()
     cell = config.cell_config(optimizer, seed, data, run_dir)
     # --eval-every: evaluations during training on the grid's evaluation episodes, without the expert.
-    evaluator = make_evaluator(task, replace(settings, with_expert=False)) if cell.eval_every else None
+    evaluator = make_evaluator(task, replace(settings, with_expert=False), obs_keys=cell.obs_keys) \
+        if cell.eval_every else None
     try:
         train(cell, evaluator=evaluator, resume=resume, overwrite=not resume, progress=False, device=device)
     except UserError as err:

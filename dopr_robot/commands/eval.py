@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = load_checkpoint(args.checkpoint)
         video = render(policy_from_checkpoint(checkpoint, use_ema=settings.use_ema, device=args.device,
                                                    flow_steps=settings.flow_steps), result.task,
-                       out.with_suffix(".mp4"), settings, episodes=args.videos, env_kwargs=result.env_kwargs)
+                       out.with_suffix(".mp4"), settings, episodes=args.videos, env_kwargs=result.env_kwargs,
+                       obs_keys=checkpoint["dataset"]["obs_keys"])
         print(f"wrote {video['path']} ({video['episodes']} episode(s), {video['frames']} frames)")
     return 0

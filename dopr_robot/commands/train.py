@@ -89,7 +89,8 @@ def _evaluator(config: TrainConfig, episodes: int | None):
     if dataset.task is None:
         raise UserError(f"--eval-every evaluates on the data's task, and {config.data} names none (no env_args); "
                         "drop --eval-every and evaluate the checkpoint with `dopr-robot eval --task NAME`")
-    return make_evaluator(dataset.task, EvalConfig(episodes=episodes, with_expert=False), env_kwargs=dataset.env_kwargs)
+    return make_evaluator(dataset.task, EvalConfig(episodes=episodes, with_expert=False), env_kwargs=dataset.env_kwargs,
+                          obs_keys=dataset.obs_keys)
 
 
 def _check_dopr_options(config: TrainConfig) -> None:
