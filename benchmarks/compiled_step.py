@@ -7,7 +7,8 @@ with the default policy sizes (MLP 256x3, batch 256; transformer d_model 128, 4 
 chunk 4), timed from the run's own metrics between its first and last log points: the first interval,
 which pays the compilation, is left out. On the CPU ``--compile`` is ``torch.compile``; on CUDA its
 compiled pieces are also captured as CUDA graphs, so the CUDA rows are eager against compiled+captured.
-Under ``--compile`` DoPr's statistics hooks and its solve stay eager (see ``dopr_robot.train``).
+Under ``--compile`` a DoPr run compiles its gradient clip and its base step only: its forward with the
+statistics hooks and its solve stay eager (see ``dopr_robot.train._step_functions``).
 
 The table gives each row's steps/s, its speed-up over the eager run of the same optimizer, and its
 time per step relative to AdamW in the same mode (DoPr's overhead, eager and compiled).
