@@ -157,7 +157,10 @@ def _flag_args(name: str, value: object) -> list[str]:
     return [flag, str(value)]
 
 
-def test_every_train_option_on_the_command_line_lands_in_every_run(tmp_path: Path, capsys) -> None:
+def test_every_train_option_on_the_command_line_lands_in_every_run(tmp_path: Path, capsys, monkeypatch) -> None:
+    # --compile must land in every run like the rest; what compiling does is tests/test_train_compile.py's
+    # (compiling this grid's transformer twice would take most of the test's time).
+    monkeypatch.setattr(torch, "compile", lambda function, **kwargs: function)
     values = {f.name: _non_default(f) for f in fields(TrainConfig) if f.name not in PER_CELL}
     args = [arg for name, value in values.items() for arg in _flag_args(name, value)]
     out = tmp_path / "grid"
