@@ -29,8 +29,7 @@ from typing import Any, Callable, Iterator, TypeVar, Union, get_args, get_origin
 from torch import nn
 
 from dopr_robot.errors import UserError
-from dopr_robot.optim import OPTIMIZERS, is_dopr, make_optimizer
-from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+from dopr_robot.optim import OPTIMIZERS, make_optimizer, optimizer_arguments
 from envs.seeds import POLICY_EVAL
 from policies import POLICIES, policy_config_fields
 
@@ -161,11 +160,7 @@ class TrainConfig:
         ``optimizer_options``) go to ``dopr-*`` optimizers only, so that one config serves every
         cell of a DoPr-X vs X comparison.
         """
-        options = dict(self.optimizer_options)
-        if is_dopr(self.optimizer):
-            options["damping"] = self.damping
-        else:
-            options = {name: value for name, value in options.items() if name not in DOPR_ONLY_ARGUMENTS}
+        options = optimizer_arguments(self.optimizer, {**self.optimizer_options, "damping": self.damping})
         return dict(lr=self.lr, weight_decay=self.weight_decay, **options)
 
     def to_json(self) -> str:

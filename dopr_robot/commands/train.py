@@ -96,10 +96,9 @@ def _evaluator(config: TrainConfig, episodes: int | None):
 def _check_dopr_options(config: TrainConfig) -> None:
     """A single run given DoPr's own options on a plain optimizer: say so (a grid applies them to its
     dopr-* cells only, so the config itself accepts them)."""
-    from dopr_robot.optim import is_dopr
-    from dopr_robot.optim.registry import DOPR_ONLY_ARGUMENTS
+    from dopr_robot.optim import dopr_only_arguments, is_dopr
 
-    misplaced = sorted(set(config.optimizer_options) & set(DOPR_ONLY_ARGUMENTS))
+    misplaced = dopr_only_arguments(config.optimizer_options)
     if misplaced and not is_dopr(config.optimizer):
         raise UserError(f"--optimizer-options {', '.join(misplaced)}: "
                         f"{'a DoPr option' if len(misplaced) == 1 else 'DoPr options'} that --optimizer "
