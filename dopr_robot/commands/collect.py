@@ -12,6 +12,7 @@ import argparse
 
 from dopr_robot.collect_config import CollectConfig
 from dopr_robot.config import add_config_arguments, given_options, resolve_config
+from dopr_robot.grid import add_execution_arguments
 
 HELP = "run a task's expert for N seeded episodes and write them to an HDF5 file (robomimic layout)"
 
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # --episodes has no default here (a file is written for the count asked): none shown in the help.
     add_config_arguments(parser, CollectConfig, defaults={"episodes": None}, config_file=False)
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_execution_arguments(parser, ("progress",))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -10,16 +10,15 @@ from __future__ import annotations
 import argparse
 
 from dopr_robot.config import add_config_arguments
-from dopr_robot.devices import add_device_argument
 from dopr_robot.dagger import DaggerConfig
+from dopr_robot.grid import add_execution_arguments
 
 HELP = "DAgger: the expert relabels the states the policy visits, aggregated over rounds (resumable)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, DaggerConfig)
-    add_device_argument(parser)
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_execution_arguments(parser, ("device", "progress"))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
-from dopr_robot.devices import add_device_argument
+from dopr_robot.grid import add_execution_arguments
 
 HELP = ("roll a checkpoint's policy out on seeded episodes (and the expert from the same initial states): "
         "success rate, return, compounding error, beside the run's validation loss")
@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="result JSON (default: eval.json in the run directory); an evaluation that eval wrote "
                              "there before is replaced, anything else only with --overwrite")
     add_config_arguments(parser, EvalConfig, defaults=DEFAULTS)
-    add_device_argument(parser)
+    add_execution_arguments(parser, ("device", "progress"))
     parser.add_argument("--videos", type=int, default=0, metavar="V",
                         help="also save the first V episodes as a video (OUT with .mp4; --size, --fps)")
     parser.add_argument("--plot", default=None, metavar="FILE.png",
@@ -30,7 +30,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="replace --out, --plot and the video even when they hold something else (a comparison "
                              "cell's evaluation, demonstrations, any other file)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:

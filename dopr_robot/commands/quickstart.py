@@ -11,7 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dopr_robot.devices import add_device_argument
+from dopr_robot.grid import add_execution_arguments
+
 
 HELP = "collect, train AdamW and DoPr-AdamW (2 seeds), evaluate, print the table, write plots and a video"
 
@@ -25,8 +26,7 @@ SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 2, "demo": {"episode
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK})")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    add_device_argument(parser)
+    add_execution_arguments(parser, ("device", "progress"))
 
 
 def run(args: argparse.Namespace) -> int:

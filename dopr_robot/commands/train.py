@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 from dopr_robot.config import EvalConfig, TrainConfig, add_config_arguments, config_from_dict, resolve_config
-from dopr_robot.devices import add_device_argument
 from dopr_robot.errors import UserError
+from dopr_robot.grid import add_execution_arguments
 
 EVAL_EPISODES = 10  # closed-loop episodes of each evaluation during training (--eval-every)
 HELP = "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"
@@ -22,8 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint, with its saved config")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
-    add_device_argument(parser)  # not a config field: a run resumes on another device
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_execution_arguments(parser, ("device", "progress"))  # not config fields: a run resumes on another device
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ import argparse
 from dataclasses import replace
 
 from dopr_robot.config import EvalConfig, add_config_arguments, resolve_config
-from dopr_robot.devices import add_device_argument
 from dopr_robot.evaluate.video import render
+from dopr_robot.grid import add_execution_arguments
 
 HELP = "render seeded episodes of a checkpoint's policy beside the expert's (mp4 or gif)"
 
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, EvalConfig, exclude=EXCLUDE, defaults=DEFAULTS)
     parser.add_argument("--width", type=int, default=None, help="panel width in pixels (the W of --size)")
     parser.add_argument("--height", type=int, default=None, help="panel height in pixels (the H of --size)")
-    add_device_argument(parser)
+    add_execution_arguments(parser, ("device",))
 
 
 def run(args: argparse.Namespace) -> int:
