@@ -424,30 +424,34 @@ def check_validation_vs_success(fig, inputs: dict) -> None:
             np.testing.assert_allclose(np.array(bars.get_segments()), expected, atol=1e-12)
 
 
-def check_deviation(fig, inputs: dict) -> None:
+def curves(fig, inputs: dict):
+    """``(seeds, curve)`` for every (task, optimizer) of the runs: each optimizer's curve is labelled
+    with its run count."""
     for task, ax in panels(fig).items():
         lines = labelled_lines(ax)
         for optimizer in sorted({o for t, o, _ in inputs if t == task}):
             seeds = [run["seed"] for run in runs_of(inputs, task, optimizer)]
             line = lines.get(f"{optimizer} ({len(seeds)} runs)")
             assert line is not None, f"no curve of {optimizer} in {task}"
-            t = np.arange(HORIZON + 1)
-            np.testing.assert_array_equal(xs(line), t)
-            np.testing.assert_allclose(ys(line), 0.02 * t * np.mean([1 + s for s in seeds]))  # write_run's curves
+            yield seeds, line
+
+
+def check_deviation(fig, inputs: dict) -> None:
+    for ax in panels(fig).values():
+        lines = labelled_lines(ax)
         assert "divergence threshold" in lines
         np.testing.assert_allclose(ys(lines["divergence threshold"]), [0.3, 0.3])
+    t = np.arange(HORIZON + 1)
+    for seeds, line in curves(fig, inputs):
+        np.testing.assert_array_equal(xs(line), t)
+        np.testing.assert_allclose(ys(line), 0.02 * t * np.mean([1 + s for s in seeds]))  # write_run's curves
 
 
 def check_learning_curves(fig, inputs: dict) -> None:
-    for task, ax in panels(fig).items():
-        lines = labelled_lines(ax)
-        for optimizer in sorted({o for t, o, _ in inputs if t == task}):
-            seeds = [run["seed"] for run in runs_of(inputs, task, optimizer)]
-            line = lines.get(f"{optimizer} ({len(seeds)} runs)")
-            assert line is not None, f"no curve of {optimizer} in {task}"
-            steps = np.array([50, 100, 150, 200])
-            np.testing.assert_array_equal(xs(line), steps)
-            np.testing.assert_allclose(ys(line), 0.1 / steps + 0.01 * np.mean(seeds))  # write_run's metrics.jsonl
+    steps = np.array([50, 100, 150, 200])
+    for seeds, line in curves(fig, inputs):
+        np.testing.assert_array_equal(xs(line), steps)
+        np.testing.assert_allclose(ys(line), 0.1 / steps + 0.01 * np.mean(seeds))  # write_run's metrics.jsonl
 
 
 def check_terminal_reward(fig, inputs: dict) -> None:
