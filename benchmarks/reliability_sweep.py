@@ -93,8 +93,11 @@ def setup(root: Path) -> None:
 
 
 def start_then_signal(command: str, cwd: Path, ready: Callable[[], bool], sig: int, group: bool) -> subprocess.Popen:
+    # Ctrl-C's default action in the child (a sweep started in the background of a script would pass
+    # SIGINT on as ignored, and Python then installs no KeyboardInterrupt handler).
     process = subprocess.Popen(DOPR + shlex.split(command), cwd=cwd, env=ENV, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 240
     while not ready() and time.time() < deadline and process.poll() is None:
         time.sleep(0.1)

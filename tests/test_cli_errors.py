@@ -27,6 +27,13 @@ def command(*args: str) -> list[str]:
     return [sys.executable, "-m", "dopr_robot", *args]
 
 
+def interruptible() -> None:
+    """In the child before it starts: Ctrl-C's default action, which a test run started in the
+    background of a non-interactive shell would otherwise pass on as ignored (Python then installs
+    no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def demos(tmp_path_factory) -> Path:
     from demos import collect
@@ -85,7 +92,7 @@ def grid_args(out: Path, demos: Path) -> list[str]:
 def start_grid(out: Path, demos: Path) -> subprocess.Popen:
     """The grid of ``grid_args`` in its own process group; returns once both workers train."""
     process = subprocess.Popen(command(*grid_args(out, demos)), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               text=True, start_new_session=True)
+                               text=True, start_new_session=True, preexec_fn=interruptible)
     wait_for(lambda: len(list(out.glob("runs/Reach-v0/adamw/seed*/checkpoint.pt"))) == 2, "both cells to train",
              process)
     return process
@@ -121,7 +128,8 @@ def test_ctrl_c_stops_a_grid_with_one_line_that_says_how_to_resume(tmp_path: Pat
 def test_ctrl_c_stops_training_with_one_line_that_says_how_to_resume(tmp_path: Path, demos: Path) -> None:
     run = tmp_path / "run"
     process = subprocess.Popen(command("train", "--data", str(demos), "--out", str(run), *ENDLESS),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                               preexec_fn=interruptible)
     try:
         wait_for((run / "checkpoint.pt").exists, "the first checkpoint", process)
         os.killpg(process.pid, signal.SIGINT)
