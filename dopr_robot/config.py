@@ -129,6 +129,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "history", "chunk"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:  # as collect and eval require of theirs
+            raise UserError(f"--seed must be >= 0, got {self.seed}")
         for name in ("lr", "weight_decay", "damping", "grad_clip"):
             if not math.isfinite(getattr(self, name)):
                 raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
@@ -182,7 +184,7 @@ class EvalConfig:
 
     episodes: int = option(50, help="closed-loop episodes")
     seed: int = option(POLICY_EVAL, help="episode i is reset with seed SEED + i (clear of the demonstration seeds)")
-    num_envs: int = option(8, help="environments stepped together (results do not depend on it)")
+    num_envs: int = option(8, help="environments stepped together (results do not depend on it, up to float32 rounding of batched forwards, ~1e-7)")
     actions_per_chunk: int = option(1, help="actions executed from each predicted chunk before re-planning (<= chunk)")
     with_expert: bool = option(True, flag="--no-expert", help="skip the expert rollouts and the compounding error")
     use_ema: bool = option(True, flag="--no-ema", help="use the raw weights instead of the EMA")

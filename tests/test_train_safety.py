@@ -234,3 +234,8 @@ def test_eval_every_needs_an_evaluator_and_one_cadence(reach_demos: Path, tmp_pa
     with pytest.raises(UserError, match="eval_every=10 and the call evaluate_every=5; give one"):
         train(config, evaluator=kill_at(-1), evaluate_every=5, progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_negative_seed_is_refused_like_collect_and_eval_refuse_theirs() -> None:
+    with pytest.raises(UserError, match=r"--seed must be >= 0, got -1"):
+        TrainConfig(data="x", out="y", seed=-1)
