@@ -112,7 +112,7 @@ def test_a_command_help_shows_its_options(capsys: pytest.CaptureFixture) -> None
     (["--workers", "3", "--threads", "2", "--no-progress"], dict(executor="processes", workers=3, threads=2,
                                                                    progress=False)),
     (["--ray"], dict(executor="ray", address="local")),
-    (["--ray", "auto", "--device", "cuda"], dict(executor="ray", address="auto", device="cuda")),
+    (["--ray", "auto", "--device", "cpu"], dict(executor="ray", address="auto", device="cpu")),
 ])
 def test_the_execution_options_of_a_grid_command_make_its_execution(args: list[str], expected: dict) -> None:
     from dopr_robot.grid import Execution, execution_from_args
