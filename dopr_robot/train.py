@@ -173,7 +173,7 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
 
     torch.manual_seed(config.seed)
     policy = make_policy(config.policy, dataset.obs_dim, dataset.act_dim, config.history, config.chunk,
-                         image_shapes=getattr(dataset, "image_shapes", None), **config.policy_options)
+                         image_shapes=dataset.image_shapes, **config.policy_options)
     stats = dataset.normalization()
     policy.obs_normalizer.set_statistics(stats["obs_mean"], stats["obs_std"])
     policy.action_normalizer.set_statistics(stats["act_mean"], stats["act_std"])
