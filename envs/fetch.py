@@ -18,9 +18,6 @@ from gymnasium import spaces
 
 from envs.cameras import CameraRenderer, camera_space, look_at
 from envs._physics import get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
-from dopr_robot.errors import UserError
-
-FETCH_MISSING_REASON = "fetch extra not installed: pip install 'dopr-robot[fetch]'"
 
 # Named parts of the flat observation (see FetchTask): the gripper's own state is not contiguous in
 # gymnasium-robotics' vector (grip_pos 0-2, gripper_state 9-10, grip_velp 20-22, gripper_vel 23-24).
@@ -182,8 +179,7 @@ def make_fetch_env(
     Extra keyword arguments (e.g. ``reward_type="dense"``) go to the gymnasium-robotics env;
     ``cameras``/``image_size`` make the observation a ``Dict`` with images (see :class:`FetchTask`).
     """
-    if not fetch_installed():
-        raise UserError(f"{task} is unavailable: {FETCH_MISSING_REASON}")
+    # The registry's make() checks the extra first (TaskEntry.extra) and names the install command.
     from gymnasium_robotics.envs.fetch import pick_and_place, push, reach
 
     env_classes = {

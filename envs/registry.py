@@ -7,6 +7,7 @@ a test checks them against the built envs.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Literal, Sequence
@@ -20,7 +21,8 @@ from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchRe
 from envs.experts.push import PushExpert
 from envs.experts.reach import ReachExpert
 from envs.experts.sb3 import has_weights, load_sb3_expert
-from envs.fetch import FETCH_CAMERAS, FETCH_MISSING_REASON, FETCH_OBS_KEYS, fetch_installed, make_fetch_env
+# fetch_installed is re-exported: tests skip on ``envs.registry.fetch_installed()``.
+from envs.fetch import FETCH_CAMERAS, FETCH_OBS_KEYS, fetch_installed, make_fetch_env  # noqa: F401
 from envs.locomotion import make_locomotion_env
 from envs.push import PushEnv
 from envs.reach import ReachEnv
@@ -50,6 +52,21 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
+class Extra:
+    """An optional suite some tasks need: the pip extra that installs it and how to tell it is there."""
+
+    name: str  # the pip extra, e.g. "fetch"
+    modules: tuple[str, ...]  # importable modules whose presence means it is installed
+
+    def installed(self) -> bool:
+        """Whether every module can be imported (found without importing it, so this stays cheap)."""
+        return all(importlib.util.find_spec(module) is not None for module in self.modules)
+
+
+FETCH_EXTRA = Extra("fetch", ("gymnasium_robotics",))
+
+
+@dataclass(frozen=True)
 class TaskEntry:
     """One registry line: how to build the env and the expert, and what :class:`TaskSpec` reports."""
 
@@ -60,7 +77,7 @@ class TaskEntry:
     horizon: int
     expert_kind: ExpertKind
     success_criterion: str
-    needs_fetch_extra: bool = False
+    extra: Extra | None = None  # the optional suite the task needs, None for the core install
     obs_parts: dict[str, Any] = field(default_factory=dict)  # named part -> slice or index array of the flat obs
     cameras: tuple[str, ...] = ()
 
@@ -83,7 +100,7 @@ def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str)
         horizon=50,
         expert_kind="scripted",
         success_criterion=f"{achieved} within 5 cm of the goal on the final step",
-        needs_fetch_extra=True,
+        extra=FETCH_EXTRA,
         obs_parts=FETCH_OBS_KEYS[task],
         cameras=FETCH_CAMERAS,
     )
@@ -150,9 +167,21 @@ def _lookup(name: str) -> tuple[str, TaskEntry]:
     return key, TASKS[key]
 
 
+def missing_extra_reason(entry: TaskEntry) -> str:
+    """What to install for ``entry``'s task, or "" when it needs no extra or its extra is installed."""
+    if entry.extra is None or entry.extra.installed():
+        return ""
+    return f"needs the {entry.extra.name} extra: pip install 'dopr-robot[{entry.extra.name}]'"
+
+
+def _check_extra(name: str, entry: TaskEntry) -> None:
+    if reason := missing_extra_reason(entry):
+        raise UserError(f"task {name} is unavailable: {reason}")
+
+
 def _unavailable_reason(name: str, entry: TaskEntry) -> str:
-    if entry.needs_fetch_extra and not fetch_installed():
-        return FETCH_MISSING_REASON
+    if reason := missing_extra_reason(entry):
+        return reason
     if entry.expert_kind == "sb3" and not has_weights(name):
         return f"no expert weights yet (envs/experts/weights/{name}/)"
     return ""
@@ -195,8 +224,7 @@ def make(name: str, cameras: Sequence[str] = (), image_size: Sequence[int] = (64
     is one :class:`UserError` line listing the task's cameras.
     """
     key, entry = _lookup(name)
-    if entry.needs_fetch_extra and not fetch_installed():
-        raise UserError(f"task {name} is unavailable: {FETCH_MISSING_REASON}")
+    _check_extra(name, entry)
     cameras = check_cameras(key, cameras, entry.cameras)
     if cameras:
         kwargs |= {"cameras": cameras, "image_size": check_image_size(image_size)}
@@ -206,8 +234,7 @@ def make(name: str, cameras: Sequence[str] = (), image_size: Sequence[int] = (64
 def make_expert(name: str) -> Expert:
     """Build the expert of task ``name``: scripted, or loaded from SB3 weights (UserError when absent)."""
     _, entry = _lookup(name)
-    if entry.needs_fetch_extra and not fetch_installed():
-        raise UserError(f"task {name} is unavailable: {FETCH_MISSING_REASON}")
+    _check_extra(name, entry)
     return entry.make_expert()
 
 

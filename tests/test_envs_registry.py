@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import gymnasium
@@ -79,15 +81,32 @@ def test_locomotion_without_weights_is_unavailable_with_reason(tmp_path: Path, m
 
 
 def test_fetch_missing_extra(monkeypatch) -> None:
-    monkeypatch.setattr(envs.registry, "fetch_installed", lambda: False)
+    monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # as if not installed: find_spec finds nothing
     spec = envs.task_spec("FetchPush-v4")
     assert not spec.available
-    assert spec.unavailable_reason == "fetch extra not installed: pip install 'dopr-robot[fetch]'"
-    assert "fetch extra not installed" in envs.describe_tasks()
-    with pytest.raises(UserError, match=r"FetchPush-v4 is unavailable: fetch extra not installed: pip install"):
+    assert spec.unavailable_reason == "needs the fetch extra: pip install 'dopr-robot[fetch]'"
+    assert "needs the fetch extra" in envs.describe_tasks()
+    with pytest.raises(UserError, match=r"^task FetchPush-v4 is unavailable: needs the fetch extra: pip install "
+                                        r"'dopr-robot\[fetch\]'$"):
         envs.make("FetchPush-v4")
-    with pytest.raises(UserError, match="fetch extra not installed"):
+    with pytest.raises(UserError, match="needs the fetch extra"):
         envs.make_expert("FetchPush-v4")
+
+
+def test_an_optional_suite_is_one_registry_field(monkeypatch) -> None:
+    """Any entry's ``extra`` makes its task unavailable, with the install command, while a module is missing."""
+    suite = envs.registry.Extra("somesuite", ("json", "a_module_nobody_installs"))
+    entry = dataclasses.replace(envs.registry.TASKS["Reach-v0"], extra=suite)
+    monkeypatch.setitem(envs.registry.TASKS, "Reach-v0", entry)
+    reason = "needs the somesuite extra: pip install 'dopr-robot[somesuite]'"
+    assert envs.registry.missing_extra_reason(entry) == reason
+    assert (envs.task_spec("Reach-v0").available, envs.task_spec("Reach-v0").unavailable_reason) == (False, reason)
+    for call in (envs.make, envs.make_expert):
+        with pytest.raises(UserError, match=r"task Reach-v0 is unavailable: needs the somesuite extra"):
+            call("Reach-v0")
+    installed = dataclasses.replace(entry, extra=envs.registry.Extra("somesuite", ("json",)))
+    assert envs.registry.missing_extra_reason(installed) == ""
+    assert {e.extra.name for e in envs.registry.TASKS.values() if e.extra} >= {"fetch"}
 
 
 def test_fetch_availability_follows_install() -> None:
