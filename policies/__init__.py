@@ -12,7 +12,8 @@ from typing import Any, Mapping, Sequence
 
 from policies.base import Policy
 from policies.encoders import ImageEncoderConfig
-from policies.flow import FlowMLPConfig, FlowMLPPolicy, FlowPolicy, FlowTransformerConfig, FlowTransformerPolicy
+from policies.flow import (HEADS, FlowMLPConfig, FlowMLPPolicy, FlowPolicy, FlowTransformerConfig, FlowTransformerPolicy,
+                           FlowUNetConfig, FlowUNetPolicy)
 from policies.mlp import MLPConfig, MLPPolicy
 from policies.normalizer import Normalizer
 from policies.transformer import TransformerConfig, TransformerPolicy
@@ -23,12 +24,22 @@ POLICIES: dict[str, tuple[type[Policy], type]] = {
     "transformer": (TransformerPolicy, TransformerConfig),
     "flow-mlp": (FlowMLPPolicy, FlowMLPConfig),  # the trunks above with a flow-matching head (policies/flow.py)
     "flow-transformer": (FlowTransformerPolicy, FlowTransformerConfig),
+    "flow-unet": (FlowUNetPolicy, FlowUNetConfig),  # Diffusion Policy's temporal U-Net as the flow head (policies/unet.py)
 }
 
 
 def policy_config_fields(name: str) -> list[str]:
     """The config field names of a registered policy."""
     return [f.name for f in fields(POLICIES[name][1])]
+
+
+def check_policy_shape(name: str, history: int, chunk: int, **config: Any) -> None:
+    """Raise a ValueError unless policy ``name`` with these options can take a ``history`` and ``chunk``
+    (a U-Net head halves the chunk): the check a run makes before it loads any data."""
+    policy_config = POLICIES[name][1](**config)
+    check_chunk = getattr(policy_config, "check_chunk", None)
+    if check_chunk is not None:
+        check_chunk(chunk)
 
 
 def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 1,
@@ -46,6 +57,6 @@ def make_policy(name: str, obs_dim: int, act_dim: int, history: int = 1, chunk: 
     return policy_class(obs_dim, act_dim, history, chunk, config=config_class(**config), image_shapes=image_shapes)
 
 
-__all__ = ["POLICIES", "FlowMLPConfig", "FlowMLPPolicy", "FlowPolicy", "FlowTransformerConfig",
-           "FlowTransformerPolicy", "MLPConfig", "MLPPolicy", "ImageEncoderConfig", "Normalizer", "Policy", "TransformerConfig",
+__all__ = ["HEADS", "POLICIES", "FlowMLPConfig", "FlowMLPPolicy", "FlowPolicy", "FlowTransformerConfig",
+           "FlowTransformerPolicy", "FlowUNetConfig", "FlowUNetPolicy", "check_policy_shape", "MLPConfig", "MLPPolicy", "ImageEncoderConfig", "Normalizer", "Policy", "TransformerConfig",
            "TransformerPolicy", "make_policy", "policy_config_fields"]

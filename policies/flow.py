@@ -1,5 +1,13 @@
-"""Flow-matching action heads: the regressors' trunks encode the observation history, a velocity
-network turns Gaussian noise into the action chunk in ``flow_steps`` Euler steps.
+"""Flow-matching action heads: a trunk encodes the observation history (the regressors' trunks, or
+none: ``flow-unet`` conditions on the flattened history), a velocity network turns Gaussian noise into
+the action chunk in ``flow_steps`` Euler steps.
+
+The velocity network is a config field, ``head`` (a name in :data:`HEADS`, with its options beside
+it), so every trunk takes every head: ``film-mlp`` (the default of ``flow-mlp`` and
+``flow-transformer``, below) or ``unet`` (the default of ``flow-unet``: Diffusion Policy's temporal
+U-Net, :mod:`policies.unet`). A head is a module v(x_t (B, C, A), t (B,), features (B, F)) -> (B, C, A);
+adding one is a builder and one line in :data:`HEADS`. A head may constrain the chunk
+(``FlowHeadConfig.check_chunk``: the U-Net halves it), which runs are checked for before data loads.
 
 Why: with multimodal demonstrations (the expert passes an obstacle on the left or on the right) an
 L2 regressor predicts the mean of the modes, an action no demonstration took. A flow policy learns
@@ -24,7 +32,7 @@ The training distribution of t (``time_sampling``):
   t = 0 falling to 0 at t = 0.999). pi0 (Black et al., arXiv 2410.24164) samples t from a Beta
   distribution that emphasizes the noisy end; the parameters here are our choice in that spirit.
 
-Conditioning (FiLM): the trunk's features and a sinusoidal embedding of t pass through one Linear +
+Conditioning of ``film-mlp`` (FiLM): the trunk's features and a sinusoidal embedding of t pass through one Linear +
 GELU into a condition vector c, and every residual block of the velocity network scales and shifts
 its normalized hidden state by (1 + γ(c), β(c)), γ and β from one Linear each block. The condition
 reaches every block multiplicatively (the head can reshape its field per observation and per t
@@ -51,8 +59,8 @@ flow policy's gains on our tasks as multimodality without checking; the multimod
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, fields
+from typing import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,21 +69,31 @@ from policies.base import Generators, Policy, masked_mean
 from policies.encoders import ImageEncoderConfig
 from policies.mlp import MLPTrunk, MLPTrunkConfig
 from policies.transformer import TransformerTrunk, TransformerTrunkConfig
+from policies.unet import TemporalUNet, check_unet_chunk, check_unet_options
 
 TIME_SAMPLING = ("uniform", "beta")
 
 
 @dataclass(frozen=True)
 class FlowHeadConfig:
-    """The flow head's options, shared by ``flow-mlp`` and ``flow-transformer`` (after their trunk's)."""
+    """The flow head's options, shared by the flow policies (after their trunk's): which velocity
+    network (``head``, a name in :data:`HEADS`), its options, and the sampler's. Options of a head
+    other than the chosen one must keep their defaults (they would do nothing)."""
 
-    head_width: int = 0  # hidden width of the velocity network (0: the trunk's feature width)
-    head_depth: int = 2  # FiLM residual blocks in the velocity network
+    head_width: int = 0  # film-mlp: hidden width of the velocity network (0: the trunk's feature width)
+    head_depth: int = 2  # film-mlp: FiLM residual blocks in the velocity network
     time_dim: int = 32  # size of the sinusoidal time embedding (even)
     time_sampling: str = "uniform"  # training distribution of t: uniform | beta (more weight near the noise end)
     flow_steps: int = 10  # Euler steps from noise to actions at inference (``policy.flow_steps`` changes it later)
+    head: str = "film-mlp"  # velocity network: film-mlp (FiLM residual MLP over the flattened chunk) | unet (policies/unet.py)
+    unet_width: int = 32  # unet: channels of the first level, doubled at each further level (paper size: 128)
+    unet_levels: int = 2  # unet: resolution levels; the chunk is halved levels - 1 times (paper size: 3)
+    unet_kernel: int = 5  # unet: temporal kernel size of the residual blocks' convolutions (odd)
+    unet_groups: int = 8  # unet: GroupNorm groups (must divide unet_width)
 
     def check_head(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid: {', '.join(HEADS)}")
         if self.head_width < 0 or self.head_depth < 1 or self.flow_steps < 1:
             raise ValueError(f"invalid flow head in {self}: need head_width >= 0 (0: the trunk's width), "
                              "head_depth >= 1, flow_steps >= 1")
@@ -83,6 +101,18 @@ class FlowHeadConfig:
             raise ValueError(f"invalid flow head in {self}: time_dim must be even and >= 2, got {self.time_dim}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(f"unknown time_sampling {self.time_sampling!r}; valid: {', '.join(TIME_SAMPLING)}")
+        check_unet_options(self.unet_width, self.unet_levels, self.unet_kernel, self.unet_groups)
+        defaults = {f.name: f.default for f in fields(FlowHeadConfig)}
+        for head, (_, options) in HEADS.items():
+            changed = [name for name in options if head != self.head and getattr(self, name) != defaults[name]]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} set(s) head {head!r}, but this policy's head is "
+                                 f"{self.head!r} (add \"head\": \"{head}\" to use it)")
+
+    def check_chunk(self, chunk: int) -> None:
+        """Raise a ValueError unless the velocity network can take a chunk of ``chunk`` steps."""
+        if self.head == "unet":
+            check_unet_chunk(chunk, self.unet_levels)
 
 
 @dataclass(frozen=True)
@@ -102,6 +132,19 @@ class FlowTransformerConfig(ImageEncoderConfig, FlowHeadConfig, TransformerTrunk
 
     def __post_init__(self) -> None:
         self.check_trunk()
+        self.check_head()
+        self.check_encoder()
+
+
+@dataclass(frozen=True)
+class FlowUNetConfig(ImageEncoderConfig, FlowHeadConfig):
+    """No trunk (the encoded observation history, flattened, is the condition, as in Diffusion
+    Policy), the U-Net head by default, then the image encoder's options. Train it with a chunk the
+    U-Net can halve: ``--chunk 16`` and ``--eval-actions-per-chunk 8`` is the published recipe."""
+
+    head: str = "unet"
+
+    def __post_init__(self) -> None:
         self.check_head()
         self.check_encoder()
 
@@ -130,7 +173,8 @@ class FiLMBlock(nn.Module):
 
 
 class VelocityNet(nn.Module):
-    """v(x_t, t, features): (B, n), (B,), (B, F) -> (B, n), n = C·A (the flattened chunk)."""
+    """The ``film-mlp`` head: v(x_t, t, features), (B, C, A), (B,), (B, F) -> (B, C, A), a residual
+    MLP over the flattened chunk (n = C·A) with FiLM blocks."""
 
     def __init__(self, n: int, feature_dim: int, width: int, depth: int, time_dim: int):
         super().__init__()
@@ -143,10 +187,43 @@ class VelocityNet(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, features: Tensor) -> Tensor:
         condition = nn.functional.gelu(self.condition(torch.cat([features, time_embedding(t, self.time_dim)], dim=-1)))
-        h = self.embed(x)
+        h = self.embed(x.flatten(start_dim=1))
         for block in self.blocks:
             h = block(h, condition)
-        return self.out(self.out_norm(h))
+        return self.out(self.out_norm(h)).view(x.shape)
+
+
+class UNetVelocity(nn.Module):
+    """The ``unet`` head: v(x_t, t, features), (B, C, A), (B,), (B, F) -> (B, C, A), the temporal
+    U-Net of :mod:`policies.unet` conditioned on [features, time embedding]; the time embedding is
+    sinusoidal, then Linear -> Mish -> Linear (Diffusion Policy's)."""
+
+    def __init__(self, act_dim: int, feature_dim: int, config: FlowHeadConfig):
+        super().__init__()
+        self.time_dim = config.time_dim
+        self.time = nn.Sequential(nn.Linear(config.time_dim, 4 * config.time_dim), nn.Mish(),
+                                  nn.Linear(4 * config.time_dim, config.time_dim))
+        self.unet = TemporalUNet(act_dim, feature_dim + config.time_dim, width=config.unet_width,
+                                 levels=config.unet_levels, kernel=config.unet_kernel, groups=config.unet_groups)
+
+    def forward(self, x: Tensor, t: Tensor, features: Tensor) -> Tensor:
+        return self.unet(x, torch.cat([features, self.time(time_embedding(t, self.time_dim))], dim=-1))
+
+
+def _film_mlp(chunk: int, act_dim: int, feature_dim: int, config: FlowHeadConfig) -> nn.Module:
+    return VelocityNet(chunk * act_dim, feature_dim, config.head_width or feature_dim, config.head_depth,
+                       config.time_dim)
+
+
+def _unet(chunk: int, act_dim: int, feature_dim: int, config: FlowHeadConfig) -> nn.Module:
+    return UNetVelocity(act_dim, feature_dim, config)
+
+
+# head name -> (builder (chunk, act_dim, feature_dim, config) -> velocity network, the options it reads)
+HEADS: dict[str, tuple[Callable[[int, int, int, FlowHeadConfig], nn.Module], tuple[str, ...]]] = {
+    "film-mlp": (_film_mlp, ("head_width", "head_depth")),
+    "unet": (_unet, ("unet_width", "unet_levels", "unet_kernel", "unet_groups")),
+}
 
 
 class FlowPolicy(Policy):
@@ -155,16 +232,20 @@ class FlowPolicy(Policy):
     ``forward(obs, noisy_actions, t, images=None)`` is the training network call: normalized
     (B, H, D), the noisy normalized chunk x_t (B, C, A) and t (B,) -> the velocity (B, C, A).
     ``sample`` integrates it; ``predict`` does so in raw units. ``make_trunk(step_dim)`` builds the
-    trunk once the image encoders (if any) have fixed the size of a history step.
+    trunk once the image encoders (if any) have fixed the size of a history step; ``feature_dim`` is
+    the width of its output (0: ``history * step_dim``, a trunk that flattens the history). The
+    velocity network is the config's ``head`` (:data:`HEADS`).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, history: int, chunk: int, config: FlowHeadConfig,
                  make_trunk, feature_dim: int, image_shapes: Mapping[str, Sequence[int]] | None = None):
+        config.check_chunk(chunk)
         super().__init__(obs_dim, act_dim, history, chunk, image_shapes, config)
         self.config = config
         self.trunk = make_trunk(self.step_dim)
-        self.velocity = VelocityNet(chunk * act_dim, feature_dim, config.head_width or feature_dim,
-                                    config.head_depth, config.time_dim)
+        if feature_dim == 0:  # a trunk whose features are the flattened history: known once step_dim is
+            feature_dim = history * self.step_dim
+        self.velocity = HEADS[config.head][0](chunk, act_dim, feature_dim, config)
         self.flow_steps = config.flow_steps
 
     @property
@@ -179,8 +260,7 @@ class FlowPolicy(Policy):
         self._flow_steps = steps
 
     def forward(self, obs: Tensor, noisy_actions: Tensor, t: Tensor, images: Mapping[str, Tensor] | None = None) -> Tensor:
-        features = self.trunk(self.encode(obs, images))
-        return self.velocity(noisy_actions.flatten(start_dim=1), t, features).view(-1, self.chunk, self.act_dim)
+        return self.velocity(noisy_actions, t, self.trunk(self.encode(obs, images)))
 
     def loss(self, batch: dict[str, Tensor], forward=None, generator: torch.Generator | None = None) -> Tensor:
         """The flow-matching loss (see the module docstring) over the valid chunk steps, in normalized
@@ -218,11 +298,11 @@ class FlowPolicy(Policy):
         ``steps`` (default ``flow_steps``) Euler steps from ``noise`` (B, C, A); the trunk runs once."""
         steps = steps or self.flow_steps
         features = self.trunk(self.encode(obs, images))
-        x = noise.flatten(start_dim=1)
+        x = noise
         for k in range(steps):
             t = torch.full((len(x),), k / steps, device=x.device)
             x = x + self.velocity(x, t, features) / steps
-        return x.view(-1, self.chunk, self.act_dim)
+        return x
 
     @torch.no_grad()
     def predict(self, obs_history: Tensor, generator: Generators = None,
@@ -266,6 +346,15 @@ class FlowTransformerPolicy(FlowPolicy):
                  image_shapes: Mapping[str, Sequence[int]] | None = None):
         super().__init__(obs_dim, act_dim, history, chunk, config,
                          lambda step_dim: TransformerTrunk(step_dim, history, config), config.d_model, image_shapes)
+
+
+class FlowUNetPolicy(FlowPolicy):
+    """No trunk: the encoded observation history, flattened, conditions the U-Net head (Diffusion
+    Policy's global condition); ``head`` may name another velocity network."""
+
+    def __init__(self, obs_dim: int, act_dim: int, history: int = 1, chunk: int = 16,
+                 config: FlowUNetConfig = FlowUNetConfig(), image_shapes: Mapping[str, Sequence[int]] | None = None):
+        super().__init__(obs_dim, act_dim, history, chunk, config, lambda step_dim: nn.Flatten(), 0, image_shapes)
 
 
 def _randn(shape: tuple[int, ...], generator: torch.Generator | None, device: torch.device | None) -> Tensor:
