@@ -37,8 +37,10 @@ CONFIG = {"policy": "mlp", "batch_size": 64, "lr": 0.0003, "weight_decay": 0.0, 
 
 def write_run(root: Path, optimizer: str, seed: int, success: list[bool], returns: list[float] | None = None, *,
               task: str = TASK, dataset: dict | None = DATASET, config: dict | None = CONFIG, new_fields: bool = True,
-              reverse_records: bool = False, val_loss: float | None = None) -> Path:
-    """A finished cell's eval.json (+ config.json, metrics.jsonl) as the harness writes it."""
+              reverse_records: bool = False, val_loss: float | None = None,
+              evaluations: dict[int, float] | None = None) -> Path:
+    """A finished cell's eval.json (+ config.json, metrics.jsonl) as the harness writes it;
+    ``evaluations`` {step: success rate}: closed-loop evaluations during training (--eval-every)."""
     n = len(success)
     returns = list(returns) if returns is not None else [float(s) * 10 - i * 0.1 for i, s in enumerate(success)]
     ttd = [None if s else 5 + i % 7 for i, s in enumerate(success)]
@@ -80,8 +82,9 @@ def write_run(root: Path, optimizer: str, seed: int, success: list[bool], return
     (run_dir / "eval.json").write_text(json.dumps(result))
     if config is not None:
         (run_dir / "config.json").write_text(json.dumps({**config, "optimizer": optimizer, "seed": seed}))
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "val_loss": 0.1 / s + 0.01 * seed}) + "\n"
-                                                   for s in (50, 100, 150, 200)))
+    lines = [{"step": s, "val_loss": 0.1 / s + 0.01 * seed} for s in (50, 100, 150, 200)]
+    lines += [{"step": s, "eval_success_rate": rate, "eval_episodes": n} for s, rate in (evaluations or {}).items()]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in sorted(lines, key=lambda l: l["step"])))
     return run_dir
 
 
@@ -553,3 +556,111 @@ def test_a_planted_wrong_figure_fails_its_check(name: str, method: str, planted:
             check_figure(name, fig, inputs)
     finally:
         plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Best-checkpoint success (evaluations during training, --eval-every) beside the final success
+
+
+def best_eval_grid(root: Path) -> dict:
+    """Three seed pairs evaluated during training at steps 50..200; the final success differs from
+    the best, which some runs reach twice (the earliest step counts)."""
+    inputs = {}
+    for seed in range(3):
+        for optimizer, shift in (("adamw", 0.0), ("dopr-adamw", 0.1)):
+            evaluations = {50: 0.2, 100: 0.5 + shift + 0.1 * seed, 150: 0.3, 200: 0.5 + shift + 0.1 * seed}
+            write_run(root, optimizer, seed, [True] + [False] * 5, evaluations=evaluations)  # final: 1/6
+            inputs[optimizer, seed] = evaluations
+    return inputs
+
+
+def test_best_checkpoint_success_beside_the_final_in_csv_and_summary(tmp_path: Path) -> None:
+    inputs = best_eval_grid(tmp_path)
+    write_run(tmp_path, "adamw", 0, [True, False], task="Reach-v0")  # a task without --eval-every
+    write_report(tmp_path)
+    table = read_csv(tmp_path / "results.csv")
+    for row in (r for r in table if r["task"] == TASK):
+        best = max(inputs[row["optimizer"], int(row["seed"])].values())
+        assert float(row["best_eval_success_rate"]) == pytest.approx(best) and row["best_eval_step"] == "100"
+        assert float(row["success_rate"]) != pytest.approx(best)  # the final checkpoint's own evaluation
+    reach = next(r for r in table if r["task"] == "Reach-v0")
+    assert reach["best_eval_success_rate"] == "" and reach["best_eval_step"] == ""
+
+    summary = (tmp_path / "summary.md").read_text()
+    push, reach_part = summary.split("## Reach-v0")
+    cols = header(push, "optimizer")
+    assert cols.index("best-checkpoint success rate [t]") == cols.index("final success rate [b]") + 1
+    for optimizer in ("adamw", "dopr-adamw"):
+        best = [max(inputs[optimizer, seed].values()) for seed in range(3)]
+        mean, low, high = interval(table_row(push, optimizer)[cols.index("best-checkpoint success rate [t]")])
+        half = scipy_t(2) * np.std(best, ddof=1) / math.sqrt(3)  # an independent t-interval
+        assert (mean, low, high) == pytest.approx((np.mean(best), np.mean(best) - half, np.mean(best) + half), abs=2e-3)
+    pair = table_row(push, "dopr-adamw - adamw")[header(push, "pair").index("best-checkpoint success rate [t]")]
+    assert interval(pair) == pytest.approx((0.1, 0.1, 0.1), abs=1e-3)  # +0.1 in every seed pair
+    assert "success rate [b]" in header(reach_part, "optimizer") and "final success rate [b]" not in reach_part
+
+
+def scipy_t(dof: int) -> float:
+    """The 97.5% quantile of Student's t with ``dof`` degrees of freedom (tabulated, not computed by the code under test)."""
+    return {2: 4.302652729911275}[dof]
+
+
+def test_learning_curves_show_success_during_training_on_a_second_axis(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from dopr_robot.report import plots
+
+    inputs = best_eval_grid(tmp_path)
+    fig = plots.learning_curves_figure(load_rows(tmp_path))
+    try:
+        (ax,) = panels(fig).values()
+        (twin,) = [other for other in fig.axes if other is not ax and other.bbox.bounds == ax.bbox.bounds]
+        lines = labelled_lines(twin)
+        assert sorted(lines) == ["success, adamw (3 runs)", "success, dopr-adamw (3 runs)"]
+        for optimizer in ("adamw", "dopr-adamw"):
+            line = lines[f"success, {optimizer} (3 runs)"]
+            np.testing.assert_array_equal(xs(line), [50, 100, 150, 200])
+            np.testing.assert_allclose(ys(line), [np.mean([inputs[optimizer, s][step] for s in range(3)])
+                                                  for step in (50, 100, 150, 200)])
+        assert "validation" in ax.get_ylabel() and "success" in twin.get_ylabel()
+    finally:
+        plt.close(fig)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill between two checkpoints."""
+
+
+def test_the_best_evaluation_survives_a_kill_and_resume(reach_demos: Path, tmp_path: Path) -> None:
+    """The best success over the whole run, in the checkpoint and in the report's reading of the log,
+    is the same whether the run was killed after its best evaluation and resumed or not."""
+    from dataclasses import replace
+
+    from dopr_robot.checkpoint import load_checkpoint
+    from dopr_robot.config import TrainConfig
+    from dopr_robot.report.results import best_evaluation, evaluation_curve
+    from dopr_robot.train import train
+
+    rates = {5: 0.2, 10: 0.9, 15: 0.3, 20: 0.5}  # the best at step 10, before the kill
+
+    def scripted(kill_at: int | None):
+        def evaluator(policy, step: int) -> dict:
+            if step == kill_at:
+                raise Interrupt
+            return {"eval_success_rate": rates[step], "eval_episodes": 2}
+        return evaluator
+
+    config = TrainConfig(data=str(reach_demos), out=str(tmp_path / "whole"), steps=20, batch_size=16,
+                         checkpoint_every=10, val_every=10, log_every=10, warmup_steps=2,
+                         policy_options={"width": 16, "depth": 1})
+    whole = train(config, evaluator=scripted(None), evaluate_every=5, progress=False)
+    killed = replace(config, out=str(tmp_path / "killed"))
+    with pytest.raises(Interrupt):
+        train(killed, evaluator=scripted(15), evaluate_every=5, progress=False)
+    assert load_checkpoint(killed.out)["step"] == 10
+    resumed = train(killed, evaluator=scripted(None), evaluate_every=5, resume=True, progress=False)
+    assert whole.best_eval == resumed.best_eval == {"eval_success_rate": 0.9, "step": 10}
+    assert load_checkpoint(resumed.run_dir)["best_eval"] == {"eval_success_rate": 0.9, "step": 10}
+    for run in (whole, resumed):
+        curve = evaluation_curve({"_run_dir": str(run.run_dir)})
+        assert curve == rates and best_evaluation(curve) == (0.9, 10)

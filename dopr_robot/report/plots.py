@@ -17,7 +17,8 @@ import numpy as np
 
 from dopr_robot.atomic import atomic_path
 from dopr_robot.optim import base_of, is_dopr
-from dopr_robot.report.results import deviation_curve, episode_values, optimizer_order, validation_curve
+from dopr_robot.report.results import (deviation_curve, episode_values, evaluation_curve, optimizer_order,
+                                       validation_curve)
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap, run_band
 from dopr_robot.report.tables import METRICS, demo_count, paired_difference
 
@@ -75,28 +76,50 @@ def deviation_figure(rows: list[dict[str, Any]]) -> Figure:
 
 def learning_curves_figure(rows: list[dict[str, Any]]) -> Figure:
     """Validation loss against training step per optimizer (from each run's metrics.jsonl), the mean
-    over seeds with a 95% band across runs, at the steps every run logged."""
-    fig, axes = _figure(rows, "Validation loss during training (EMA weights, held-out episodes)")
+    over seeds with a 95% band across runs, at the steps every run logged. Where runs evaluated in
+    closed loop during training (``--eval-every``), their success rate on a second axis (right, dotted):
+    whether the loss tracks the success ("loss does not track reward")."""
+    evaluated = any(evaluation_curve(r) for r in rows)
+    title = "Validation loss during training (EMA weights, held-out episodes)"
+    if evaluated:
+        title = "Validation loss (left, log) and closed-loop success rate (right, dotted) during training"
+    fig, axes = _figure(rows, title)
     for task, ax in axes.items():
-        logged = False
-        for optimizer, style in _styles(rows).items():
-            curves = [c for c in (validation_curve(r) for r in rows if r["task"] == task and r["optimizer"] == optimizer) if c]
-            if not curves:
-                continue
-            steps = sorted(set.intersection(*(set(c) for c in curves)))
-            if not steps:
-                continue
-            mean, low, high = run_band(np.array([[c[s] for s in steps] for c in curves]))
-            ax.plot(steps, mean, color=style["color"], linestyle=style["line"], marker=style["marker"], markersize=3,
-                    label=f"{optimizer} ({len(curves)} runs)")
-            ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
-            logged = True
+        task_rows = [r for r in rows if r["task"] == task]
+        logged = _step_curves(ax, task_rows, _styles(rows), validation_curve, "")
         ax.set(title=task, xlabel="training step", ylabel="validation loss (MSE per action dim, normalized actions)")
         if logged:
             ax.set_yscale("log")
+        if any(evaluation_curve(r) for r in task_rows):
+            success = ax.twinx()
+            _step_curves(success, task_rows, _styles(rows), evaluation_curve, "success, ")
+            success.set(ylabel="closed-loop success rate (fraction of episodes)", ylim=(-0.05, 1.05))
+            handles = [h for a in (ax, success) for h in a.get_legend_handles_labels()[0]]
+            ax.legend(handles=handles, fontsize=8)
+        elif logged:
             _legend(ax)
     _caption(fig, rows, BAND)
     return fig
+
+
+def _step_curves(ax, task_rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]], curve_of, label: str) -> bool:
+    """Per optimizer, the mean over runs of ``curve_of(run)`` ({step: value}) at the steps every run
+    logged, with a 95% band across runs; True when any curve was drawn. Success curves (``label``)
+    are dotted with squares (dash-dotted with triangles for DoPr), apart from the loss curves."""
+    drawn = False
+    for optimizer, style in styles.items():
+        curves = [c for c in (curve_of(r) for r in task_rows if r["optimizer"] == optimizer) if c]
+        steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+        if not steps:
+            continue
+        mean, low, high = run_band(np.array([[c[s] for s in steps] for c in curves]))
+        line, marker = (("-." if is_dopr(optimizer) else ":"), ("v" if is_dopr(optimizer) else "s")) if label \
+            else (style["line"], style["marker"])
+        ax.plot(steps, mean, color=style["color"], linestyle=line, marker=marker, markersize=3,
+                label=f"{label}{optimizer} ({len(curves)} runs)")
+        ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
+        drawn = True
+    return drawn
 
 
 def terminal_reward_figure(rows: list[dict[str, Any]]) -> Figure:

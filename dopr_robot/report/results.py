@@ -6,6 +6,11 @@ TrainConfig) and ``metrics.jsonl``. A row holds the CSV columns (:data:`COLUMNS`
 and plots need beyond one number per run: the per-episode ``records``, the deviation curve, the
 dataset the run trained on and its config (keys starting with ``_``).
 
+``success_rate`` is the final checkpoint's (the comparison's own evaluation); ``best_eval_success_rate``
+and ``best_eval_step`` are the best closed-loop success over the evaluations during training
+(``--eval-every``, logged as ``eval_success_rate`` in metrics.jsonl, on the same evaluation episodes)
+and its earliest step: robomimic's "best checkpoint" metric. None for runs without ``--eval-every``.
+
 Older eval.json files may lack newer fields (dataset provenance, time to divergence, deviation at a
 fraction of the horizon); those read as None and the report says "n/a" or "unknown".
 """
@@ -24,7 +29,7 @@ from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.run_log import METRICS_NAME, read_metrics
 
 COLUMNS = ["task", "optimizer", "seed", "remedy", "val_loss", "best_val_loss", "success_rate", "success_ci_low",
-           "success_ci_high", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
+           "success_ci_high", "best_eval_success_rate", "best_eval_step", "mean_return", "j_traj", "time_to_divergence", "diverged_fraction",
            "divergence_threshold", "deviation_at_half", "deviation_at_half_t", "action_error_on_policy",
            "action_error_on_expert", "action_error_ratio", "eval_episodes", "eval_seed", "train_steps",
            "demo_episodes", "demo_noise", "expert_labels", "wall_time_s"]
@@ -59,11 +64,13 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
     divergence = comp.get("time_to_divergence") or {}
     at_half = (comp.get("deviation_at") or {}).get(DEVIATION_FRACTION) or {}
     config_file = eval_file.parent / "config.json"
+    best_eval = best_evaluation(evaluation_curve({"_run_dir": str(eval_file.parent)}))
     return {
         "task": task, "optimizer": optimizer, "seed": seed, "remedy": cell.get("remedy", "none"),
         "val_loss": validation.get("val_loss"), "best_val_loss": validation.get("best_val_loss"),
         "success_rate": closed["success_rate"], "success_ci_low": closed["success_ci"][0],
-        "success_ci_high": closed["success_ci"][1], "mean_return": closed.get("mean_return"),
+        "success_ci_high": closed["success_ci"][1], "best_eval_success_rate": best_eval[0],
+        "best_eval_step": best_eval[1], "mean_return": closed.get("mean_return"),
         "j_traj": _get(comp, "j_traj", "mean"),
         "time_to_divergence": divergence.get("mean"), "diverged_fraction": divergence.get("diverged_fraction"),
         "divergence_threshold": divergence.get("threshold"),
@@ -125,6 +132,22 @@ def validation_curve(row: dict[str, Any]) -> dict[int, float]:
     """Validation loss by training step, from the run's metrics.jsonl (empty when absent)."""
     entries = read_metrics(Path(row["_run_dir"]) / METRICS_NAME)
     return {e["step"]: e["val_loss"] for e in entries if e.get("val_loss") is not None}
+
+
+def evaluation_curve(row: dict[str, Any]) -> dict[int, float]:
+    """Closed-loop success rate by training step (``--eval-every``), from the run's metrics.jsonl
+    (empty when the run did not evaluate during training). A resumed run's log was cut back to its
+    checkpoint before it went on, so this is the whole run's, each step once."""
+    entries = read_metrics(Path(row["_run_dir"]) / METRICS_NAME)
+    return {e["step"]: e["eval_success_rate"] for e in entries if e.get("eval_success_rate") is not None}
+
+
+def best_evaluation(curve: dict[int, float]) -> tuple[float | None, int | None]:
+    """(the best success rate of an evaluation curve, its earliest step), or (None, None) for none."""
+    if not curve:
+        return None, None
+    best = max(curve.values())
+    return best, min(step for step, rate in curve.items() if rate == best)
 
 
 def _get(mapping: dict[str, Any], key: str, field: str) -> Any:

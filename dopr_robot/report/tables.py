@@ -55,6 +55,10 @@ METRICS = [
     Metric("deviation_at_half", "deviation at T/2", None),
     Metric("action_error_ratio", "on-policy / on-expert action error", None),
 ]
+# Shown for a task whose runs evaluated during training (--eval-every); the success column is then
+# headed "final success rate", so that both say which checkpoint they are.
+BEST_SUCCESS = Metric("best_eval_success_rate", "best-checkpoint success rate", None, (0.0, 1.0))
+FINAL_SUCCESS = Metric("success_rate", "final success rate", "success", (0.0, 1.0))
 REPLICATION_METRICS = ["success_rate", "mean_return", "val_loss", "j_traj", "time_to_divergence"]
 
 BOOTSTRAP_NAME = f"95% cluster bootstrap over seeds and episodes (B={BOOTSTRAP_RESAMPLES})"
@@ -73,6 +77,10 @@ LEGEND = [
     "*deviation at T/2*: mean state deviation (normalized state units) at half the horizon. "
     "*on-policy / on-expert action error*: the action error at the policy's own states over the same at "
     "the expert's states.",
+    "- *final success rate* (tasks whose runs evaluated during training, `--eval-every`): the success rate "
+    "above, of the final checkpoint; *best-checkpoint success rate*: the best success rate among the "
+    "evaluations during training (on the same evaluation episodes), robomimic's metric; step of the best "
+    "in results.csv (best_eval_step).",
 ]
 
 
@@ -92,24 +100,25 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
     for task in sorted({r["task"] for r in rows}):
         task_rows = [r for r in rows if r["task"] == task]
         optimizers = optimizer_order(r["optimizer"] for r in task_rows)
+        metrics = task_metrics(task_rows)
         lines += [f"## {task}", "", settings_line(task_rows), "",
                   f"Per optimizer: [b] = {BOOTSTRAP_NAME}; [t] = 95% t-interval over seeds (≥ {MIN_SEEDS_FOR_T} seeds).", "",
-                  "| optimizer | seeds | " + " | ".join(_heading(m) for m in METRICS) + " |",
-                  "|---|---|" + "---|" * len(METRICS)]
+                  "| optimizer | seeds | " + " | ".join(_heading(m) for m in metrics) + " |",
+                  "|---|---|" + "---|" * len(metrics)]
         for optimizer in optimizers:
             runs = [r for r in task_rows if r["optimizer"] == optimizer]
-            lines.append(f"| {optimizer} | {len(runs)} | " + " | ".join(optimizer_cell(runs, m) for m in METRICS) + " |")
+            lines.append(f"| {optimizer} | {len(runs)} | " + " | ".join(optimizer_cell(runs, m) for m in metrics) + " |")
         pairs = dopr_pairs(optimizers)
         if pairs:
             lines += ["", "Paired difference DoPr-X - X, seed by seed (same demonstrations, initial weights, batch order "
                       f"and evaluation reset seeds): [b] = {BOOTSTRAP_NAME}, resampling seed pairs and then the "
                       "evaluation episodes shared by both runs of a pair; [t] = 95% t-interval over the per-seed "
                       f"differences (≥ {MIN_SEEDS_FOR_T} seed pairs).", "",
-                      "| pair | seeds | episodes/run | " + " | ".join(_heading(m) for m in METRICS) + " |",
-                      "|---|---|---|" + "---|" * len(METRICS)]
+                      "| pair | seeds | episodes/run | " + " | ".join(_heading(m) for m in metrics) + " |",
+                      "|---|---|---|" + "---|" * len(metrics)]
             notes = set()
             for base, dopr in pairs:
-                differences = [paired_difference(task_rows, base, dopr, m) for m in METRICS]
+                differences = [paired_difference(task_rows, base, dopr, m) for m in metrics]
                 notes |= {d.note for d in differences if d.note}
                 episodes = sorted({r["eval_episodes"] for r in task_rows if r["optimizer"] in (base, dopr)}, key=str)
                 lines.append(f"| {dopr} - {base} | {differences[0].seeds} | {'/'.join(map(str, episodes))} | "
@@ -117,6 +126,16 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
             lines += [""] + [f"Note: {note}" for note in sorted(notes)]
         lines.append("")
     return "\n".join(lines)
+
+
+def task_metrics(task_rows: list[dict[str, Any]]) -> list[Metric]:
+    """The summary's columns for one task: :data:`METRICS`, and where any run evaluated during
+    training the best-checkpoint success rate beside the final one (labelled as such)."""
+    if all(r.get(BEST_SUCCESS.column) is None for r in task_rows):
+        return list(METRICS)
+    metrics = [FINAL_SUCCESS if m.column == FINAL_SUCCESS.column else m for m in METRICS]
+    at = next(i for i, m in enumerate(metrics) if m.column == FINAL_SUCCESS.column)
+    return metrics[:at + 1] + [BEST_SUCCESS] + metrics[at + 1:]
 
 
 # Several demonstration counts: each count's comparison, side by side.
