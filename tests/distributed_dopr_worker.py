@@ -2,7 +2,9 @@
 
 Run by path by tests/test_optim_distributed.py (with the project installed; RANK, WORLD_SIZE,
 MASTER_ADDR, MASTER_PORT set), which also reads make_model and batches from it with runpy.
-Usage: distributed_dopr_worker.py OPTIMIZER STEPS OUT_FILE
+Usage: distributed_dopr_worker.py OPTIMIZER[,OPTIMIZER...] STEPS OUT_FILE
+Each optimizer trains its own model in turn in one process group (starting the processes, not the
+steps, is what the test pays for); its weights go to OUT_FILE.OPTIMIZER.rankR.
 """
 
 import sys
@@ -29,9 +31,7 @@ def make_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
 
 
-def main() -> None:
-    optimizer_name, steps, out_file = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    dist.init_process_group("gloo")
+def train_one(optimizer_name: str, steps: int, out_file: str) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     model = DistributedDataParallel(make_model())
     optimizer = make_optimizer(optimizer_name, model, lr=1e-2, damping=0.01)
@@ -40,7 +40,15 @@ def main() -> None:
         optimizer.zero_grad()
         (model(inputs[shard]) - targets[shard]).pow(2).mean().backward()
         optimizer.step()
-    torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()}, f"{out_file}.rank{rank}")
+    torch.save({k: v.detach().clone() for k, v in model.module.state_dict().items()},
+               f"{out_file}.{optimizer_name}.rank{rank}")
+
+
+def main() -> None:
+    optimizer_names, steps, out_file = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
+    dist.init_process_group("gloo")
+    for optimizer_name in optimizer_names:
+        train_one(optimizer_name, steps, out_file)
     # Both ranks reach teardown together: a rank that tears gloo down while its peer is still
     # connected can abort ("terminate called without an active exception"), seen once in CI.
     dist.barrier()

@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-import demos
 from dopr_robot.checkpoint import load_checkpoint
+from dopr_robot.cli import main
 
 ARGS = ["train", "--policy", "mlp", "--optimizer", "dopr-adamw", "--steps", "12", "--batch-size", "32",
         "--warmup-steps", "2", "--checkpoint-every", "6", "--val-every", "6", "--log-every", "6", "--lr", "3e-3",
@@ -28,13 +28,11 @@ def free_port() -> int:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available in this build")
-def test_two_ranks_match_one_process(tmp_path: Path) -> None:
-    data = tmp_path / "reach.hdf5"
-    demos.collect("Reach-v0", 4, data, seed=0, progress=False)
+def test_two_ranks_match_one_process(tmp_path: Path, demo_file) -> None:
+    data = demo_file("Reach-v0", 4)
+    # The single process in this one (what is under test is the launch of two ranks).
+    assert main([*ARGS, "--threads", "1", "--data", str(data), "--out", str(tmp_path / "one")]) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "dopr_robot", *ARGS, "--data", str(data), "--out", str(tmp_path / "one")],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert single.returncode == 0, single.stderr
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
                 "--master-port", str(free_port()), "-m", "dopr_robot"]
     double = subprocess.run([*launcher, *ARGS, "--data", str(data), "--out", str(tmp_path / "two")],
