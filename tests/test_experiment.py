@@ -30,9 +30,11 @@ EXPERIMENT = ROOT / "experiments" / "humanoid_v5.json"
 CPU_EXPERIMENT = ROOT / "experiments" / "humanoid_v5_cpu.json"
 PAPER_OPTIMIZERS = ["adamw", "dopr-adamw", "muon", "dopr-muon", "signum", "dopr-signum", "adamuon", "dopr-adamuon"]
 # The experiment made tiny: Hopper-v5 (its expert ships), 2 seeds, 2 demonstration counts, 2 optimizers,
-# a few steps of a tiny MLP, 2 evaluation episodes.
+# a few steps of a tiny MLP, 2 evaluation episodes without the expert's own rollouts beside them (its
+# episodes run to the time limit, the untrained policy's fall within steps; test_compare.py checks them).
 TINY_GRID = ["--tasks", "Hopper-v5", "--seeds", "2", "--demo-episodes", "2,3", "--steps", "12", "--batch-size", "32",
-             "--policy-options", '{"width": 16, "depth": 1}', "--eval-episodes", "2", "--eval-num-envs", "2", "--no-progress"]
+             "--policy-options", '{"width": 16, "depth": 1}', "--eval-episodes", "2", "--eval-num-envs", "2",
+             "--eval-no-expert", "--no-progress"]
 TINY = [*TINY_GRID, "--optimizers", "adamw,dopr-adamw"]  # the sweep chooses its optimizers itself (--bases)
 HUMANOID_READY = envs.task_spec("Humanoid-v5").available
 
@@ -93,12 +95,13 @@ def test_without_the_humanoid_expert_both_commands_say_what_to_do_before_any_wor
 @pytest.mark.skipif(not HUMANOID_READY, reason="no Humanoid-v5 expert (envs/experts/weights/Humanoid-v5/)")
 def test_the_experiment_file_itself_runs_tiny_on_humanoid(tmp_path: Path, capsys) -> None:
     """The committed file as it is, on its own task, made tiny: 2 demonstrations, 2 optimizers, 2 seeds,
-    a few steps of a tiny MLP, 2 evaluation episodes (a policy this untrained falls within steps)."""
+    a few steps of a tiny MLP, 2 evaluation episodes (a policy this untrained falls within steps) without
+    the expert's rollouts beside them (they run to the time limit)."""
     out = tmp_path / "humanoid"
     assert main(["compare", "--config", str(EXPERIMENT), "--out", str(out), "--optimizers", "adamw,dopr-adamw",
                  "--seeds", "2", "--demo-episodes", "2", "--steps", "12", "--batch-size", "32", "--warmup-steps", "2",
                  "--policy-options", '{"width": 16, "depth": 1}', "--eval-episodes", "2", "--eval-num-envs", "2",
-                 "--no-progress"]) == 0
+                 "--eval-no-expert", "--no-progress"]) == 0
     capsys.readouterr()
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
@@ -352,3 +355,38 @@ def test_a_failed_setting_is_listed_and_skipped_and_ties_go_to_success(tmp_path:
     report = (tmp_path / "sweep.md").read_text()
     assert "| 1 | 0 | failed: the training loss became non-finite (nan or inf) at step 3; ... |" in report
     assert json.loads((tmp_path / "optimizer_settings.json").read_text()) == chosen
+
+
+# The robomimic experiments (pixels, flow-unet): the files name existing options; the full grid is
+# checked once the tasks are registered (robosuite).
+ROBOMIMIC = {"robomimic_tool_hang.json": ("ToolHang", ["sideview", "robot0_eye_in_hand"], 1),
+             "robomimic_transport.json": ("TwoArmTransport", ["shouldercamera0", "shouldercamera1", "robot0_eye_in_hand",
+                                                              "robot1_eye_in_hand"], 2)}
+
+
+@pytest.mark.parametrize("name", ROBOMIMIC)
+def test_the_robomimic_experiment_files_name_existing_options(name: str) -> None:
+    from dopr_robot.config import check_config_dict
+    from dopr_robot.optim import OPTIMIZERS
+    from policies import check_policy_shape
+
+    task, cameras, robots = ROBOMIMIC[name]
+    path = ROOT / "experiments" / name
+    values = json.loads(path.read_text())
+    check_config_dict(CompareConfig, values, where=str(path))  # every key an option, every value its type
+    assert values["tasks"] == [task] and values["optimizers"] == ["adamw", "dopr-adamw", "muon", "dopr-muon"]
+    assert set(values["optimizer_settings"]) <= set(OPTIMIZERS)
+    template = train_template(**values["train"])  # the policy options checked by the policy's config
+    assert template.policy == "flow-unet" and (template.history, template.chunk) == (2, 16)
+    check_policy_shape(template.policy, template.history, template.chunk, **template.policy_options)
+    assert template.policy_options["encoder"] == "resnet18" and template.ema_decay > 0 and template.eval_every > 0
+    low_dim = [f"robot{i}_{key}" for i in range(robots) for key in ("eef_pos", "eef_quat", "gripper_qpos")]
+    assert template.obs_keys == low_dim + [f"{camera}_image" for camera in cameras]
+    evaluation = EvalConfig(**values["eval"])
+    assert evaluation.actions_per_chunk == 8 and evaluation.use_ema and evaluation.seed == seeds.POLICY_EVAL
+    if task in envs.list_tasks():  # the whole grid, with its dataset given as the README says
+        parser = argparse.ArgumentParser()
+        compare_command.add_arguments(parser)
+        config = resolve_compare_config(parser.parse_args(["--config", str(path), "--out", "o", "--data",
+                                                           json.dumps({task: "image.hdf5"})]))
+        assert config.train.policy_options == template.policy_options
