@@ -20,10 +20,15 @@ from envs.experts.base import Expert
 from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchReachExpert
 from envs.experts.push import PushExpert
 from envs.experts.reach import ReachExpert
+from envs.experts.robosuite_lift import RobosuiteLiftExpert
+from envs import robosuite_tasks as rs  # builds robosuite envs; imports robosuite only then
 from envs.experts.sb3 import has_weights, load_sb3_expert
 # fetch_installed is re-exported: tests skip on ``envs.registry.fetch_installed()``.
 from envs.fetch import FETCH_CAMERAS, FETCH_OBS_KEYS, fetch_installed, make_fetch_env  # noqa: F401
 from envs.locomotion import make_locomotion_env
+from envs.metaworld_tasks import (
+    METAWORLD_CAMERAS, METAWORLD_OBS_KEYS, METAWORLD_TASKS, MetaWorldExpert, make_metaworld_env, registry_name,
+)
 from envs.push import PushEnv
 from envs.reach import ReachEnv
 
@@ -64,6 +69,7 @@ class Extra:
 
 
 FETCH_EXTRA = Extra("fetch", ("gymnasium_robotics",))
+METAWORLD_EXTRA = Extra("metaworld", ("metaworld",))
 
 
 @dataclass(frozen=True)
@@ -106,6 +112,22 @@ def _fetch(task: str, obs_dim: int, expert: Callable[[], Expert], achieved: str)
     )
 
 
+def _metaworld(env_name: str, horizon: int) -> TaskEntry:
+    return TaskEntry(
+        make_env=partial(make_metaworld_env, env_name),
+        make_expert=partial(MetaWorldExpert, env_name),
+        obs_dim=39,
+        act_dim=4,
+        horizon=horizon,
+        expert_kind="scripted",
+        success_criterion="MetaWorld's info['success'] reached at any step (is_success latches it, so the final "
+                          "step reports it)",
+        extra=METAWORLD_EXTRA,
+        obs_parts=METAWORLD_OBS_KEYS,
+        cameras=METAWORLD_CAMERAS,
+    )
+
+
 def _locomotion(task: str, obs_dim: int, act_dim: int, success_return: float) -> TaskEntry:
     return TaskEntry(
         make_env=partial(make_locomotion_env, task, success_return=success_return),
@@ -115,6 +137,22 @@ def _locomotion(task: str, obs_dim: int, act_dim: int, success_return: float) ->
         horizon=1000,
         expert_kind="sb3",
         success_criterion=f"not terminated in 1000 steps and return >= {success_return:g}",
+    )
+
+
+def _robosuite(task: str) -> TaskEntry:
+    """A robosuite task as robomimic names it; Lift has a scripted expert, the others serve datasets."""
+    return TaskEntry(
+        make_env=partial(rs.make_robosuite_env, task),
+        make_expert=RobosuiteLiftExpert if task == "Lift" else partial(rs.no_expert, task),
+        obs_dim=rs.obs_dim(task),
+        act_dim=rs.act_dim(task),
+        horizon=rs.ROBOSUITE_TASKS[task].horizon,
+        expert_kind="scripted" if task == "Lift" else "none",
+        success_criterion=rs.success_criterion(task),
+        extra=Extra("robosuite", ("robosuite",)),
+        obs_parts=rs.flat_parts(task),
+        cameras=rs.ROBOSUITE_TASKS[task].cameras,
     )
 
 
@@ -144,11 +182,13 @@ TASKS: dict[str, TaskEntry] = {
     "FetchReach-v4": _fetch("FetchReach-v4", 16, FetchReachExpert, "gripper"),
     "FetchPush-v4": _fetch("FetchPush-v4", 31, FetchPushExpert, "block"),
     "FetchPickAndPlace-v4": _fetch("FetchPickAndPlace-v4", 31, FetchPickAndPlaceExpert, "block"),
+    **{task: _robosuite(task) for task in rs.ROBOSUITE_TASKS},
     "Hopper-v5": _locomotion("Hopper-v5", 11, 3, success_return=2500.0),
     "Walker2d-v5": _locomotion("Walker2d-v5", 17, 6, success_return=2500.0),
     "HalfCheetah-v5": _locomotion("HalfCheetah-v5", 17, 6, success_return=3000.0),
     "Ant-v5": _locomotion("Ant-v5", 105, 8, success_return=4000.0),
     "Humanoid-v5": _locomotion("Humanoid-v5", 348, 17, success_return=6000.0),
+    **{registry_name(env_name): _metaworld(env_name, horizon) for env_name, horizon in METAWORLD_TASKS.items()},
 }
 
 GYMNASIUM_NAMESPACE = "dopr"
