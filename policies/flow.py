@@ -69,7 +69,7 @@ from policies.base import Generators, Policy, masked_mean
 from policies.encoders import ImageEncoderConfig
 from policies.mlp import MLPTrunk, MLPTrunkConfig
 from policies.transformer import TransformerTrunk, TransformerTrunkConfig
-from policies.unet import TemporalUNet, check_unet_chunk, check_unet_options
+from policies.unet import ACTIVATIONS, TemporalUNet, check_unet_chunk, check_unet_options
 
 TIME_SAMPLING = ("uniform", "beta")
 
@@ -90,6 +90,7 @@ class FlowHeadConfig:
     unet_levels: int = 2  # unet: resolution levels; the chunk is halved levels - 1 times (paper size: 3)
     unet_kernel: int = 5  # unet: temporal kernel size of the residual blocks' convolutions (odd)
     unet_groups: int = 8  # unet: GroupNorm groups (must divide unet_width)
+    unet_activation: str = "gelu"  # unet: gelu (the paper's U-Net) | mish (Diffusion Policy's; slower on a CPU)
 
     def check_head(self) -> None:
         if self.head not in HEADS:
@@ -101,7 +102,7 @@ class FlowHeadConfig:
             raise ValueError(f"invalid flow head in {self}: time_dim must be even and >= 2, got {self.time_dim}")
         if self.time_sampling not in TIME_SAMPLING:
             raise ValueError(f"unknown time_sampling {self.time_sampling!r}; valid: {', '.join(TIME_SAMPLING)}")
-        check_unet_options(self.unet_width, self.unet_levels, self.unet_kernel, self.unet_groups)
+        check_unet_options(self.unet_width, self.unet_levels, self.unet_kernel, self.unet_groups, self.unet_activation)
         defaults = {f.name: f.default for f in fields(FlowHeadConfig)}
         for head, (_, options) in HEADS.items():
             changed = [name for name in options if head != self.head and getattr(self, name) != defaults[name]]
@@ -196,15 +197,16 @@ class VelocityNet(nn.Module):
 class UNetVelocity(nn.Module):
     """The ``unet`` head: v(x_t, t, features), (B, C, A), (B,), (B, F) -> (B, C, A), the temporal
     U-Net of :mod:`policies.unet` conditioned on [features, time embedding]; the time embedding is
-    sinusoidal, then Linear -> Mish -> Linear (Diffusion Policy's)."""
+    sinusoidal, then Linear -> activation -> Linear (Diffusion Policy's, with the U-Net's activation)."""
 
     def __init__(self, act_dim: int, feature_dim: int, config: FlowHeadConfig):
         super().__init__()
         self.time_dim = config.time_dim
-        self.time = nn.Sequential(nn.Linear(config.time_dim, 4 * config.time_dim), nn.Mish(),
+        self.time = nn.Sequential(nn.Linear(config.time_dim, 4 * config.time_dim), ACTIVATIONS[config.unet_activation](),
                                   nn.Linear(4 * config.time_dim, config.time_dim))
         self.unet = TemporalUNet(act_dim, feature_dim + config.time_dim, width=config.unet_width,
-                                 levels=config.unet_levels, kernel=config.unet_kernel, groups=config.unet_groups)
+                                 levels=config.unet_levels, kernel=config.unet_kernel, groups=config.unet_groups,
+                                 activation=config.unet_activation)
 
     def forward(self, x: Tensor, t: Tensor, features: Tensor) -> Tensor:
         return self.unet(x, torch.cat([features, self.time(time_embedding(t, self.time_dim))], dim=-1))
@@ -222,7 +224,7 @@ def _unet(chunk: int, act_dim: int, feature_dim: int, config: FlowHeadConfig) ->
 # head name -> (builder (chunk, act_dim, feature_dim, config) -> velocity network, the options it reads)
 HEADS: dict[str, tuple[Callable[[int, int, int, FlowHeadConfig], nn.Module], tuple[str, ...]]] = {
     "film-mlp": (_film_mlp, ("head_width", "head_depth")),
-    "unet": (_unet, ("unet_width", "unet_levels", "unet_kernel", "unet_groups")),
+    "unet": (_unet, ("unet_width", "unet_levels", "unet_kernel", "unet_groups", "unet_activation")),
 }
 
 

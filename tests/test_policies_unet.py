@@ -90,6 +90,10 @@ def test_the_head_is_a_config_field_of_every_flow_policy() -> None:
         make_policy("flow-mlp", 5, 3, head="conv")
     with pytest.raises(ValueError, match=r"unet_groups 3 must divide unet_width 8"):
         make_policy("flow-unet", 5, 3, chunk=4, unet_width=8, unet_groups=3)
+    with pytest.raises(ValueError, match=r"unknown unet_activation 'relu'; valid: gelu, mish"):
+        make_policy("flow-unet", 5, 3, chunk=4, unet_activation="relu")
+    mish = make_policy("flow-unet", 5, 3, history=2, chunk=4, unet_activation="mish", **TINY)
+    assert any(isinstance(m, nn.Mish) for m in mish.modules()) and not any(isinstance(m, nn.GELU) for m in mish.modules())
     assert "flow-unet" in POLICIES
 
 
