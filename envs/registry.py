@@ -20,6 +20,8 @@ from envs.experts.base import Expert
 from envs.experts.fetch import FetchPickAndPlaceExpert, FetchPushExpert, FetchReachExpert
 from envs.experts.push import PushExpert
 from envs.experts.reach import ReachExpert
+from envs.experts.robosuite_lift import RobosuiteLiftExpert
+from envs import robosuite_tasks as rs  # builds robosuite envs; imports robosuite only then
 from envs.experts.sb3 import has_weights, load_sb3_expert
 # fetch_installed is re-exported: tests skip on ``envs.registry.fetch_installed()``.
 from envs.fetch import FETCH_CAMERAS, FETCH_OBS_KEYS, fetch_installed, make_fetch_env  # noqa: F401
@@ -138,6 +140,22 @@ def _locomotion(task: str, obs_dim: int, act_dim: int, success_return: float) ->
     )
 
 
+def _robosuite(task: str) -> TaskEntry:
+    """A robosuite task as robomimic names it; Lift has a scripted expert, the others serve datasets."""
+    return TaskEntry(
+        make_env=partial(rs.make_robosuite_env, task),
+        make_expert=RobosuiteLiftExpert if task == "Lift" else partial(rs.no_expert, task),
+        obs_dim=rs.obs_dim(task),
+        act_dim=rs.act_dim(task),
+        horizon=rs.ROBOSUITE_TASKS[task].horizon,
+        expert_kind="scripted" if task == "Lift" else "none",
+        success_criterion=rs.success_criterion(task),
+        extra=Extra("robosuite", ("robosuite",)),
+        obs_parts=rs.flat_parts(task),
+        cameras=rs.ROBOSUITE_TASKS[task].cameras,
+    )
+
+
 # Locomotion success returns are task definitions, not expert measurements: about two thirds of
 # gymnasium's reward_threshold where it has one (Hopper 3800, HalfCheetah 4800, Ant 6000). Walker2d
 # has none and gets Hopper's level; Humanoid's healthy reward alone is 5000 over 1000 steps, so it
@@ -164,6 +182,7 @@ TASKS: dict[str, TaskEntry] = {
     "FetchReach-v4": _fetch("FetchReach-v4", 16, FetchReachExpert, "gripper"),
     "FetchPush-v4": _fetch("FetchPush-v4", 31, FetchPushExpert, "block"),
     "FetchPickAndPlace-v4": _fetch("FetchPickAndPlace-v4", 31, FetchPickAndPlaceExpert, "block"),
+    **{task: _robosuite(task) for task in rs.ROBOSUITE_TASKS},
     "Hopper-v5": _locomotion("Hopper-v5", 11, 3, success_return=2500.0),
     "Walker2d-v5": _locomotion("Walker2d-v5", 17, 6, success_return=2500.0),
     "HalfCheetah-v5": _locomotion("HalfCheetah-v5", 17, 6, success_return=3000.0),

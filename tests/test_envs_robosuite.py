@@ -1,0 +1,141 @@
+"""robosuite tasks (optional extra): robomimic's keys, seeded resets, state replay, the Lift expert, cameras.
+
+robosuite steps at ~100-200/s here and an env takes ~1 s to build, so the tests share one Lift env
+and run short episodes (the Lift expert lifts within ~40 steps).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import envs
+from dopr_robot.cli import main
+from dopr_robot.errors import UserError
+from envs.robosuite_tasks import robosuite_installed
+
+pytestmark = pytest.mark.skipif(not robosuite_installed(),
+                                reason="robosuite not installed (pip install 'dopr-robot[robosuite]')")
+
+TASKS = ("Lift", "PickPlaceCan", "NutAssemblySquare", "ToolHang", "TwoArmTransport")
+
+
+@pytest.fixture(scope="module")
+def lift():
+    env = envs.make("Lift")
+    yield env
+    env.close()
+
+
+def test_tasks_are_listed_with_robomimic_sizes() -> None:
+    assert set(TASKS) <= set(envs.list_tasks())
+    # robomimic's low-dim observation (eef pos, eef quat, gripper qpos per robot, object) and OSC_POSE actions
+    sizes = {"Lift": (19, 7), "PickPlaceCan": (23, 7), "NutAssemblySquare": (23, 7), "ToolHang": (53, 7),
+             "TwoArmTransport": (59, 14)}
+    for task, (obs_dim, act_dim) in sizes.items():
+        spec = envs.task_spec(task)
+        assert (spec.obs_dim, spec.act_dim) == (obs_dim, act_dim), task
+        assert spec.obs_keys["robot0_eef_pos"] == 3 and sum(spec.obs_keys.values()) == obs_dim
+    assert envs.task_spec("Lift").expert_kind == "scripted"
+    assert (envs.task_spec("Lift").horizon, envs.task_spec("ToolHang").horizon) == (400, 700)  # robomimic's
+
+
+def test_lift_observation_keys_match_robosuite(lift) -> None:
+    obs, info = lift.reset(seed=3)
+    raw = lift._env._get_observations(force_update=True)
+    assert info["is_success"] is False
+    assert obs["flat"].shape == (19,) and obs["flat"].dtype == np.float32
+    assert lift.observation_space.contains(obs)
+    for key in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "robot0_joint_pos", "cube_pos"):
+        np.testing.assert_allclose(obs[key], raw[key], atol=1e-6)
+    np.testing.assert_allclose(obs["object"], raw["object-state"], atol=1e-6)  # robomimic's name for it
+    parts = envs.obs_key_slices("Lift")
+    for key in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"):
+        np.testing.assert_array_equal(obs["flat"][parts[key]], obs[key])
+
+
+def test_two_arm_transport_builds_with_both_robots() -> None:
+    env = envs.make("TwoArmTransport", horizon=3)
+    obs, _ = env.reset(seed=0)
+    assert obs["flat"].shape == (59,) and env.action_space.shape == (14,)
+    assert {"robot1_eef_pos", "robot1_gripper_qpos", "object"} <= set(obs)
+    env.close()
+
+
+def test_reset_seed_decides_the_initial_state(lift) -> None:
+    first = lift.reset(seed=11)[0]["flat"]
+    other = lift.reset(seed=12)[0]["flat"]
+    again = lift.reset(seed=11)[0]["flat"]
+    np.testing.assert_array_equal(first, again)
+    assert not np.allclose(first[9:12], other[9:12])  # the cube moved
+    fresh = envs.make("Lift")  # another instance, another history of resets
+    np.testing.assert_array_equal(fresh.reset(seed=11)[0]["flat"], first)
+    fresh.close()
+
+
+def test_state_replays_exactly(lift) -> None:
+    """Steps after set_state repeat the recorded ones bit for bit, gripper closing included (robosuite's
+    gripper command and its observation clocks are state MuJoCo does not hold)."""
+    actions = np.random.default_rng(0).uniform(-1, 1, (16, 7)).astype(np.float32)
+    actions[:, 6] = np.where(np.arange(16) < 8, 1.0, -1.0)
+    lift.reset(seed=4)
+    for action in actions[:6]:
+        lift.step(action)
+    state = lift.get_state()
+    recorded = [lift.step(action)[0]["flat"] for action in actions[6:]]
+    lift.step(actions[0])
+    lift.set_state(state)
+    replayed = [lift.step(action)[0]["flat"] for action in actions[6:]]
+    np.testing.assert_array_equal(np.array(recorded), np.array(replayed))
+    with pytest.raises(ValueError, match="get_state"):
+        lift.set_state(state[:-1])
+
+
+def test_lift_expert_lifts_the_cube(lift) -> None:
+    expert = envs.make_expert("Lift")
+    for seed in (20_000, 20_001):
+        obs, _ = lift.reset(seed=seed)
+        start_height = obs["cube_pos"][2]
+        for _ in range(80):
+            obs, _, terminated, truncated, info = lift.step(expert.act(obs["flat"]))
+            if terminated or truncated:
+                break
+        assert terminated and info["is_success"], f"seed {seed}"
+        # the oracle: the cube rose, as robosuite's criterion (4 cm above the table) says
+        assert obs["cube_pos"][2] > start_height + 0.01
+    batch = np.stack([lift.reset(seed=s)[0]["flat"] for s in (1, 2)])
+    np.testing.assert_allclose(expert.act(batch), np.stack([expert.act(row) for row in batch]), atol=1e-6)
+
+
+def test_datasets_only_tasks_have_no_expert() -> None:
+    with pytest.raises(UserError, match="no expert: for datasets"):
+        envs.make_expert("ToolHang")
+    assert envs.task_spec("ToolHang").expert_kind == "none"
+
+
+def test_camera_images_at_the_requested_size() -> None:
+    env = envs.make("Lift", cameras=("agentview",), image_size=(24, 16), horizon=2)
+    obs, _ = env.reset(seed=0)
+    image = obs["agentview_image"]
+    assert image.shape == (16, 24, 3) and image.dtype == np.uint8 and image.std() > 0
+    assert env.observation_space["agentview_image"].shape == (16, 24, 3)
+    env.close()
+    with pytest.raises(UserError, match="robot0_eye_in_hand"):
+        envs.make("Lift", cameras=("nowhere",))
+
+
+def test_collect_train_eval_from_the_command_line(tmp_path: Path, capsys) -> None:
+    import demos
+
+    data, run, out = tmp_path / "lift.hdf5", tmp_path / "run", tmp_path / "eval.json"
+    # a short horizon (recorded in the file's env_args) keeps the policy's failed episodes short
+    result = demos.collect("Lift", 2, data, seed=0, env_kwargs={"horizon": 45}, progress=False)
+    assert result.successes == 2
+    assert main(["train", "--data", str(data), "--out", str(run), "--steps", "10", "--batch-size", "16",
+                 "--threads", "1", "--no-progress"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--episodes", "1", "--num-envs", "1", "--out", str(out),
+                 "--no-progress"]) == 0
+    assert "Lift" in capsys.readouterr().out
+    assert out.is_file()
