@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import sys
@@ -12,11 +13,15 @@ import pytest
 
 import envs
 from dopr_robot.cli import main
+from dopr_robot.commands import compare as compare_command
+from dopr_robot.compare import resolve_compare_config
 from dopr_robot.errors import UserError
+from envs import seeds
 
 needs_metaworld = pytest.mark.skipif(importlib.util.find_spec("metaworld") is None,
                                      reason="metaworld not installed (pip install 'dopr-robot[metaworld]')")
 GOAL, OBJECT = slice(36, 39), slice(4, 7)
+GRID = Path(__file__).resolve().parents[1] / "experiments" / "metaworld_five.json"
 
 
 def _run(env, expert, obs, steps: int) -> tuple[np.ndarray, list[dict]]:
@@ -127,3 +132,16 @@ def test_collect_train_eval_from_the_command_line(tmp_path: Path, capsys) -> Non
     result = json.loads(out.read_text())
     assert result["task"] == "MW-reach-v3" and result["closed_loop"]["n"] == 2
     assert all(record["length"] == 100 for record in result["records"])
+
+
+@pytest.mark.parametrize("where", [[], ["--device", "cuda"], ["--ray", "auto"], ["--workers", "2"]])
+def test_the_five_task_grid_names_registered_tasks_and_options(where: list[str]) -> None:
+    """The same file wherever it runs: every key an option, five MetaWorld tasks, AdamW, Muon and their DoPr variants."""
+    parser = argparse.ArgumentParser()
+    compare_command.add_arguments(parser)
+    config = resolve_compare_config(parser.parse_args(["--config", str(GRID), "--out", "o", *where]))
+    assert len(set(config.tasks)) == 5 and all(t.startswith("MW-") and t in envs.list_tasks() for t in config.tasks)
+    assert sorted(config.optimizers) == ["adamw", "dopr-adamw", "dopr-muon", "muon"]
+    assert set(config.optimizer_settings) == set(config.optimizers)
+    assert config.eval.seed == seeds.POLICY_EVAL and config.eval.use_ema and config.train.ema_decay > 0
+
