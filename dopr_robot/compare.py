@@ -92,6 +92,7 @@ from dopr_robot.grid import Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS, dopr_only_arguments, is_dopr
 from dopr_robot.report import write_counts_report, write_replication_report, write_report
 from dopr_robot.report.files import write_remedies_report
+from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from envs import seeds as seed_ranges
 
 CONFIG_FILE = "compare_config.json"
@@ -566,11 +567,7 @@ def load_compare_config(out: str | Path) -> CompareConfig:
     path = Path(out) / CONFIG_FILE
     if not path.exists():
         raise UserError(f"{out} holds no comparison (no {CONFIG_FILE})")
-    try:
-        values = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UserError(f"{path} is not valid JSON: {err}") from None
-    values = upgrade_config_json(_upgrade_flat(values))
+    values = upgrade_config_json(_upgrade_flat(read_saved(path)))
     return replace(config_from_dict(CompareConfig, values, where=str(path)), out=str(out))
 
 
@@ -650,8 +647,7 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
         growable += ("demo.episodes",)
     if parse_remedy(config.remedy())[0] != "dagger":
         growable += DAGGER_SETTINGS  # compared where the directory's own cells are DAgger's (a dagger remedy's own)
-    changed = [f"{name} ({saved.get(name)!r} -> {value!r})" for name, value in config_items(config).items()
-               if name not in (*growable, "optimizer_settings", "data") and saved.get(name) != value]
+    changed = changed_settings(saved, config_items(config), skip=(*growable, "optimizer_settings", "data"))
     if saved_config.cells() and config.cells() and saved_config.remedy() != config.remedy():
         changed.append(f"remedies ({saved_config.remedies!r} -> {config.remedies!r}: the runs in "
                        f"{saved_file.parent / 'runs'} are {saved_config.remedy()}'s, not {config.remedy()}'s)")
@@ -660,9 +656,8 @@ def _check_same_comparison(config: CompareConfig, saved_file: Path) -> None:
             same_file(saved_config.data[task], saved_out, path, config.out) for task, path in config.data.items()):
         changed.append(f"data ({saved_config.data!r} -> {config.data!r})")
     changed += _changed_optimizer_settings(saved_config, config)
-    if changed:
-        raise UserError(f"{saved_file.parent} holds a comparison made with other settings (changed: {', '.join(changed)}); "
-                        "use a new --out directory, or pass --overwrite to make the comparison afresh there")
+    refuse_changes(changed, f"{saved_file.parent} holds a comparison made with other settings",
+                   "use a new --out directory, or pass --overwrite to make the comparison afresh there")
 
 
 def _changed_optimizer_settings(saved: CompareConfig, config: CompareConfig) -> list[str]:

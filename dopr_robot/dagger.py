@@ -55,6 +55,7 @@ from dopr_robot.collect_config import CollectConfig
 from dopr_robot.config import TrainConfig, config_to_dict, nested, option
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.rollout import PolicyController, rollout
+from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from envs.rollout import Controller, ExpertController, Trajectory
 from envs.seeds import DAGGER, ranges
 
@@ -346,11 +347,10 @@ def prepare(config: DaggerConfig) -> None:
     saved_file = out / CONFIG_FILE
     current = config_to_dict(config)
     if saved_file.exists():
-        saved = {**current, **json.loads(saved_file.read_text()), "out": config.out}
-        changed = sorted(key for key in current if saved.get(key) != current[key])
-        if changed:
-            raise UserError(f"{out} holds a DAgger run with other settings (changed: {', '.join(changed)}); rerun "
-                            "it with its own settings to resume, or choose another --out")
+        saved = {**current, **read_saved(saved_file)}  # a setting added since counts as the asked value
+        refuse_changes(changed_settings(saved, current, skip=("out",), values=False),
+                       f"{out} holds a DAgger run with other settings",
+                       "rerun it with its own settings to resume, or choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"{out} is not empty and holds no DAgger run (no {CONFIG_FILE}); choose another --out")
     out.mkdir(parents=True, exist_ok=True)

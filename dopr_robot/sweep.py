@@ -36,7 +36,6 @@ range (``TUNING + (seed - POLICY_EVAL)``).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,6 +61,7 @@ from dopr_robot.optim import OPTIMIZERS, base_of, is_dopr
 from dopr_robot.optim.registry import DOPR_PREFIX
 from dopr_robot.report.results import episode_values
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap
+from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from envs import seeds as seed_ranges
 
 CONFIG_FILE = "sweep_config.json"
@@ -321,19 +321,12 @@ def _check_same_sweep(config: SweepConfig, saved_file: Path) -> None:
     would make earlier settings incomparable with new ones (and their demonstrations stale)."""
     if not saved_file.exists():
         return
-    try:
-        values = json.loads(saved_file.read_text())
-        if isinstance(values, dict) and "grid" in values:  # a sweep saved before the grid held a CollectConfig
-            values = {**values, "grid": upgrade_config_json(values["grid"])}
-        saved = config_from_dict(SweepConfig, values, where=str(saved_file))
-    except json.JSONDecodeError as err:
-        raise UserError(f"{saved_file} is not valid JSON: {err}") from None
-    before, after = config_items(saved.grid), config_items(config.grid)
-    changed = [f"{name} ({before.get(name)!r} -> {value!r})" for name, value in after.items()
-               if name not in GROWABLE and before.get(name) != value]
-    if changed:
-        raise UserError(f"{saved_file.parent} holds a sweep made with other settings (changed: {', '.join(changed)}); "
-                        "use a new --out directory")
+    values = read_saved(saved_file)
+    if "grid" in values:  # a sweep saved before the grid held a CollectConfig
+        values = {**values, "grid": upgrade_config_json(values["grid"])}
+    saved = config_from_dict(SweepConfig, values, where=str(saved_file))
+    changed = changed_settings(config_items(saved.grid), config_items(config.grid), skip=GROWABLE)
+    refuse_changes(changed, f"{saved_file.parent} holds a sweep made with other settings", "use a new --out directory")
 
 
 def sweep_markdown(config: SweepConfig, outcomes: dict[str, list[Outcome]], chosen: dict[str, dict[str, float]]) -> str:

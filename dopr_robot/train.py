@@ -40,6 +40,7 @@ from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
+from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from dopr_robot.run_log import METRICS_NAME, MetricsLog, read_metrics, truncate_metrics
 from policies import Policy, check_policy_shape, make_policy
 
@@ -529,15 +530,14 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
     config_file = run_dir / "config.json"
     if resume:
         # A field added since the run was saved (amp, ...) counts as its default.
-        saved = {**_field_defaults(), **json.loads(config_file.read_text())}
+        saved = {**_field_defaults(), **read_saved(config_file)}
         current = json.loads(config.to_json())
         # A run directory moved or copied elsewhere is the same run: its out is where it lies now, and
         # demonstrations it names relative to itself (a comparison's collected file) moved with it.
-        changed = sorted(k for k in saved if saved[k] != current.get(k) and not (
-            k == "out" or k == "data" and same_file(saved["data"], saved["out"], current["data"], current["out"])))
-        if changed:
-            raise UserError(f"cannot resume {run_dir} with a different config (changed: {', '.join(changed)}); "
-                            "resume with the saved config, or start a new run directory")
+        changed = changed_settings(saved, current, skip=("out",), values=False, same=lambda key, old, new: (
+            same_file(old, saved["out"], new, current["out"]) if key == "data" else old == new))
+        refuse_changes(changed, f"cannot resume {run_dir} with a different config",
+                       "resume with the saved config, or start a new run directory")
         if saved != current:  # the saved config names the run's present place
             write_text_atomic(config_file, config.to_json() + "\n")
         return

@@ -41,6 +41,7 @@ RANKS: dict[str, int] = {
     **_each("dopr_robot.optim", "activation adamuon adapters dopr muon registry signum", 1),
     "demos": 2,
     "dopr_robot.threads": 3, "dopr_robot.devices": 3, "dopr_robot.run_log": 3, "dopr_robot.optimizer_demo": 3,
+    "dopr_robot.run_dir": 3,
     "dopr_robot.config": 4, "dopr_robot.checkpoint": 4, "dopr_robot.grid": 4,
     "dopr_robot.collect_config": 5,
     "dopr_robot.train": 6,
