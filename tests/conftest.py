@@ -71,3 +71,27 @@ def file_contents() -> Callable[[Iterable[Path]], dict[Path, bytes]]:
     """``file_contents(paths)``: path -> bytes, to check that files were left exactly as they were
     (by content: a file's time stamp may not change when it is rewritten within its resolution)."""
     return lambda paths: {Path(path): Path(path).read_bytes() for path in sorted(paths)}
+
+
+def _figures_not_rasterized() -> Iterable[None]:
+    import matplotlib.pyplot as plt
+
+    import dopr_robot.report.plots as plots
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "_save", lambda fig, path: plt.close(fig))
+        yield
+
+
+@pytest.fixture(scope="module")
+def figures_not_rasterized() -> Iterable[None]:
+    """For a module whose tests check no figure file: the report's figures are built (their data and
+    artists) but not drawn to PNG files. Drawing them is most of a tiny comparison's time;
+    test_report.py, test_compare.py and test_experiment.py check the files themselves."""
+    yield from _figures_not_rasterized()
+
+
+@pytest.fixture
+def figures_not_rasterized_in_test() -> Iterable[None]:
+    """``figures_not_rasterized`` for one test of a module whose other tests check figure files."""
+    yield from _figures_not_rasterized()

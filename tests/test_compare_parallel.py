@@ -29,6 +29,7 @@ TINY_ARGS = ["--tasks", "Reach-v0", "--optimizers", "adamw,dopr-adamw", "--seeds
              "--steps", "10", "--batch-size", "16", "--policy-options", '{"width": 16, "depth": 1}',
              "--eval-episodes", "2", "--eval-num-envs", "2", "--no-progress"]
 RAY_REASON = 'compare --ray needs ray (pip install "dopr-robot[ray]")'
+pytestmark = pytest.mark.usefixtures("figures_not_rasterized")  # no test here reads a figure
 
 
 def numbers(out: Path) -> list[dict[str, str]]:
@@ -54,7 +55,7 @@ def block(out: Path, optimizer: str, seed: int, config: CompareConfig) -> Path:
 
 
 @pytest.fixture(scope="module")
-def serial(tmp_path_factory) -> Path:
+def serial(tmp_path_factory, figures_not_rasterized) -> Path:
     """The tiny grid run one cell at a time, in this process, with one thread."""
     out = tmp_path_factory.mktemp("serial")
     before = torch.get_num_threads()

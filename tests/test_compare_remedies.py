@@ -25,6 +25,7 @@ TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, dem
             eval=EvalConfig(episodes=2, num_envs=2, with_expert=False))
 ARGS = ["compare", "--tasks", "Reach-v0", "--optimizers", "adamw", "--seeds", "1", "--demo-episodes", "2",
         "--steps", "4", "--batch-size", "16", "--no-progress"]
+pytestmark = pytest.mark.usefixtures("figures_not_rasterized")  # no test here reads a figure
 
 
 def rows(out: Path) -> list[dict[str, str]]:
@@ -33,7 +34,7 @@ def rows(out: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def serial(tmp_path_factory) -> Path:
+def serial(tmp_path_factory, figures_not_rasterized) -> Path:
     out = tmp_path_factory.mktemp("serial")
     compare(CompareConfig(out=str(out), **TINY), progress=False)
     return out

@@ -20,6 +20,7 @@ GRID = ["--tasks", "Reach-v0", "--optimizers", "adamw", "--seeds", "1", "--steps
         "--demo-episodes", "3", "--threads", "1", "--device", "cpu", "--no-progress"]
 SWEEP = [*GRID[:2], *GRID[4:], "--bases", "adamw", "--lrs", "0.001", "--dampings", "0.01"]
 CELL = Path("runs") / "Reach-v0" / "adamw" / "seed0"
+pytestmark = pytest.mark.usefixtures("figures_not_rasterized")  # no test here reads a figure
 
 
 def compare(out: Path | str, *extra: str) -> int:
@@ -38,7 +39,7 @@ def tree(directory: Path) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def finished(tmp_path_factory: pytest.TempPathFactory, figures_not_rasterized) -> Path:
     """A finished one-cell comparison (copied by each test that changes it)."""
     out = tmp_path_factory.mktemp("grid") / "cmp"
     assert compare(out) == 0

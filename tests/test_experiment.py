@@ -166,9 +166,8 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
             in capsys.readouterr().err)
 
 
-def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_the_damping(tmp_path: Path, capsys,
-                                                                                           train_calls: list,
-                                                                                           file_contents) -> None:
+def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_the_damping(
+        tmp_path: Path, capsys, train_calls: list, file_contents, figures_not_rasterized_in_test) -> None:
     out = tmp_path / "sweep"
     assert main(["sweep", "--config", str(EXPERIMENT), "--out", str(out), *TINY_GRID, "--demo-episodes", "3",
                  "--bases", "adamw", "--lrs", "0.0003,0.01", "--weight-decays", "0", "--dampings", "0.01,0.3"]) == 0
