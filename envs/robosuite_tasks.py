@@ -29,6 +29,7 @@ from envs.cameras import CameraRenderer, camera_space, is_image_key
 
 ROBOSUITE_MISSING_REASON = "needs the robosuite extra: pip install 'dopr-robot[robosuite]'"
 NO_EXPERT_REASON = "no expert: for datasets"
+ROBOMIMIC_ROBOSUITE_TYPE = 1  # robomimic's EnvType for robosuite, the "type" of a dataset's env_args
 ARM_ACTION_DIM = 7  # OSC_POSE: 3 position and 3 rotation deltas, then the gripper (-1 open, +1 closed)
 CONTROL_FREQ = 20  # Hz, robomimic's datasets
 
@@ -87,6 +88,20 @@ def act_dim(task: str) -> int:
 def success_criterion(task: str) -> str:
     return (f"{ROBOSUITE_TASKS[task].success} (robosuite's _check_success) at any step: the episode ends on the "
             "first success step, as robomimic's rollouts do, so it is also the final step")
+
+
+def unknown_env_reason(env_name: str) -> str:
+    """Why the robosuite env ``env_name`` that a dataset's env_args name is not evaluated here."""
+    ours = ", ".join(ROBOSUITE_TASKS)
+    if not robosuite_installed():
+        return f"robosuite is not installed ({ROBOSUITE_MISSING_REASON}); its tasks here: {ours}"
+    import robosuite
+
+    if env_name in robosuite.ALL_ENVIRONMENTS:
+        return (f"robosuite has it, but it is not one of the toolkit's robosuite tasks ({ours}), whose observation "
+                "keys, cameras and horizons it knows")
+    return (f"robosuite {robosuite.__version__} has no env of that name (made with a fork or another version of "
+            f"robosuite?); the toolkit's robosuite tasks: {ours}")
 
 
 def no_expert(task: str) -> None:
@@ -157,8 +172,7 @@ def build_robosuite(task: str, kwargs: dict[str, Any]) -> Any:
     try:
         return robosuite.make(task, **kwargs)
     except Exception as err:  # robosuite raises anything from bad kwargs (TypeError, AssertionError, KeyError, ...)
-        raise UserError(f"robosuite cannot build {task} with env_kwargs {sorted(kwargs)}: "
-                        f"{type(err).__name__}: {err}") from None
+        raise UserError(f"robosuite cannot build {task} with these env_kwargs: {type(err).__name__}: {err}") from None
 
 
 class RobosuiteTask(gymnasium.Env):

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+import envs
+from envs import robosuite_tasks
 from dopr_robot.config import EvalConfig
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.evaluation import EvalResult, evaluate
@@ -26,6 +28,10 @@ def checkpoint_task(checkpoint: dict[str, Any], task: str | None) -> tuple[str, 
         return task, dict(dataset.get("env_kwargs") or {}) if dataset.get("task") == task else {}
     if not dataset.get("task"):
         raise UserError("the checkpoint was trained on data without env_args: pass --task NAME")
+    if ((dataset.get("metadata") or {}).get("env_type") == robosuite_tasks.ROBOMIMIC_ROBOSUITE_TYPE
+            and dataset["task"] not in envs.list_tasks()):
+        raise UserError(f"the demonstrations' env_args name the robosuite env {dataset['task']!r}: "
+                        f"{robosuite_tasks.unknown_env_reason(dataset['task'])}; pass --task NAME to evaluate on another")
     return dataset["task"], dict(dataset.get("env_kwargs") or {})
 
 
