@@ -230,7 +230,8 @@ class RobosuiteTask(gymnasium.Env):
         self._video = None
         if render_mode == "rgb_array":
             self._video_camera = render_camera or (self.cameras[0] if self.cameras else "frontview")
-            self._video = CameraRenderer(self._model, (self._video_camera,), (width, height))
+            self._video_size = (width, height)
+            self._video = CameraRenderer(self._model, (self._video_camera,), self._video_size)
 
     def _observe(self, raw: dict[str, Any]) -> dict[str, np.ndarray]:
         """robosuite's observation dict with robomimic's keys, plus ``flat``."""
@@ -260,7 +261,11 @@ class RobosuiteTask(gymnasium.Env):
             # reseed it in place so each holder sees the new stream.
             self._env.rng.bit_generator.state = np.random.default_rng(seed).bit_generator.state
         obs = self._observe(self._env.reset())
-        self._model, self._data = self._env.sim.model._model, self._env.sim.data._data  # new after a hard reset
+        if self._model is not self._env.sim.model._model:  # hard_reset=True loads a new model at each reset
+            self._model, self._data = self._env.sim.model._model, self._env.sim.data._data
+            if self._video is not None:
+                self._video.close()
+                self._video = CameraRenderer(self._model, (self._video_camera,), self._video_size)
         self._elapsed_steps, self._succeeded = 0, bool(self._env._check_success())
         return obs, {"is_success": self._succeeded}
 

@@ -111,11 +111,13 @@ def test_datasets_only_tasks_have_no_expert() -> None:
 
 
 def test_camera_images_at_the_requested_size() -> None:
-    env = envs.make("Lift", cameras=("agentview",), image_size=(24, 16), horizon=2)
+    env = envs.make("Lift", cameras=("agentview", "robot0_eye_in_hand"), image_size=(24, 16), horizon=2)
     obs, _ = env.reset(seed=0)
-    image = obs["agentview_image"]
-    assert image.shape == (16, 24, 3) and image.dtype == np.uint8 and image.std() > 0
+    image, hand = obs["agentview_image"], obs["robot0_eye_in_hand_image"]
+    assert image.shape == hand.shape == (16, 24, 3) and image.dtype == np.uint8 and image.std() > 0
     assert env.observation_space["agentview_image"].shape == (16, 24, 3)
+    # top row first, as robomimic stores images: the hand camera sees the table above its dark fingers
+    assert hand[-2:].mean() < hand[:2].mean() - 50
     env.close()
     with pytest.raises(UserError, match="robot0_eye_in_hand"):
         envs.make("Lift", cameras=("nowhere",))
