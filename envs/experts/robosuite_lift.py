@@ -42,8 +42,8 @@ class RobosuiteLiftExpert:
         self.gain, self.hover, self.lift = gain, hover, lift
 
     def act(self, obs: np.ndarray) -> np.ndarray:
-        """Actions ``(7,)`` or ``(N, 7)`` for observations ``(19,)`` or ``(N, 19)``."""
-        batch, single = as_batch(obs, OBS_DIM)
+        """Actions ``(7,)`` or ``(N, 7)`` for observations ``(19,)`` or ``(N, 19)`` (or the env's dict of them)."""
+        batch, single = as_batch(obs["flat"] if isinstance(obs, dict) else obs, OBS_DIM)
         eef, cube = batch[:, EEF], batch[:, CUBE]
         gap = batch[:, FINGERS][:, :1] - batch[:, FINGERS][:, 1:]  # finger opening, ~0.08 m open
 
