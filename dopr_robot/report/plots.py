@@ -82,7 +82,7 @@ def learning_curves_figure(rows: list[dict[str, Any]]) -> Figure:
     evaluated = any(evaluation_curve(r) for r in rows)
     title = "Validation loss during training (EMA weights, held-out episodes)"
     if evaluated:
-        title = "Validation loss (left, log) and closed-loop success rate (right, dotted) during training"
+        title = "Validation loss and closed-loop success during training"
     fig, axes = _figure(rows, title)
     for task, ax in axes.items():
         task_rows = [r for r in rows if r["task"] == task]
@@ -93,7 +93,7 @@ def learning_curves_figure(rows: list[dict[str, Any]]) -> Figure:
         if any(evaluation_curve(r) for r in task_rows):
             success = ax.twinx()
             _step_curves(success, task_rows, _styles(rows), evaluation_curve, "success, ")
-            success.set(ylabel="closed-loop success rate (fraction of episodes)", ylim=(-0.05, 1.05))
+            success.set(ylabel="closed-loop success rate, dotted (fraction of episodes)", ylim=(-0.05, 1.05))
             handles = [h for a in (ax, success) for h in a.get_legend_handles_labels()[0]]
             ax.legend(handles=handles, fontsize=8)
         elif logged:
