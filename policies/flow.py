@@ -7,7 +7,8 @@ it), so every trunk takes every head: ``film-mlp`` (the default of ``flow-mlp`` 
 ``flow-transformer``, below) or ``unet`` (the default of ``flow-unet``: Diffusion Policy's temporal
 U-Net, :mod:`policies.unet`). A head is a module v(x_t (B, C, A), t (B,), features (B, F)) -> (B, C, A);
 adding one is a builder and one line in :data:`HEADS`. A head may constrain the chunk
-(``FlowHeadConfig.check_chunk``: the U-Net halves it), which runs are checked for before data loads.
+(``FlowHeadConfig.check_chunk``: the U-Net halves it); ``train`` checks it before loading any data
+(``policies.check_policy_shape``).
 
 Why: with multimodal demonstrations (the expert passes an obstacle on the left or on the right) an
 L2 regressor predicts the mean of the modes, an action no demonstration took. A flow policy learns

@@ -13,7 +13,7 @@ the level's skip connection is concatenated. Widths double per level: ``width``,
     out:           Conv1d -> GroupNorm -> activation, Conv1d 1x1 to A channels
 
 So a chunk of C steps passes levels - 1 halvings: C must be a multiple of 2**(levels - 1)
-(:func:`check_unet_chunk`, called when a policy config is checked, before any data loads). Sizes:
+(:func:`check_unet_chunk`; ``train`` calls it before loading any data). Sizes:
 ``width`` 32, ``levels`` 2 (widths 32, 64), ``kernel`` 5, ``groups`` 8 by default, CPU-sized; the
 published size (~20M parameters with image features) is width 128, levels 3 (128, 256, 512).
 
