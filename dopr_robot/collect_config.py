@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from demos.collector import default_max_attempts
-from dopr_robot.config import _comma_list, count_or_counts, option
-from dopr_robot.errors import UserError
+from dopr_robot.config import SettingError, _comma_list, check_ranges, count_or_counts, option
 from envs.cameras import check_image_size
 from envs.seeds import DEMO_SEED
 
@@ -55,20 +54,21 @@ class CollectConfig:
     def __post_init__(self) -> None:
         counts = self.counts()
         if not counts or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in counts):
-            raise UserError(f"--episodes must be a count >= 1 or a list of them, got {self.episodes!r}")
+            raise SettingError(lambda n: f"{n('episodes')} must be a count >= 1 or a list of them, got {self.episodes!r}")
         if len(set(counts)) < len(counts):
-            raise UserError(f"--episodes lists a count twice: {self.episodes!r}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
+            raise SettingError(lambda n: f"{n('episodes')} lists a count twice: {self.episodes!r}")
+        check_ranges(self, at_least_0=("seed",))
         if not (math.isfinite(self.noise) and self.noise >= 0):
-            raise UserError(f"--noise must be a finite number >= 0 (the std of the action noise), got {self.noise!r}")
+            raise SettingError(lambda n: f"{n('noise')} must be a finite number >= 0 (the std of the action noise), "
+                                         f"got {self.noise!r}")
         if self.max_attempts and not self.success_only:
-            raise UserError("--max-attempts applies only with --success-only (otherwise every attempt is kept)")
+            raise SettingError(lambda n: f"{n('max_attempts')} applies only with {n('success_only')} (otherwise "
+                                         "every attempt is kept)")
         if self.max_attempts < 0 or 0 < self.max_attempts < max(counts):
-            raise UserError(f"--max-attempts must be >= --episodes ({max(counts)}), or 0 for 3 * EPISODES + 10; "
-                            f"got {self.max_attempts}")
+            raise SettingError(lambda n: f"{n('max_attempts')} must be >= {n('episodes')} ({max(counts)}), or 0 for "
+                                         f"3 * EPISODES + 10; got {self.max_attempts}")
         if not all(isinstance(camera, str) and camera for camera in self.cameras):
-            raise UserError(f"--cameras must name cameras, got {self.cameras!r}")
+            raise SettingError(lambda n: f"{n('cameras')} must name cameras, got {self.cameras!r}")
         object.__setattr__(self, "cameras", list(self.cameras))
         size = self.image_size
         if isinstance(size, int) and not isinstance(size, bool):  # a JSON file may give one side

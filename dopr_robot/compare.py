@@ -72,8 +72,10 @@ from dopr_robot.checkpoint import CHECKPOINT_NAME
 from dopr_robot.collect_config import CollectConfig
 from dopr_robot.config import (
     EvalConfig,
+    SettingError,
     TrainConfig,
     check_config_dict,
+    check_ranges,
     check_value_type,
     config_from_dict,
     config_items,
@@ -186,21 +188,19 @@ class CompareConfig:
             raise UserError(f"unknown task(s) {', '.join(bad)}; valid: {', '.join(known_tasks)}")
         if not self.tasks or not self.optimizers:
             raise UserError("need at least one task and one optimizer")
-        if self.seeds < 1:
-            raise UserError(f"--seeds must be >= 1, got {self.seeds}")
-        if self.first_seed < 0:
-            raise UserError(f"--first-seed must be >= 0, got {self.first_seed}")
+        check_ranges(self, at_least_1=("seeds",), at_least_0=("first_seed",))
         counts = self.demo_counts()
         not_paths = {task: path for task, path in self.data.items() if not isinstance(path, str) or not path}
         if not_paths:
-            raise UserError(f"--data maps each task to a demonstrations file path (a JSON string), got "
-                            f"{json.dumps(not_paths)}; e.g. '{{\"Reach-v0\": \"reach.hdf5\"}}'")
+            raise SettingError(lambda n: f"{n('data')} maps each task to a demonstrations file path (a JSON string), "
+                                         f"got {json.dumps(not_paths)}; e.g. '{{\"Reach-v0\": \"reach.hdf5\"}}'")
         extra = sorted(set(self.data) - set(self.tasks))
         if extra:
-            raise UserError(f"--data names task(s) {', '.join(extra)} that are not in --tasks")
+            raise SettingError(lambda n: f"{n('data')} names task(s) {', '.join(extra)} that are not in {n('tasks')}")
         if self.data and isinstance(self.demo.episodes, list):
-            raise UserError(f"--data gives the demonstrations, so it cannot be used with several --demo-episodes "
-                            f"({', '.join(map(str, counts))}): collect them (drop --data) or give one count")
+            raise SettingError(lambda n: f"{n('data')} gives the demonstrations, so it cannot be used with several "
+                                         f"{n('demo.episodes')} ({', '.join(map(str, counts))}): collect them (drop "
+                                         f"{n('data')}) or give one count")
         placeholder = train_template()
         set_here = [f"{name}={getattr(self.train, name)!r}" for name in PER_CELL
                     if getattr(self.train, name) != getattr(placeholder, name)]
@@ -210,17 +210,21 @@ class CompareConfig:
         self._check_optimizer_settings()
         self._check_remedies()
         for optimizer in self.optimizers:  # TrainConfig checks the options against each optimizer of the grid
-            self.cell_config(optimizer, 0, Path(""), Path(""))
+            try:
+                self.cell_config(optimizer, 0, Path(""), Path(""))
+            except SettingError as err:  # a template's field, as this config names it (a cell's optimizer: optimizers)
+                raise err.renamed(lambda path: "optimizers" if path == "optimizer" else f"train.{path}") from None
         demo = range(self.demo.seed, self.demo.seed + self.demo.attempts(max(counts)))
         allowed = [seed_ranges.ranges()[name] for name in ("demonstrations", "replication demonstrations")]
         if not any(r.start <= demo.start and demo.stop <= r.stop for r in allowed):
-            raise UserError(f"--demo-seed {self.demo.seed} with --demo-episodes {max(counts)} collects from reset "
-                            f"seeds {_span(demo)}, outside the demonstration seeds {_span(allowed[0])} "
-                            f"({_span(allowed[1])} for --replicate; see envs/seeds.py)")
+            raise SettingError(lambda n: f"{n('demo.seed')} {self.demo.seed} with {n('demo.episodes')} {max(counts)} "
+                                         f"collects from reset seeds {_span(demo)}, outside the demonstration seeds "
+                                         f"{_span(allowed[0])} ({_span(allowed[1])} for --replicate; see envs/seeds.py)")
         evaluation = range(self.eval.seed, self.eval.seed + self.eval.episodes)
         if evaluation.start < demo.stop and demo.start < evaluation.stop:
-            raise UserError(f"the evaluation seeds {_span(evaluation)} overlap the demonstration seeds {_span(demo)}: "
-                            "evaluate on episodes the policy was not trained on (--eval-seed)")
+            raise SettingError(lambda n: f"the evaluation seeds {_span(evaluation)} overlap the demonstration seeds "
+                                         f"{_span(demo)}: evaluate on episodes the policy was not trained on "
+                                         f"({n('eval.seed')})")
 
     def _check_optimizer_settings(self) -> None:
         """optimizer_settings names registry optimizers (not necessarily all in the grid) and only
@@ -247,6 +251,8 @@ class CompareConfig:
                 raise UserError(f"{where} sets {', '.join(dopr_only)}, which only dopr-* optimizers use; {name} is not one")
             try:
                 self.cell_config(name, 0, Path(""), Path(""))
+            except SettingError as err:  # the field as this file names it: optimizer_settings.<name>.lr
+                raise err.renamed(lambda path: "optimizers" if path == "optimizer" else f"{where}.{path}") from None
             except UserError as err:
                 raise UserError(f"{where}: {err}") from None
 

@@ -12,6 +12,10 @@ Configs compose: a field declared with :func:`nested` holds another config (a co
 ``--{prefix}{name}``, in JSON as an object under the field's name (``{"train": {"lr": 3e-4}}``),
 and are validated by the nested class alone; ``exclude`` names the nested fields the holder fills
 itself (they are neither options nor keys of the JSON form).
+
+Each range and validity check lives in its config's ``__post_init__`` and raises a
+:class:`SettingError` naming fields: in Python ``episodes``, in a config file ``demo.episodes``, and on
+the command line the option typed (``--demo-episodes`` in ``compare``, ``--episodes`` in ``collect``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import math
 import os
 import re
 import types
+from contextlib import contextmanager
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar, Union, get_args, get_origin, get_type_hints
@@ -32,6 +37,28 @@ from dopr_robot.errors import UserError
 from dopr_robot.optim import OPTIMIZERS, make_optimizer, optimizer_arguments
 from envs.seeds import POLICY_EVAL
 from policies import POLICIES, policy_config_fields
+
+
+Namer = Callable[[str], str]  # a field's dotted path -> the name a message gives it
+
+
+class SettingError(UserError):
+    """A config's value refused in one line that names fields, not flags: ``message(name)`` writes
+    it with ``name(field)`` for each field it mentions. In Python the name is the field's
+    (``episodes``); a holder of the config prefixes its own field (``demo.episodes``), and the command
+    line renders the flag the user typed (``--demo-episodes``, :func:`resolve_config`)."""
+
+    def __init__(self, message: Callable[[Namer], str]) -> None:
+        super().__init__(message(lambda path: path))
+        self.message = message
+
+    def renamed(self, name: Namer) -> SettingError:
+        """The same refusal with each field called ``name(field)``."""
+        return SettingError(lambda outer: self.message(lambda path: outer(name(path))))
+
+    def within(self, holder_field: str) -> SettingError:
+        """The refusal as the holder of this config sees it: ``field`` -> ``holder_field.field``."""
+        return self.renamed(lambda path: f"{holder_field}.{path}")
 
 
 def option(default: Any = MISSING, help: str = "", *, flag: str | None = None, parse: Callable[[str], Any] | None = None,
@@ -56,9 +83,24 @@ def nested(config_class: type, *, factory: Callable[[], Any] | None = None, pref
                            "why_excluded": why_excluded})
 
 
+def check_ranges(config: Any, *, at_least_1: tuple[str, ...] = (), at_least_0: tuple[str, ...] = (),
+                 finite: tuple[str, ...] = ()) -> None:
+    """The common range checks of a config's numeric fields, each refused as a :class:`SettingError`:
+    ``finite`` (no nan or inf), ``at_least_1`` (counts), ``at_least_0`` (sizes, rates, seeds; nan fails)."""
+    for name in finite:
+        if not math.isfinite(getattr(config, name)):
+            raise SettingError(lambda n: f"{n(name)} must be a finite number, got {getattr(config, name)}")
+    for names, low in ((at_least_1, 1), (at_least_0, 0)):
+        for name in names:
+            if not getattr(config, name) >= low:
+                raise SettingError(lambda n: f"{n(name)} must be >= {low}, got {getattr(config, name)}")
+
+
 # Mixed-precision modes of training (``TrainConfig.amp``).
 AMP_MODES = ("none", "bf16")
 
+# TrainConfig's real-valued settings: finite and >= 0.
+FINITE_TRAIN_FIELDS = ("lr", "weight_decay", "damping", "grad_clip")
 # Training cadences that default to a fraction of the run: 0 means ``max(1, steps // divisor)``.
 DERIVED_FROM_STEPS = {"val_every": 10, "checkpoint_every": 4, "log_every": 40}
 
@@ -111,7 +153,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.amp not in AMP_MODES:
-            raise UserError(f"--amp {self.amp!r} is not a precision; valid: {', '.join(AMP_MODES)}")
+            raise SettingError(lambda n: f"{n('amp')} {self.amp!r} is not a precision; valid: {', '.join(AMP_MODES)}")
         if self.policy not in POLICIES:
             raise UserError(f"unknown policy {self.policy!r}; valid: {', '.join(POLICIES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -121,35 +163,30 @@ class TrainConfig:
             raise UserError(f"policy {self.policy!r} has no option(s) {', '.join(unknown)}; "
                             f"valid: {', '.join(policy_config_fields(self.policy))}")
         for name, value in self.policy_options.items():  # 64.0 for a width would fail deep inside torch
-            check_value_type(POLICIES[self.policy][1], name, value, f"--policy-options {name}")
+            problem = type_problem(POLICIES[self.policy][1], name, value)
+            if problem:
+                raise SettingError(lambda n: f"{n('policy_options')} {name} {problem}")
         try:  # the policy config's own checks (e.g. width >= 1), before anything is written
             POLICIES[self.policy][1](**self.policy_options)
         except (TypeError, ValueError) as err:
-            raise UserError(f"--policy-options {json.dumps(self.policy_options)}: {err}") from None
-        for name in ("steps", "batch_size", "history", "chunk"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:  # as collect and eval require of theirs
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
-        for name in ("lr", "weight_decay", "damping", "grad_clip"):
-            if not math.isfinite(getattr(self, name)):
-                raise UserError(f"--{name.replace('_', '-')} must be a finite number, got {getattr(self, name)}")
-        for name in ("lr", "weight_decay", "damping", "grad_clip", "warmup_steps", "eval_every", *DERIVED_FROM_STEPS):
-            if not getattr(self, name) >= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+            why = str(err)  # the except clause unbinds err before the message is written
+            raise SettingError(lambda n: f"{n('policy_options')} {json.dumps(self.policy_options)}: {why}") from None
+        check_ranges(self, at_least_1=("steps", "batch_size", "history", "chunk"), finite=FINITE_TRAIN_FIELDS,
+                     at_least_0=(*FINITE_TRAIN_FIELDS, "warmup_steps", "eval_every", "seed", *DERIVED_FROM_STEPS))
         if not 0.0 <= self.ema_decay < 1.0:
-            raise UserError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
+            raise SettingError(lambda n: f"{n('ema_decay')} must be in [0, 1), got {self.ema_decay}")
         # One source for each setting: a field given again among the options would be what ran while
         # config.json and the reports said otherwise.
         fields_there = sorted({f.name for f in fields(self)} & set(self.optimizer_options))
         if fields_there:
-            raise UserError(f"--optimizer-options must not set {', '.join(fields_there)}: use "
-                            f"{', '.join('--' + name.replace('_', '-') for name in fields_there)}")
+            raise SettingError(lambda n: f"{n('optimizer_options')} must not set {', '.join(fields_there)}: use "
+                                         f"{', '.join(n(name) for name in fields_there)}")
         try:  # the optimizer's own checks on a weightless layer (no RNG, no memory), before any work
             make_optimizer(self.optimizer, nn.Linear(2, 2, device="meta"), **self.optimizer_kwargs())
         except ValueError as err:
-            raise UserError(f"--optimizer-options {json.dumps(self.optimizer_options)} with --optimizer "
-                            f"{self.optimizer}: {err}") from None
+            why = str(err)
+            raise SettingError(lambda n: f"{n('optimizer_options')} {json.dumps(self.optimizer_options)} with "
+                                         f"{n('optimizer')} {self.optimizer}: {why}") from None
         # The one place a default is derived: the saved config.json holds the resolved number.
         for name, divisor in DERIVED_FROM_STEPS.items():
             if getattr(self, name) == 0:
@@ -193,20 +230,16 @@ class EvalConfig:
     flow_steps: int = option(0, help="Euler steps of a flow policy's sampler (0: the number it was trained with)")
 
     def __post_init__(self) -> None:
-        for name in ("episodes", "num_envs", "actions_per_chunk"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.seed < 0:
-            raise UserError(f"--seed must be >= 0, got {self.seed}")
+        check_ranges(self, at_least_1=("episodes", "num_envs", "actions_per_chunk"), at_least_0=("seed",))
         if self.fps < 0:
-            raise UserError(f"--fps must be >= 0 (0: the task's rate), got {self.fps}")
+            raise SettingError(lambda n: f"{n('fps')} must be >= 0 (0: the task's rate), got {self.fps}")
         if self.flow_steps < 0:
-            raise UserError(f"--flow-steps must be >= 0 (0: the policy's own), got {self.flow_steps}")
+            raise SettingError(lambda n: f"{n('flow_steps')} must be >= 0 (0: the policy's own), got {self.flow_steps}")
         size = tuple(self.size)  # a JSON file gives a list
         if len(size) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in size):
-            raise UserError(f"--size must be WIDTHxHEIGHT in pixels, got {self.size!r}")
+            raise SettingError(lambda n: f"{n('size')} must be WIDTHxHEIGHT in pixels, got {self.size!r}")
         if min(size) < 16:
-            raise UserError(f"--size must be at least 16x16 pixels, got {size[0]}x{size[1]}")
+            raise SettingError(lambda n: f"{n('size')} must be at least 16x16 pixels, got {size[0]}x{size[1]}")
         object.__setattr__(self, "size", size)
 
     @property
@@ -295,7 +328,8 @@ def resolve_config(config_class: type[C], args: argparse.Namespace, *, exclude: 
         _merge(values, read_config_file(args.config, config_class), config_class)
     for dest in given_options(config_class, args, exclude):
         _put(values, dest, getattr(args, dest))
-    return config_from_dict(config_class, values)
+    with flags_named(config_class):
+        return config_from_dict(config_class, values)
 
 
 def read_config_file(path: Path, config_class: type) -> dict[str, Any]:
@@ -345,29 +379,36 @@ def config_from_dict(config_class: type[C], values: dict[str, Any], where: str =
     """Build ``config_class`` from its JSON form (nested configs as objects under their field's
     name; a missing key keeps its default), checked as :func:`check_config_dict` does."""
     check_config_dict(config_class, values, where)
-    return _build(config_class, values, prefix="")
+    return _build(config_class, values)
 
 
-def _build(config_class: type[C], values: dict[str, Any], prefix: str) -> C:
+def _build(config_class: type[C], values: dict[str, Any]) -> C:
     kwargs = dict(values)
     for f in fields(config_class):
         if "nested" in f.metadata and f.name in values:
             meta, template = f.metadata, f.default_factory()
             filled = {**{name: getattr(template, name) for name in meta["exclude"]}, **values[f.name]}
-            kwargs[f.name] = _build(meta["nested"], filled, prefix + meta["prefix"])
+            try:
+                kwargs[f.name] = _build(meta["nested"], filled)
+            except SettingError as err:  # its fields as the holder's JSON form names them: demo.episodes
+                raise err.within(f.name) from None
     missing = [f.name for f in fields(config_class) if _declared_default(f) is MISSING and "nested" not in f.metadata
                and f.name not in kwargs]
     if missing:
         raise UserError(f"missing required option(s): {', '.join('--' + m.replace('_', '-') for m in missing)}")
+    return config_class(**kwargs)
+
+
+@contextmanager
+def flags_named(config_class: type) -> Iterator[None]:
+    """Inside: a :class:`SettingError` names the options of ``config_class``'s command line
+    (``--demo-episodes``) instead of its fields (``demo.episodes``); a field without an option keeps
+    its dotted name."""
     try:
-        return config_class(**kwargs)
-    except UserError as err:
-        if not prefix:
-            raise
-        # A nested class names its own flags (--episodes); on this command line they carry the prefix.
-        own = {flag[2:] for _, flag, _, _, _ in _options(config_class)}
-        raise UserError(re.sub(r"--([a-z][a-z-]*)",
-                               lambda m: f"--{prefix}{m.group(1)}" if m.group(1) in own else m.group(0), str(err))) from None
+        yield
+    except SettingError as err:
+        flags = {dest: flag for dest, flag, _, _, _ in _options(config_class)}
+        raise err.renamed(lambda path: flags.get(path, path)) from None
 
 
 def config_to_dict(config: Any, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -433,13 +474,25 @@ _EXPECTED = {
 }
 
 
-def _check_type(value: Any, kind: Any, name: str) -> None:
+def _type_problem(value: Any, kind: Any) -> str | None:
+    """``must be <type>, got <value>`` when ``value`` is not of type ``kind``; None when it is."""
     kinds = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)  # int | list: either
     if not all(k in _EXPECTED for k in kinds):
-        return  # a type this check does not know: the config's own __post_init__ is the judge
+        return None  # a type this check does not know: the config's own __post_init__ is the judge
     if not any(_EXPECTED[k][1](value) for k in kinds):
-        expected = " or ".join(_EXPECTED[k][0] for k in kinds)
-        raise UserError(f"{name} must be {expected}, got {value!r}")
+        return f"must be {' or '.join(_EXPECTED[k][0] for k in kinds)}, got {value!r}"
+    return None
+
+
+def _check_type(value: Any, kind: Any, name: str) -> None:
+    problem = _type_problem(value, kind)
+    if problem:
+        raise UserError(f"{name} {problem}")
+
+
+def type_problem(config_class: type, name: str, value: Any) -> str | None:
+    """``must be <type>, got <value>`` unless ``value`` has the type of ``config_class.name``."""
+    return _type_problem(value, get_type_hints(config_class)[name])
 
 
 def check_value_type(config_class: type, name: str, value: Any, where: str) -> None:

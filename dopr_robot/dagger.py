@@ -52,7 +52,7 @@ from demos.hdf5 import ENV_TYPE, atomic_hdf5, demo_name, write_episode, write_in
 from dopr_robot.atomic import check_directory_destination, write_json_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME, load_checkpoint, policy_from_checkpoint
 from dopr_robot.collect_config import CollectConfig
-from dopr_robot.config import TrainConfig, config_to_dict, nested, option
+from dopr_robot.config import SettingError, TrainConfig, config_to_dict, nested, option
 from dopr_robot.errors import UserError
 from dopr_robot.evaluate.rollout import PolicyController, rollout
 from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
@@ -102,20 +102,21 @@ class DaggerConfig:
         for name in ("rounds", "episodes_per_round", "steps_per_round", "num_envs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
+                raise SettingError(lambda n: f"{n(name)} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.beta0, (int, float)) and math.isfinite(self.beta0) and 0 <= self.beta0 <= 1):
-            raise UserError(f"--beta0 must be a probability in [0, 1], got {self.beta0!r}")
+            raise SettingError(lambda n: f"{n('beta0')} must be a probability in [0, 1], got {self.beta0!r}")
         allowed = ranges()["dagger rollouts"]
         seeds = range(self.rollout_seed, self.rollout_seed + self.rounds * self.episodes_per_round)
         if not (allowed.start <= seeds.start and seeds.stop <= allowed.stop):
-            raise UserError(f"--rollout-seed {self.rollout_seed} with {self.rounds} rounds of {self.episodes_per_round} "
-                            f"episodes uses reset seeds {seeds.start:,}..{seeds.stop - 1:,}, outside the DAgger seeds "
-                            f"{allowed.start:,}..{allowed.stop - 1:,} (envs/seeds.py)")
+            raise SettingError(lambda n: f"{n('rollout_seed')} {self.rollout_seed} with {self.rounds} rounds of "
+                                         f"{self.episodes_per_round} episodes uses reset seeds {seeds.start:,}.."
+                                         f"{seeds.stop - 1:,}, outside the DAgger seeds {allowed.start:,}.."
+                                         f"{allowed.stop - 1:,} (envs/seeds.py)")
         if self.train.eval_every:
-            raise UserError("--eval-every: DAgger evaluates no policy while it trains; evaluate the last round's "
-                            "run with `dopr-robot eval --run OUT/round_<R>/run`")
+            raise SettingError(lambda n: f"{n('train.eval_every')}: DAgger evaluates no policy while it trains; "
+                                         "evaluate the last round's run with `dopr-robot eval --run OUT/round_<R>/run`")
         if isinstance(self.demo.episodes, list):
-            raise UserError(f"--demo-episodes takes one count for DAgger, got {self.demo.episodes!r}")
+            raise SettingError(lambda n: f"{n('demo.episodes')} takes one count for DAgger, got {self.demo.episodes!r}")
 
     def beta(self, k: int) -> float:
         """The probability of executing the expert's action in round ``k`` (1 in round 0: the demos)."""

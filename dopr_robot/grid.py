@@ -56,6 +56,7 @@ from typing import Any, Callable
 from tqdm.auto import tqdm
 
 from dopr_robot import threads
+from dopr_robot.config import SettingError, check_ranges
 from dopr_robot.devices import DEVICE_HELP, resolve_device
 from dopr_robot.errors import UserError
 
@@ -109,12 +110,10 @@ class Execution:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise UserError(f"unknown executor {self.executor!r}; valid: {', '.join(EXECUTORS)}")
-        if self.workers < 1:
-            raise UserError(f"--workers must be >= 1, got {self.workers}")
-        if self.threads is not None and self.threads < 1:
-            raise UserError(f"--threads must be >= 1, got {self.threads}")
+        check_ranges(self, at_least_1=("workers", *(("threads",) if self.threads is not None else ())))
         if self.executor == "ray" and self.workers != 1:
-            raise UserError("--workers runs cells in local processes, --ray on a Ray cluster: give one of them")
+            raise SettingError(lambda n: f"{n('workers')} runs cells in local processes, {n('address')} on a Ray "
+                                         "cluster: give one of them")
         if self.executor == "ray" and importlib.util.find_spec("ray") is None:  # before any work
             raise UserError(f"--ray needs Ray, which is not installed: {RAY_INSTALL}")
         if self.executor == "ray" and self.device.startswith("cuda:"):
@@ -142,7 +141,11 @@ def execution_from_args(args: argparse.Namespace) -> Execution:
         if dest is not None and getattr(args, dest, None) is not None:
             values[f.name] = f.metadata["to_field"](getattr(args, dest))
     executor = "ray" if "address" in values else "processes" if values.get("workers", 1) > 1 else "serial"
-    return Execution(executor, **values)
+    try:
+        return Execution(executor, **values)
+    except SettingError as err:  # named by the options that set the fields
+        flags = {f.name: f.metadata["flag"] for f in fields(Execution) if "flag" in f.metadata}
+        raise err.renamed(lambda name: flags.get(name, "--" + name)) from None
 
 
 RAY_CONNECT_TIMEOUT_S = 5.0

@@ -54,7 +54,15 @@ from dopr_robot.compare import (
     run_cell,
     upgrade_config_json,
 )
-from dopr_robot.config import config_from_dict, config_items, config_to_dict, nested, number_list, option
+from dopr_robot.config import (
+    SettingError,
+    config_from_dict,
+    config_items,
+    config_to_dict,
+    nested,
+    number_list,
+    option,
+)
 from dopr_robot.errors import UserError
 from dopr_robot.grid import CellsFailed, Execution, run_cells
 from dopr_robot.optim import OPTIMIZERS, base_of, is_dopr
@@ -96,20 +104,21 @@ class SweepConfig:
         bad = [name for name in self.bases if is_dopr(name) or name not in OPTIMIZERS or DOPR_PREFIX + name not in OPTIMIZERS]
         if bad:
             valid = [name for name in OPTIMIZERS if not is_dopr(name) and DOPR_PREFIX + name in OPTIMIZERS]
-            raise UserError(f"--bases {', '.join(bad)}: not a base optimizer with a DoPr variant; valid: {', '.join(valid)}")
+            raise SettingError(lambda n: f"{n('bases')} {', '.join(bad)}: not a base optimizer with a DoPr variant; "
+                                         f"valid: {', '.join(valid)}")
         for name in ("lrs", "weight_decays", "dampings"):
             values = getattr(self, name)
-            flag = "--" + name.replace("_", "-")
             if not values:
-                raise UserError(f"{flag} needs at least one value")
+                raise SettingError(lambda n: f"{n(name)} needs at least one value")
             if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values):
-                raise UserError(f"{flag} must be numbers >= 0, got {values!r}")
+                raise SettingError(lambda n: f"{n(name)} must be numbers >= 0, got {values!r}")
             if len(set(values)) < len(values):
-                raise UserError(f"{flag} lists a value twice: {values!r}")
+                raise SettingError(lambda n: f"{n(name)} lists a value twice: {values!r}")
         counts = self.grid.demo.episodes
         if isinstance(counts, list):
-            raise UserError(f"the sweep tunes on one demonstration count, the grid lists "
-                            f"{', '.join(map(str, counts))}: give one, e.g. --demo-episodes {sorted(counts)[len(counts) // 2]}")
+            raise SettingError(lambda n: f"the sweep tunes on one demonstration count, the grid lists "
+                                         f"{', '.join(map(str, counts))}: give one, e.g. {n('grid.demo.episodes')} "
+                                         f"{sorted(counts)[len(counts) // 2]}")
         self.tuning_eval_seed()
         for base in self.bases:  # every setting's comparison, checked before any work
             for lr in self.lrs:

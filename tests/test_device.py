@@ -210,7 +210,7 @@ def test_a_run_saved_before_amp_existed_resumes(reach_demos: Path, tmp_path: Pat
 
 
 def test_amp_must_be_a_known_precision() -> None:
-    with pytest.raises(UserError, match=r"--amp 'fp16' is not a precision; valid: none, bf16"):
+    with pytest.raises(UserError, match=r"^amp 'fp16' is not a precision; valid: none, bf16"):
         TrainConfig(data="d", out="o", amp="fp16")
 
 

@@ -221,8 +221,8 @@ def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_th
     ({"muon": {"optimizer_options": {"refresh_every": 2}}}, r"optimizer_settings.muon sets refresh_every, which only"),
     ({"adamw": {"lr": "fast"}}, r"optimizer_settings.adamw.lr must be a number, got 'fast'"),
     ({"adamw": 0.1}, r"optimizer_settings.adamw must be a JSON object of settings"),
-    ({"dopr-adamw": {"lr": -1.0}}, r"optimizer_settings.dopr-adamw: --lr must be >= 0, got -1.0"),
-    ({"dopr-adamw": {"optimizer_options": {"refresh_every": 0}}}, r"optimizer_settings.dopr-adamw: --optimizer-options"),
+    ({"dopr-adamw": {"lr": -1.0}}, r"optimizer_settings.dopr-adamw.lr must be >= 0, got -1.0"),
+    ({"dopr-adamw": {"optimizer_options": {"refresh_every": 0}}}, r"optimizer_settings.dopr-adamw.optimizer_options"),
 ])
 def test_bad_optimizer_settings_are_one_clear_error(settings: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):
@@ -240,13 +240,14 @@ def test_optimizer_settings_override_the_template_for_their_optimizer_only() -> 
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(demo=dict(episodes=[10, 10])), r"--episodes lists a count twice"),  # --demo-episodes on the command line
-    (dict(demo=dict(episodes=[10, 0])), r"--episodes must be a count >= 1 or a list of them, got \[10, 0\]"),
-    (dict(demo=dict(episodes=[])), r"--episodes must be a count >= 1"),
-    (dict(demo=dict(episodes=[10, 25]), data={"Reach-v0": "x.hdf5"}), r"--data gives the demonstrations, so it cannot "
-                                                                       r"be used with several --demo-episodes \(10, 25\)"),
-    (dict(demo=dict(episodes=[10, 20_000])), r"--demo-episodes 20000 collects from reset seeds 0..19,999, outside"),
-    (dict(first_seed=-1), r"--first-seed must be >= 0"),
+    # In Python the fields are named: the CollectConfig's own, or the comparison's (--demo-episodes on the command line).
+    (dict(demo=dict(episodes=[10, 10])), r"^episodes lists a count twice"),
+    (dict(demo=dict(episodes=[10, 0])), r"^episodes must be a count >= 1 or a list of them, got \[10, 0\]"),
+    (dict(demo=dict(episodes=[])), r"^episodes must be a count >= 1"),
+    (dict(demo=dict(episodes=[10, 25]), data={"Reach-v0": "x.hdf5"}), r"^data gives the demonstrations, so it cannot "
+                                                                       r"be used with several demo.episodes \(10, 25\)"),
+    (dict(demo=dict(episodes=[10, 20_000])), r"demo.episodes 20000 collects from reset seeds 0..19,999, outside"),
+    (dict(first_seed=-1), r"^first_seed must be >= 0"),
 ])
 def test_demo_count_errors(overrides: dict, message: str) -> None:
     with pytest.raises(UserError, match=message):

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from dopr_robot.compare import CompareConfig, resolve_compare_config
-from dopr_robot.config import add_config_arguments, config_from_dict, config_to_dict, given_options
+from dopr_robot.config import add_config_arguments, config_from_dict, config_to_dict, flags_named, given_options
 from dopr_robot.grid import add_execution_arguments, execution_from_args
 from dopr_robot.sweep import REPORT_FILE, SETTINGS_FILE, SweepConfig
 
@@ -36,7 +36,8 @@ def resolve_sweep_config(args: argparse.Namespace) -> SweepConfig:
     """The grid as compare resolves it (--config file < options), and the sweep's own options."""
     grid = resolve_compare_config(args, exclude=GRID_EXCLUDE)
     values = {dest: getattr(args, dest) for dest in given_options(SweepConfig, args, exclude=("grid",))}
-    return config_from_dict(SweepConfig, {**values, "grid": config_to_dict(grid, exclude=("optimizer_settings",))})
+    with flags_named(SweepConfig):
+        return config_from_dict(SweepConfig, {**values, "grid": config_to_dict(grid, exclude=("optimizer_settings",))})
 
 
 def run(args: argparse.Namespace) -> int:
