@@ -53,8 +53,10 @@ METAWORLD_OBS_KEYS: dict[str, slice] = {
     "robot_state": slice(0, 4), "object": slice(4, 18), "previous": slice(18, 36), "goal": slice(36, 39),
 }
 _FRAME = 18
-# Cameras of MetaWorld's own scene, under its names.
+# Cameras of MetaWorld's own scene, under its names. Its corner cameras see the scene upside down;
+# they are turned half a turn about their view axis (the same view, upright).
 METAWORLD_CAMERAS = ("corner", "corner2", "topview", "gripperPOV")
+_UPSIDE_DOWN = ("corner", "corner2")
 
 
 def registry_name(env_name: str) -> str:
@@ -111,6 +113,7 @@ class MetaWorldTask(gymnasium.Wrapper):
         self._elapsed_steps, self._succeeded = 0, False
         self._previous_frame = np.zeros(_FRAME)  # the frame the last observation showed as previous
         use_fast_rendering(env.unwrapped.model)
+        _turn_upright(env.unwrapped.model)
         self._cameras: CameraRenderer | None = None
         if cameras:
             low_dim = {key: len(range(OBS_DIM)[part]) for key, part in METAWORLD_OBS_KEYS.items()}
@@ -189,6 +192,15 @@ class MetaWorldTask(gymnasium.Wrapper):
         unwrapped.curr_path_length = self._elapsed_steps
         unwrapped._prev_obs = state[2 + goal_size:2 + goal_size + _FRAME].copy()
         return self._observe(unwrapped._get_obs())
+
+
+def _turn_upright(model: mujoco.MjModel) -> None:
+    """Turn :data:`_UPSIDE_DOWN` cameras half a turn about their view axis (their local z)."""
+    for camera in _UPSIDE_DOWN:
+        index = model.camera(camera).id
+        turned = np.zeros(4)
+        mujoco.mju_mulQuat(turned, model.cam_quat[index].copy(), np.array([0.0, 0.0, 0.0, 1.0]))
+        model.cam_quat[index] = turned
 
 
 def make_metaworld_env(env_name: str, horizon: int | None = None, render_mode: str | None = None,

@@ -115,6 +115,10 @@ def test_a_camera_frame_and_the_named_parts() -> None:
     assert image.shape == (24, 32, 3) and image.dtype == np.uint8 and image.std() > 5  # a scene, not a blank
     np.testing.assert_array_equal(obs["robot_state"], obs["flat"][:4])
     np.testing.assert_array_equal(obs["goal"], obs["flat"][36:])
+    unwrapped = env.unwrapped
+    for camera in ("corner", "corner2"):  # upright: the image's up direction points up in the world
+        image_up = unwrapped.data.cam_xmat[unwrapped.model.camera(camera).id].reshape(3, 3)[:, 1]
+        assert image_up[2] > 0.5, camera
     with pytest.raises(UserError, match="task MW-reach-v3 has no camera 'agentview'; its cameras: corner"):
         envs.make("MW-reach-v3", cameras=("agentview",))
     env.close()
