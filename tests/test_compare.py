@@ -61,6 +61,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                                    train_calls: list, file_contents) -> None:
     config = CompareConfig(out=str(tmp_path / "made"), **TINY)
@@ -92,6 +93,7 @@ def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Pa
     assert train_calls == [("dopr-adamw", 0, True), ("dopr-adamw", 1, False)]
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["adamw"], "seeds": 1})
     compare(config, progress=False)
@@ -157,6 +159,7 @@ def _flag_args(name: str, value: object) -> list[str]:
     return [flag, str(value)]
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_every_train_option_on_the_command_line_lands_in_every_run(tmp_path: Path, capsys, monkeypatch) -> None:
     # --compile must land in every run like the rest; what compiling does is tests/test_train_compile.py's
     # (compiling this grid's transformer twice would take most of the test's time).
@@ -231,6 +234,7 @@ def test_config_file_takes_the_nested_form_and_names_bad_keys(tmp_path: Path, ca
     assert capsys.readouterr().err == "dopr-robot compare: error: --eval-episodes must be >= 1, got 0\n"
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_demo_seed_changes_the_data_and_cannot_change_on_resume(tmp_path: Path, capsys) -> None:
     for seed in (0, 7):
         assert main(["compare", "--out", str(tmp_path / f"seed{seed}"), *TINY_ARGS, "--optimizers", "adamw",
@@ -244,6 +248,7 @@ def test_demo_seed_changes_the_data_and_cannot_change_on_resume(tmp_path: Path, 
     assert "holds a comparison made with other settings (changed: demo.seed (7 -> 0))" in capsys.readouterr().err
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_replicate_reruns_the_grid_on_fresh_data_and_evaluation_seeds(tmp_path: Path, capsys) -> None:
     out = tmp_path / "grid"
     assert main(["compare", "--out", str(out), *TINY_ARGS, "--demo-seed", "5"]) == 0
@@ -290,6 +295,7 @@ def test_replicate_refusals(tmp_path: Path, capsys, setup, args: list[str], mess
     assert not (out / "replication").exists()
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_a_grid_saved_in_the_earlier_flat_form_loads_as_the_same_grid(tmp_path: Path) -> None:
     (tmp_path / "compare_config.json").write_text(json.dumps({
         "out": "elsewhere", "tasks": ["Push-v0"], "optimizers": ["adamw", "dopr-adamw"], "seeds": 5, "data": {},
@@ -341,6 +347,7 @@ def _hand_rollout(policy, task: str, seed: int, actions_per_chunk: int) -> float
     return total
 
 
+@pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_every_eval_option_on_the_command_line_reaches_every_cell(tmp_path: Path) -> None:
     """Each --eval-* option is used by the cell's evaluation: its eval.json records it, and the returns
     equal an evaluation made here by hand with those settings (raw weights, 3 flow steps, 2 actions
