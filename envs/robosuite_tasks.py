@@ -291,35 +291,41 @@ class RobosuiteTask(gymnasium.Env):
 
     # -- replayable state -----------------------------------------------------------------------
 
-    def _grippers(self) -> list[Any]:
-        return [gripper for robot in self._env.robots for gripper in robot.gripper.values()]
+    def _hidden_state(self) -> list[tuple[Any, str, tuple[int, ...], np.dtype]]:
+        """robosuite's state outside MuJoCo, as (holder, attribute or key, shape, dtype): each gripper's
+        command, which it integrates from step to step (``current_action``), and the observation cache,
+        from which some sensors read other observables as sampled a step earlier (``Can_to_robot0_eef_pos``
+        reads the can's position before it is sampled again). The cache holds the same keys after every reset."""
+        grippers = [(gripper, "current_action") for robot in self._env.robots for gripper in robot.gripper.values()]
+        cache = self._env._obs_cache
+        items = [(gripper, name, np.asarray(getattr(gripper, name))) for gripper, name in grippers]
+        items += [(cache, key, np.asarray(cache[key])) for key in sorted(cache)]
+        return [(holder, name, value.shape, value.dtype) for holder, name, value in items]
 
     def get_state(self) -> np.ndarray:
-        """``[elapsed_steps, succeeded, *gripper commands, *mujoco_integration_state]`` (float64).
-
-        robosuite's grippers integrate their open/close command from step to step (``current_action``):
-        simulation state that MuJoCo does not hold."""
-        grippers = [np.asarray(gripper.current_action, dtype=np.float64) for gripper in self._grippers()]
-        return np.concatenate([[float(self._elapsed_steps), float(self._succeeded)], *grippers,
+        """``[elapsed_steps, succeeded, *robosuite's hidden state, *mujoco_integration_state]`` (float64)."""
+        hidden = [np.ravel(_read(holder, name)).astype(np.float64) for holder, name, _, _ in self._hidden_state()]
+        return np.concatenate([[float(self._elapsed_steps), float(self._succeeded)], *hidden,
                                get_physics_state(self._model, self._data)])
 
     def set_state(self, state: np.ndarray) -> dict[str, np.ndarray]:
         """Restore a vector from :meth:`get_state` and return the observation there; the following steps
         replay exactly (the arm controllers compute their goals afresh from the simulation each step)."""
-        grippers = self._grippers()
-        sizes = [np.size(gripper.current_action) for gripper in grippers]
+        hidden = self._hidden_state()
+        sizes = [int(np.prod(shape)) for _, _, shape, _ in hidden]
         state = state_vector(state, 2 + sum(sizes) + physics_state_size(self._model), self.task,
                              "pass a vector returned by get_state() of the same task")
-        start = 2
-        for gripper, size in zip(grippers, sizes):
-            gripper.current_action = state[start:start + size].copy()
-            start += size
-        set_physics_state(self._model, self._data, state[start:])
+        values = np.split(state[2:2 + sum(sizes)], np.cumsum(sizes)[:-1])
+        physics = state[2 + sum(sizes):]
+        set_physics_state(self._model, self._data, physics)
         # mujoco 3.3's mj_forward (inside set_physics_state) rewrites the solver's warm start; set it back
         # so the next step starts the solver where the recorded run did.
-        mujoco.mj_setState(self._model, self._data, state[start:], PHYSICS_STATE_SPEC)
+        mujoco.mj_setState(self._model, self._data, physics, PHYSICS_STATE_SPEC)
         self._elapsed_steps, self._succeeded = int(state[0]), bool(state[1])
-        return self._observe(self._observe_now())
+        obs = self._observe(self._observe_now())  # reads the cache too: restored after
+        for (holder, name, shape, dtype), value in zip(hidden, values):
+            _write(holder, name, value.astype(dtype).reshape(shape))
+        return obs
 
     def _observe_now(self) -> dict[str, Any]:
         """robosuite's observables read from the simulation now, leaving their sampling clocks as they were.
@@ -333,6 +339,17 @@ class RobosuiteTask(gymnasium.Env):
             for field_name, value in zip(fields, clocks[name]):
                 setattr(observable, field_name, value)
         return raw
+
+
+def _read(holder: Any, name: str) -> Any:
+    return holder[name] if isinstance(holder, dict) else getattr(holder, name)
+
+
+def _write(holder: Any, name: str, value: np.ndarray) -> None:
+    if isinstance(holder, dict):
+        holder[name] = value
+    else:
+        setattr(holder, name, value)
 
 
 def make_robosuite_env(task: str, **kwargs: Any) -> RobosuiteTask:
