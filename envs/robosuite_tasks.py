@@ -12,6 +12,7 @@ is converted, :func:`convert_controller_config`) and renders the policy's camera
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -167,6 +168,9 @@ def build_robosuite(task: str, kwargs: dict[str, Any]) -> Any:
         raise UserError(f"task {task} is unavailable: {ROBOSUITE_MISSING_REASON}")
     import robosuite
 
+    # robosuite logs a line per env built (which controller file it loaded): an evaluation builds
+    # several, and its users need robosuite's warnings only.
+    logging.getLogger("robosuite_logs").setLevel(logging.WARNING)
     if task not in robosuite.ALL_ENVIRONMENTS:
         raise UserError(f"robosuite has no env {task!r} (it has {', '.join(sorted(robosuite.ALL_ENVIRONMENTS))})")
     try:
