@@ -23,7 +23,9 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 
-from envs._physics import PHYSICS_STATE_SPEC, get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering
+from envs._physics import (
+    PHYSICS_STATE_SPEC, get_physics_state, physics_state_size, set_physics_state, state_vector, use_fast_rendering,
+)
 from envs.cameras import CameraRenderer, camera_space
 from envs.experts.base import as_batch, unbatch
 

@@ -41,7 +41,8 @@ def test_the_tasks_are_listed_and_need_the_extra(monkeypatch) -> None:
     assert (spec.obs_dim, spec.act_dim, spec.expert_kind, sum(spec.obs_keys.values())) == (39, 4, "scripted", 39)
     assert "corner" in spec.cameras and "any step" in spec.success_criterion
     monkeypatch.setitem(sys.modules, "metaworld", None)  # as if not installed
-    assert envs.task_spec("MW-push-v3").unavailable_reason == "needs the metaworld extra: pip install 'dopr-robot[metaworld]'"
+    reason = envs.task_spec("MW-push-v3").unavailable_reason
+    assert reason == "needs the metaworld extra: pip install 'dopr-robot[metaworld]'"
     with pytest.raises(UserError, match=r"task MW-push-v3 is unavailable: needs the metaworld extra"):
         envs.make("MW-push-v3")
 
@@ -60,7 +61,8 @@ def test_the_reset_seed_alone_determines_goal_and_observation() -> None:
     assert len({tuple(goal) for goal in starts[:, GOAL]}) == 6 and len({tuple(o) for o in starts[:, OBJECT]}) == 6
     # MT1's distribution: object and goal x, y inside MetaWorld's reset space for push (object xyz, goal xyz;
     # the heights settle or follow the object).
-    low, high = env.unwrapped._random_reset_space.low[[0, 1, 3, 4]], env.unwrapped._random_reset_space.high[[0, 1, 3, 4]]
+    space = env.unwrapped._random_reset_space
+    low, high = space.low[[0, 1, 3, 4]], space.high[[0, 1, 3, 4]]
     draws = np.concatenate([starts[:, OBJECT][:, :2], starts[:, GOAL][:, :2]], axis=1)
     assert np.all(draws >= low - 1e-6) and np.all(draws <= high + 1e-6)
     np.testing.assert_array_equal(np.random.get_state()[1], global_rng)  # the global NumPy generator is untouched
@@ -140,7 +142,8 @@ def test_collect_train_eval_from_the_command_line(tmp_path: Path, capsys) -> Non
 
 @pytest.mark.parametrize("where", [[], ["--device", "cuda"], ["--ray", "auto"], ["--workers", "2"]])
 def test_the_five_task_grid_names_registered_tasks_and_options(where: list[str]) -> None:
-    """The same file wherever it runs: every key an option, five MetaWorld tasks, AdamW, Muon and their DoPr variants."""
+    """The same file wherever it runs: every key an option, five MetaWorld tasks, AdamW, Muon and their DoPr
+    variants."""
     parser = argparse.ArgumentParser()
     compare_command.add_arguments(parser)
     config = resolve_compare_config(parser.parse_args(["--config", str(GRID), "--out", "o", *where]))
