@@ -1,7 +1,7 @@
 """robosuite tasks as robomimic uses them: Lift, PickPlaceCan, NutAssemblySquare, ToolHang, TwoArmTransport.
 
-Optional: needs the ``robosuite`` extra (``pip install 'dopr-robot[robosuite]'``). Nothing here
-imports robosuite until an env is built, so ``envs`` imports without it.
+Optional: needs robosuite 1.5.2, which runs on mujoco 3.3.0 and not on 3.11 (it reads ``MjData.qM``,
+which 3.11 removed). Nothing here imports robosuite until an env is built, so ``envs`` imports without it.
 
 The names, observation keys, cameras, horizons and controller are robomimic's, so a policy trained
 on a robomimic dataset is evaluated here in closed loop: :func:`make_robosuite_env` takes the
@@ -28,7 +28,7 @@ from dopr_robot.errors import UserError
 from envs._physics import PHYSICS_STATE_SPEC, get_physics_state, physics_state_size, set_physics_state, state_vector
 from envs.cameras import CameraRenderer, camera_space, is_image_key
 
-ROBOSUITE_MISSING_REASON = "needs the robosuite extra: pip install 'dopr-robot[robosuite]'"
+ROBOSUITE_MISSING_REASON = "robosuite is not installed (pip install robosuite==1.5.2; it runs on mujoco 3.3.0)"
 NO_EXPERT_REASON = "no expert: for datasets"
 ROBOMIMIC_ROBOSUITE_TYPE = 1  # robomimic's EnvType for robosuite, the "type" of a dataset's env_args
 ARM_ACTION_DIM = 7  # OSC_POSE: 3 position and 3 rotation deltas, then the gripper (-1 open, +1 closed)
@@ -95,7 +95,7 @@ def unknown_env_reason(env_name: str) -> str:
     """Why the robosuite env ``env_name`` that a dataset's env_args name is not evaluated here."""
     ours = ", ".join(ROBOSUITE_TASKS)
     if not robosuite_installed():
-        return f"robosuite is not installed ({ROBOSUITE_MISSING_REASON}); its tasks here: {ours}"
+        return f"{ROBOSUITE_MISSING_REASON}; its tasks here: {ours}"
     import robosuite
 
     if env_name in robosuite.ALL_ENVIRONMENTS:
@@ -166,6 +166,9 @@ def build_robosuite(task: str, kwargs: dict[str, Any]) -> Any:
     """``robosuite.make(task, **kwargs)``; anything robosuite cannot build is one UserError line naming the env."""
     if not robosuite_installed():
         raise UserError(f"task {task} is unavailable: {ROBOSUITE_MISSING_REASON}")
+    if not hasattr(mujoco.MjData, "qM"):
+        raise UserError(f"task {task} is unavailable: robosuite reads MjData.qM, which mujoco {mujoco.__version__} "
+                        "no longer has; robosuite 1.5.2 runs on mujoco 3.3.0")
     import robosuite
 
     # robosuite logs a line per env built (which controller file it loaded): an evaluation builds

@@ -141,3 +141,15 @@ def test_collect_and_train_from_the_command_line(tmp_path: Path, capsys) -> None
     assert main(["train", "--data", str(data), "--out", str(run), "--steps", "3", "--batch-size", "8",
                  "--obs-keys", "object,robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
                  "--threads", "1", "--no-progress"]) == 0
+
+
+def test_a_mujoco_without_mass_matrix_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """robosuite 1.5.2 reads MjData.qM, which mujoco 3.11 removed: say so rather than fail inside a step."""
+    import types
+
+    import envs.robosuite_tasks as robosuite_tasks
+
+    stub = types.SimpleNamespace(MjData=type("MjData", (), {}), __version__="3.11.0")
+    monkeypatch.setattr(robosuite_tasks, "mujoco", stub)
+    with pytest.raises(UserError, match="MjData.qM, which mujoco 3.11.0 no longer has; robosuite 1.5.2 runs on"):
+        envs.make("Lift")

@@ -36,7 +36,8 @@ OBS_KEYS = ("object", "robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos"
 
 def write_robomimic_file(path: Path, episodes: list[dict[str, np.ndarray]], env_args: dict,
                          image_size: int = 0) -> Path:
-    """robomimic's layout; with ``image_size`` also an ``agentview_image`` of that side (black: only its shape matters)."""
+    """robomimic's layout; with ``image_size`` also an ``agentview_image`` of that side (black: its shape is
+    what matters)."""
     with h5py.File(path, "w") as file:
         data = file.create_group("data")
         for i, episode in enumerate(episodes):
@@ -71,7 +72,8 @@ def expert_episodes() -> list[dict[str, np.ndarray]]:
             steps.append(obs)
             done = terminated or truncated
         assert terminated, f"the expert did not lift the cube through the converted controller (seed {seed})"
-        episodes.append({key: np.stack([o[key] for o in steps[:-1]]) for key in OBS_KEYS} | {"actions": np.array(actions)})
+        episode = {key: np.stack([o[key] for o in steps[:-1]]) for key in OBS_KEYS}
+        episodes.append(episode | {"actions": np.array(actions)})
     env.close()
     return episodes
 
@@ -109,10 +111,10 @@ def test_an_image_policy_is_evaluated_with_the_file_s_camera_at_its_size(expert_
     data = write_robomimic_file(tmp_path / "image.hdf5", expert_episodes,
                                 {"env_name": "Lift", "type": 1, "env_kwargs": env_kwargs}, image_size=16)
     run, out = tmp_path / "run", tmp_path / "eval.json"
+    tiny = {"width": 16, "depth": 1, "encoder_channels": 4, "encoder_features": 8}
     assert main(["train", "--data", str(data), "--out", str(run), "--steps", "2", "--batch-size", "8", "--threads", "1",
                  "--obs-keys", "agentview_image,object,robot0_eef_pos,robot0_eef_quat,robot0_gripper_qpos",
-                 "--policy-options", json.dumps({"width": 16, "depth": 1, "encoder_channels": 4, "encoder_features": 8}),
-                 "--no-progress"]) == 0
+                 "--policy-options", json.dumps(tiny), "--no-progress"]) == 0
     # eval checks the env's observation space against the policy's first: agentview_image (16, 16, 3) is there
     assert main(["eval", "--checkpoint", str(run), "--episodes", "1", "--no-expert", "--out", str(out),
                  "--no-progress"]) == 0

@@ -30,8 +30,9 @@ def checkpoint_task(checkpoint: dict[str, Any], task: str | None) -> tuple[str, 
         raise UserError("the checkpoint was trained on data without env_args: pass --task NAME")
     if ((dataset.get("metadata") or {}).get("env_type") == robosuite_tasks.ROBOMIMIC_ROBOSUITE_TYPE
             and dataset["task"] not in envs.list_tasks()):
-        raise UserError(f"the demonstrations' env_args name the robosuite env {dataset['task']!r}: "
-                        f"{robosuite_tasks.unknown_env_reason(dataset['task'])}; pass --task NAME to evaluate on another")
+        reason = robosuite_tasks.unknown_env_reason(dataset["task"])
+        raise UserError(f"the demonstrations' env_args name the robosuite env {dataset['task']!r}: {reason}; "
+                        "pass --task NAME to evaluate on another")
     return dataset["task"], dict(dataset.get("env_kwargs") or {})
 
 
