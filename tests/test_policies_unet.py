@@ -97,6 +97,26 @@ def test_the_head_is_a_config_field_of_every_flow_policy() -> None:
     assert "flow-unet" in POLICIES
 
 
+def test_images_and_low_dim_condition_the_unet() -> None:
+    """With a camera the condition is the flattened history of [low-dim, camera features]: changing only
+    the oldest frame's image changes the sampled chunk."""
+    torch.manual_seed(0)
+    policy = make_policy("flow-unet", 5, 3, history=2, chunk=4, image_shapes={"cam": (24, 24, 3)},
+                         encoder_channels=4, encoder_features=8, **TINY)
+    images = {"cam": torch.randint(0, 256, (6, 2, 24, 24, 3), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(0))}
+    data = {**batch(chunk=4), "images": images}
+    policy.loss(data).backward()
+    assert all(p.grad is not None for p in policy.image_encoders.parameters())
+    policy.eval()
+    sampled = policy.predict(data["obs"], generator=torch.Generator().manual_seed(0), images=images)
+    assert sampled.shape == (6, 4, 3)
+    changed = {"cam": images["cam"].clone()}
+    changed["cam"][:, 0] = 255 - changed["cam"][:, 0]
+    assert not torch.allclose(policy.predict(data["obs"], generator=torch.Generator().manual_seed(0), images=changed),
+                              sampled)
+
+
 def test_a_flow_checkpoint_saved_before_the_head_field_loads() -> None:
     """Its config has no head or unet_* keys and its velocity network the same parameter names."""
     torch.manual_seed(0)
