@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -40,13 +41,13 @@ sys.path.insert(0, str(ROOT))  # the gap task lives in the flow tests
 
 import demos  # noqa: E402
 from dopr_robot.optim import make_optimizer  # noqa: E402
-from policies import make_policy  # noqa: E402
+from policies import Policy, make_policy  # noqa: E402
 
 HISTORY, CHUNK = 2, 16
 PAPER_SIZE = {"unet_width": 128, "unet_levels": 3, "unet_kernel": 5, "time_dim": 256}
 
 
-def step_function(policy, optimizer: str, batch: dict[str, torch.Tensor], **options):
+def step_function(policy: Policy, optimizer: str, batch: dict[str, torch.Tensor], **options: Any) -> Callable[[], None]:
     """One training step of ``policy`` with a registry optimizer (and its ``options``) on a fixed batch."""
     opt = make_optimizer(optimizer, policy, lr=1e-4, **options)
 
@@ -58,7 +59,7 @@ def step_function(policy, optimizer: str, batch: dict[str, torch.Tensor], **opti
     return step
 
 
-def interleaved(steps: dict[str, callable], repeats: int, calls: int, device: torch.device) -> dict[str, list[float]]:
+def interleaved(steps: dict[str, Callable[[], None]], repeats: int, calls: int, device: torch.device) -> dict[str, list[float]]:
     """ms per call of each step function, ``repeats`` times, the functions alternating within a repeat."""
     for step in steps.values():  # warm-up (DoPr's first statistics, allocator, caches)
         step()
@@ -97,7 +98,7 @@ def push_batch(device: torch.device, batch_size: int = 256) -> tuple[int, int, d
     return dataset.obs_dim, dataset.act_dim, batch
 
 
-def part_step(args, device: torch.device) -> None:
+def part_step(args: argparse.Namespace, device: torch.device) -> None:
     obs_dim, act_dim, batch = push_batch(device)
     steps = {}
     for name in ("flow-mlp", "flow-unet"):
@@ -110,7 +111,7 @@ def part_step(args, device: torch.device) -> None:
     report(interleaved(steps, args.repeats, args.calls, device), next(iter(steps)), 3.0)
 
 
-def part_dopr(args, device: torch.device) -> None:
+def part_dopr(args: argparse.Namespace, device: torch.device) -> None:
     generator = torch.Generator().manual_seed(0)
     size, obs_dim, act_dim = args.dopr_batch, 137, 10
     batch = {"obs": torch.randn(size, HISTORY, obs_dim, generator=generator).to(device),
@@ -128,7 +129,7 @@ def part_dopr(args, device: torch.device) -> None:
     report(interleaved(steps, args.repeats, max(1, args.calls // 4), device), "adamw", 2.0)
 
 
-def part_gap(args, device: torch.device) -> None:
+def part_gap(args: argparse.Namespace, device: torch.device) -> None:
     from dopr_robot.config import EvalConfig
     from dopr_robot.evaluate import evaluate
     from tests.test_policies_flow import GapEnv, expert_action
