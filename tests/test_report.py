@@ -4,6 +4,7 @@ independent computation, ranges, the settings line read from the runs, plots, re
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -18,6 +19,7 @@ from dopr_robot.report import (
     COLUMNS,
     cluster_bootstrap,
     counts_markdown,
+    csv_text,
     load_rows,
     paired_cluster_bootstrap,
     summary_markdown,
@@ -577,8 +579,8 @@ def best_eval_grid(root: Path) -> dict:
 def test_best_checkpoint_success_beside_the_final_in_csv_and_summary(tmp_path: Path) -> None:
     inputs = best_eval_grid(tmp_path)
     write_run(tmp_path, "adamw", 0, [True, False], task="Reach-v0")  # a task without --eval-every
-    write_report(tmp_path)
-    table = read_csv(tmp_path / "results.csv")
+    rows = load_rows(tmp_path)  # the report's csv and summary, without its figures
+    table = list(csv.DictReader(io.StringIO(csv_text(rows))))
     for row in (r for r in table if r["task"] == TASK):
         best = max(inputs[row["optimizer"], int(row["seed"])].values())
         assert float(row["best_eval_success_rate"]) == pytest.approx(best) and row["best_eval_step"] == "100"
@@ -586,8 +588,7 @@ def test_best_checkpoint_success_beside_the_final_in_csv_and_summary(tmp_path: P
     reach = next(r for r in table if r["task"] == "Reach-v0")
     assert reach["best_eval_success_rate"] == "" and reach["best_eval_step"] == ""
 
-    summary = (tmp_path / "summary.md").read_text()
-    push, reach_part = summary.split("## Reach-v0")
+    push, reach_part = summary_markdown(rows).split("## Reach-v0")
     cols = header(push, "optimizer")
     assert cols.index("best-checkpoint success rate [t]") == cols.index("final success rate [b]") + 1
     for optimizer in ("adamw", "dopr-adamw"):
