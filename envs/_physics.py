@@ -36,9 +36,11 @@ def set_physics_state(model: mujoco.MjModel, data: mujoco.MjData, state: np.ndar
             "pass a vector returned by get_state() of the same task"
         )
     mujoco.mj_setState(model, data, state, PHYSICS_STATE_SPEC)
-    # mj_forward updates derived quantities (site positions, ...) that observations read; it does
-    # not touch qacc_warmstart, so the next mj_step still matches the recorded run exactly.
+    # mj_forward updates derived quantities (site positions, ...) that observations read. Some mujoco
+    # versions (3.3) also overwrite qacc_warmstart there, which the next mj_step's solver starts from:
+    # setting the state again afterwards keeps the replay bit-exact on every version.
     mujoco.mj_forward(model, data)
+    mujoco.mj_setState(model, data, state, PHYSICS_STATE_SPEC)
 
 
 def state_vector(state: np.ndarray, expected: int, what: str, hint: str) -> np.ndarray:
