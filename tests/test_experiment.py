@@ -114,7 +114,7 @@ def test_the_experiment_file_itself_runs_tiny_on_humanoid(tmp_path: Path, capsys
 
 
 def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Path, capsys, train_calls: list,
-                                                                    file_contents) -> None:
+                                                                    file_contents, monkeypatch) -> None:
     settings = tmp_path / "optimizer_settings.json"  # what a sweep writes
     settings.write_text(json.dumps({"adamw": {"lr": 0.002, "weight_decay": 0.0},
                                     "dopr-adamw": {"lr": 0.003, "weight_decay": 0.01, "damping": 0.05}}))
@@ -149,6 +149,12 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
     assert json.loads((out / "compare_config.json").read_text())["demo"]["episodes"] == [2, 3]
 
     # Resumable: the same command trains nothing; a changed per-optimizer setting is refused like any other.
+    # (The figures were checked above: from here they are built but not drawn again.)
+    import matplotlib.pyplot as plt
+
+    import dopr_robot.report.plots as plots
+
+    monkeypatch.setattr(plots, "_save", lambda fig, path: plt.close(fig))
     checkpoint = out / "demos2" / "runs" / "Hopper-v5" / "adamw" / "seed0" / "checkpoint.pt"
     runs = sorted(out.glob("demos*/runs/*/*/seed*/*"))
     before = file_contents(runs)
