@@ -46,7 +46,7 @@ RANKS: dict[str, int] = {
     "dopr_robot.collect_config": 5,
     "dopr_robot.train": 6,
     **_each("dopr_robot.evaluate", "checkpoints evaluation metrics plots rollout video", 7),
-    **_each("dopr_robot.report", "files plots results statistics tables", 8),
+    **_each("dopr_robot.report", "files plots results statistics tables terminal", 8),
     "dopr_robot.sb3_experts": 8, "dopr_robot.dagger": 8,
     "dopr_robot.compare": 9,
     "dopr_robot.sweep": 10,

@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from dopr_robot.compare import compare, replicate, resolve_compare_config
     from dopr_robot.errors import UserError
+    from dopr_robot.report.terminal import print_report
 
     execution = execution_from_args(args)
     if args.replicate:
@@ -49,16 +50,13 @@ def run(args: argparse.Namespace) -> int:
         if "out" not in given:
             raise UserError("--replicate needs --out DIR, the directory of a finished comparison")
         report = replicate(args.out, progress=not args.no_progress, execution=execution)
-        print(report.read_text())
-        print(f"replication: {Path(args.out) / REPLICATION_DIR}; both side by side: {report}")
+        print_report(report, [Path(args.out) / REPLICATION_DIR])
         return 0
 
     config = resolve_compare_config(args)
     compare(config, progress=not args.no_progress, execution=execution, overwrite=args.overwrite)
     out = Path(config.out)
-    print((out / "summary.md").read_text())
-    print(f"results: {out / 'results.csv'}, {out / 'summary.md'}; plots: "
-          f"{', '.join(str(p) for p in sorted(out.glob('*.png')))}")
+    print_report(out / "summary.md", [out / "results.csv", *sorted(out.glob("*.png"))])
     for count in config.by_demo_count().values():
         print(f"{count.demo.episodes} demonstrations: {Path(count.out) / 'summary.md'}")
     for remedy, grid in config.by_remedy().items():

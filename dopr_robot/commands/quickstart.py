@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from dopr_robot.devices import resolve_device
     from dopr_robot.evaluate.video import render
     from dopr_robot.grid import Execution
+    from dopr_robot.report.terminal import fit_markdown
 
     resolve_device(args.device)  # a device this machine lacks fails before any work
 
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
           f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
     compare(config, progress=not args.no_progress, execution=Execution(device=args.device))
     out = Path(args.out)
-    print((out / "summary.md").read_text())
+    print(fit_markdown((out / "summary.md").read_text()))
 
     run_dir = out / "runs" / args.task / "dopr-adamw" / "seed0"
     video = render(policy_from_checkpoint(load_checkpoint(run_dir), device=args.device), args.task, out / "rollout.mp4",

@@ -41,11 +41,13 @@ def resolve_sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def run(args: argparse.Namespace) -> int:
+    from dopr_robot.report.terminal import print_report
     from dopr_robot.sweep import sweep
 
     config = resolve_sweep_config(args)
     sweep(config, progress=not args.no_progress, execution=execution_from_args(args))
     out = Path(config.grid.out)
-    print((out / REPORT_FILE).read_text())
-    print(f"chosen: {out / SETTINGS_FILE} (use it with `dopr-robot compare --optimizer-settings {out / SETTINGS_FILE} ...`)")
+    print_report(out / REPORT_FILE)
+    print(f"chosen: {out / SETTINGS_FILE}")
+    print(f"  (use it with `dopr-robot compare --optimizer-settings {out / SETTINGS_FILE} ...`)")
     return 0
