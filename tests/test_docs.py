@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from dopr_robot.cli import COMMANDS, build_parser, main
-from dopr_robot.report.terminal import WIDTH, fit_markdown, fit_table
+from dopr_robot.report.terminal import WIDTH, fit_markdown, fit_plain_table, fit_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_MARK = "# these run in the docs test"
@@ -107,7 +107,10 @@ def test_the_cheap_documented_commands_run(capsys: pytest.CaptureFixture, one_th
         except SystemExit as exit_:  # --help exits 0
             status = exit_.code
         assert status == 0, words
-    assert "Push-v0" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Push-v0" in printed
+    too_wide = [line for line in printed.splitlines() if len(line) > WIDTH]
+    assert not too_wide, f"{len(too_wide)} lines over {WIDTH} columns, e.g. {too_wide[0]}"
 
 
 def test_the_marked_blocks_run_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, one_thread: None) -> None:
@@ -138,6 +141,17 @@ def test_a_wide_table_splits_into_blocks_that_fit_and_keep_the_first_column() ->
     assert max(map(len, lines)) <= 80
     assert sum(line.startswith("dopr-adamw - adamw") for line in lines) == len([b for b in lines if b == ""]) + 1
     assert all(f"metric {i} [b]" in "\n".join(lines) for i in range(12))  # no column lost
+
+
+def test_a_plain_table_wraps_its_widest_cells_and_says_each_long_reason_once() -> None:
+    text = "\n".join(["task  cameras  status",
+                      "A  " + ",".join(f"camera{i}" for i in range(12)) + "  available",
+                      "B  -  unavailable: needs the robosuite extra: pip install 'dopr-robot[robosuite]'",
+                      "C  -  unavailable: needs the robosuite extra: pip install 'dopr-robot[robosuite]'"])
+    lines = fit_plain_table(text, width=80).splitlines()
+    assert max(map(len, lines)) <= 80
+    assert "camera11" in "\n".join(lines) and sum("unavailable (1)" in line for line in lines) == 2
+    assert lines[-1] == "(1) needs the robosuite extra: pip install 'dopr-robot[robosuite]'"
 
 
 def test_prose_too_long_for_two_lines_is_left_to_the_file() -> None:

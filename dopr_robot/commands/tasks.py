@@ -13,6 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import envs
+    from dopr_robot.report.terminal import fit_plain_table
 
-    print(envs.describe_tasks())
+    print(fit_plain_table(envs.describe_tasks()))
     return 0

@@ -9,6 +9,7 @@ they take at most two terminal lines; longer prose stays in the file, whose path
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 from typing import Iterable
@@ -45,28 +46,70 @@ def _column_groups(widths: list[int], width: int) -> list[list[int]]:
     return groups or [[]]
 
 
+def _wrap_cell(text: str, width: int) -> list[str]:
+    """A cell as lines of at most ``width``: broken after commas or at spaces, a longer word cut."""
+    lines: list[str] = []
+    for word in re.findall(r"[^ ,]+,?|[ ,]", text):
+        if lines and len(lines[-1] + word) <= width:
+            lines[-1] += word
+        elif word.strip():
+            lines.append(_clip(word, width))
+    return [line.strip() for line in lines] or [""]
+
+
+def _render(rows: list[list[str]], widths: list[int], shown: list[int]) -> list[str]:
+    lines = []
+    for number, row in enumerate(rows):
+        cells = [_wrap_cell(row[i], widths[i]) for i in shown]
+        for depth in range(max(map(len, cells))):
+            parts = [(cell[depth] if depth < len(cell) else "").ljust(widths[i]) for cell, i in zip(cells, shown)]
+            lines.append(GAP.join(parts).rstrip())
+        if number == 0:
+            lines.append(GAP.join("-" * widths[i] for i in shown))
+    return lines
+
+
 def fit_table(rows: list[list[str]], width: int = WIDTH) -> list[str]:
     """A table (header row first) as plain text lines of at most ``width`` characters.
 
-    Columns that do not fit beside each other go to a further block under the first, which repeats
-    the first column (the optimizer, pair or setting each row is about); a cell wider than the
-    terminal is cut with an ellipsis.
+    A table that does not fit first wraps its widest cells (over a third of ``width``) onto further
+    lines; if it still does not fit, the columns that do not fit beside each other go to a further
+    block under the first, which repeats the first column (the optimizer, pair or task each row is
+    about).
     """
     columns = max(len(row) for row in rows)
     rows = [row + [""] * (columns - len(row)) for row in rows]
-    key_width = min(max(len(row[0]) for row in rows), width // 3)
-    widths = [key_width] + [min(max(len(row[i]) for row in rows), width - key_width - len(GAP))
-                            for i in range(1, columns)]
+    natural = [max(len(row[i]) for row in rows) for i in range(columns)]
+    if sum(natural) + len(GAP) * (columns - 1) <= width:
+        return _render(rows, natural, list(range(columns)))
+    cap = width // 3
+    widths = [min(w, cap) for w in natural]
     lines: list[str] = []
     for group in _column_groups(widths, width):
-        if lines:
-            lines.append("")
-        shown = [0, *group]
-        for number, row in enumerate(rows):
-            lines.append(GAP.join(_clip(row[i], widths[i]).ljust(widths[i]) for i in shown).rstrip())
-            if number == 0:
-                lines.append(GAP.join("-" * widths[i] for i in shown))
+        lines += [""] if lines else []
+        lines += _render(rows, widths, [0, *group])
     return lines
+
+
+def fit_plain_table(text: str, width: int = WIDTH, notes_after: str = ": ") -> str:
+    """A plain-text table (columns apart by two or more spaces, header first) fitted to ``width``.
+
+    In the last column, a value with ``notes_after`` in it keeps its head and the rest becomes a
+    numbered note under the table, each distinct note once (``unavailable (1)``, then ``(1) needs
+    the fetch extra: ...``): long reasons repeated on many rows say it once.
+    """
+    rows = [re.split(r" {2,}", line.strip()) for line in text.splitlines() if line.strip()]
+    notes: list[str] = []
+    for row in rows[1:]:
+        head, found, note = row[-1].partition(notes_after)
+        if found:
+            if note not in notes:
+                notes.append(note)
+            row[-1] = f"{head} ({notes.index(note) + 1})"
+    lines = fit_table(rows, width)
+    lines += [""] * bool(notes) + [line for number, note in enumerate(notes, 1)
+                                   for line in textwrap.wrap(f"({number}) {note}", width, subsequent_indent="    ")]
+    return "\n".join(lines)
 
 
 def _prose(line: str, width: int) -> list[str]:
