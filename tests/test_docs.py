@@ -83,6 +83,12 @@ def test_readme_opens_with_the_two_commands_and_the_second_is_what_ci_runs() -> 
     assert ci == [first[1]], "the README's test command and .ci/run's differ"
 
 
+def test_the_readme_links_point_at_files_that_exist() -> None:
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", (ROOT / "README.md").read_text())
+    local = [link for link in links if "://" not in link]
+    assert [link for link in local if not (ROOT / link).exists()] == []
+
+
 def test_every_documented_command_names_a_subcommand_and_its_real_options() -> None:
     listed = documented()
     assert len(listed) > 30, "the pages' commands were not found"
