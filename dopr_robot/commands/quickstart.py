@@ -43,8 +43,8 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_dict(CompareConfig, {**SETTINGS, "out": args.out, "tasks": [args.task]})
     check_comparison(config)  # --out refused before the plan is printed (compare checks again before its work)
     print(f"quickstart: {args.task}, {config.demo.episodes} expert demonstrations, optimizers "
-          f"{' and '.join(config.optimizers)} x {config.seeds} seeds, {config.train.steps} training steps each, "
-          f"{config.eval.episodes} closed-loop episodes per run -> {args.out}")
+          f"{' and '.join(config.optimizers)} x {config.seeds} seeds,\n"
+          f"  {config.train.steps} training steps each, {config.eval.episodes} closed-loop episodes per run -> {args.out}")
     compare(config, progress=not args.no_progress, execution=Execution(device=args.device))
     out = Path(args.out)
     print(fit_markdown((out / "summary.md").read_text()))
@@ -56,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
     for path in [out / "summary.md", out / "results.csv", *sorted(out.glob("*.png")), Path(video["path"])]:
         print(f"  {path}")
     print(f"runs (config, metrics, checkpoint, eval.json): {out / 'runs' / args.task}")
-    print(f"next: dopr-robot eval --checkpoint {run_dir} --plot compounding.png; dopr-robot compare --help")
+    print(f"next: dopr-robot eval --checkpoint {run_dir} --plot compounding.png")
+    print("      dopr-robot compare --help")
     return 0
