@@ -139,7 +139,7 @@ def test_a_tiny_experiment_runs_end_to_end_one_comparison_per_count(tmp_path: Pa
         assert "weight decay per optimizer: adamw 0, dopr-adamw 0.01" in summary and "DoPr damping 0.05" in summary
         assert "runs disagree" not in summary
     top = (out / "summary.md").read_text()
-    assert top in printed and "| | 2 demos | 3 demos |" in top
+    assert str(out / "summary.md") in printed and "| | 2 demos | 3 demos |" in top  # printed fitted, in full in the file
     assert top.count("| dopr-adamw - adamw | ") == 3  # return, success, validation loss, at each count
     assert "[2 demos](demos2/summary.md)" in top
     results = (out / "results.csv").read_text().splitlines()
@@ -201,7 +201,7 @@ def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_th
         assert (saved["lr"], saved["weight_decay"], saved["damping"]) == (best, 0.0, damping)
     assert sorted(p.name for p in (out / "dopr-adamw").iterdir()) == [f"lr{best:g}_wd0_damping0.01", f"lr{best:g}_wd0_damping0.3"]
     report = (out / "sweep.md").read_text()
-    assert report in printed and report.count("**chosen**") == 2 and "2,000,000–2,000,001" in report
+    assert str(out / "sweep.md") in printed and report.count("**chosen**") == 2 and "2,000,000–2,000,001" in report
     # compare takes the sweep's file as it is
     config = experiment_config("--optimizer-settings", str(out / "optimizer_settings.json"), "--tasks", "Hopper-v5")
     assert config.cell_config("dopr-adamw", 0, Path(""), Path("")).damping == chosen["dopr-adamw"]["damping"]
