@@ -61,12 +61,13 @@ import shutil
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import h5py
 
 import demos
 import envs
+from demos.hdf5 import FLAT_OBS_KEY
 from dopr_robot.atomic import check_directory_destination, write_json_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME
 from dopr_robot.collect_config import CollectConfig
@@ -437,7 +438,7 @@ def check_comparison(config: CompareConfig, overwrite: bool = False) -> None:
     """
     check_experts(config)
     for task, path in config.data.items():
-        check_data_file(task, path)
+        check_data_file(task, path, config.train.obs_keys)
     subs = [*config.by_demo_count().values(), *(c for r, c in config.by_remedy().items() if r != "none")]
     for grid in (config, *subs):  # with several counts or remedies, each one's directory too
         out = check_directory_destination(grid.out, what="comparison (--out)")
@@ -696,22 +697,25 @@ def check_experts(config: CompareConfig) -> None:
         raise UserError(f"task {task} is unavailable: {spec.unavailable_reason}{how}")
 
 
-def check_data_file(task: str, path: str) -> None:
-    """A file given with ``--data`` for ``task``: demonstrations the loader accepts (readable, no NaN,
-    ...), of ``task`` when the file names one of the toolkit's tasks, with ``task``'s observation and
-    action sizes."""
+def check_data_file(task: str, path: str, obs_keys: Sequence[str] = ()) -> None:
+    """A file given with ``--data`` for ``task``: demonstrations the loader accepts with ``obs_keys``
+    (the training template's; readable, no NaN, ...), of ``task`` when the file names one of the
+    toolkit's tasks, with ``task``'s action size, and its observation size when the file holds the
+    toolkit's flat observations (named keys, as in robomimic's files, concatenate to another size)."""
     try:
-        dataset = demos.load(path)
+        dataset = demos.load(path, obs_keys=list(obs_keys) or None)
     except UserError as err:  # the loader names the problem; here the file it is in, where it does not
         raise (err if path in str(err) else UserError(f"--data gives {path} for {task}: {err}")) from None
     if dataset.task in envs.list_tasks() and dataset.task != task:
         raise UserError(f"--data gives {path} for {task}, but it holds demonstrations of {dataset.task}: give a file "
                         f"of {task} demonstrations in --data (e.g. from `dopr-robot collect --task {task}`)")
     spec = envs.task_spec(task)
-    if (dataset.obs_dim, dataset.act_dim) != (spec.obs_dim, spec.act_dim):
-        raise UserError(f"--data gives {path} for {task}, but its observations and actions have {dataset.obs_dim} and "
-                        f"{dataset.act_dim} dimensions, {task}'s {spec.obs_dim} and {spec.act_dim}: give a file of "
-                        f"{task} demonstrations in --data")
+    if dataset.act_dim != spec.act_dim:
+        raise UserError(f"--data gives {path} for {task}, but its actions have {dataset.act_dim} dimensions, "
+                        f"{task}'s {spec.act_dim}: give a file of {task} demonstrations in --data")
+    if list(dataset.obs_keys) == [FLAT_OBS_KEY] and dataset.obs_dim != spec.obs_dim:
+        raise UserError(f"--data gives {path} for {task}, but its observations have {dataset.obs_dim} dimensions, "
+                        f"{task}'s {spec.obs_dim}: give a file of {task} demonstrations in --data")
 
 
 def _collection_differs(config: CompareConfig, task: str, path: Path) -> str:

@@ -226,7 +226,7 @@ def check_sweep(config: SweepConfig) -> None:
     the ones it asks for)."""
     check_experts(config.grid)
     for task, path in config.grid.data.items():
-        check_data_file(task, path)
+        check_data_file(task, path, config.grid.train.obs_keys)
     out = check_directory_destination(config.grid.out, what="sweep (--out)")
     if not out.exists() or not any(out.iterdir()):
         return
