@@ -36,7 +36,7 @@ from torch import nn
 from dopr_robot.errors import UserError
 from dopr_robot.optim import OPTIMIZERS, make_optimizer, optimizer_arguments
 from envs.seeds import POLICY_EVAL
-from policies import POLICIES, policy_config_fields
+from policies import POLICIES, check_policy_shape, policy_config_fields
 
 
 Namer = Callable[[str], str]  # a field's dotted path -> the name a message gives it
@@ -173,6 +173,11 @@ class TrainConfig:
             raise SettingError(lambda n: f"{n('policy_options')} {json.dumps(self.policy_options)}: {why}") from None
         check_ranges(self, at_least_1=("steps", "batch_size", "history", "chunk"), finite=FINITE_TRAIN_FIELDS,
                      at_least_0=(*FINITE_TRAIN_FIELDS, "warmup_steps", "eval_every", "seed", *DERIVED_FROM_STEPS))
+        try:  # a head that cannot take this chunk (a U-Net halves it): refused before any data is collected or loaded
+            check_policy_shape(self.policy, self.history, self.chunk, **self.policy_options)
+        except ValueError as err:
+            why = str(err)
+            raise SettingError(lambda n: f"{n('policy')} {self.policy} {n('chunk')} {self.chunk}: {why}") from None
         if not 0.0 <= self.ema_decay < 1.0:
             raise SettingError(lambda n: f"{n('ema_decay')} must be in [0, 1), got {self.ema_decay}")
         # One source for each setting: a field given again among the options would be what ran while

@@ -42,7 +42,7 @@ from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
 from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from dopr_robot.run_log import METRICS_NAME, MetricsLog, read_metrics, truncate_metrics
-from policies import Policy, check_policy_shape, make_policy
+from policies import Policy, make_policy
 
 # What a run writes into its directory (and --overwrite removes).
 COVERAGE_FILE = "dopr_coverage.txt"  # DoPr's coverage table: which parameters get AP
@@ -157,10 +157,6 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     """Device, ranks, data, run directory, policy (seeded), EMA, optimizer and schedule; restored from
     the checkpoint on a resume. Everything a user can get wrong is refused before the run directory
     is touched."""
-    try:  # a head that cannot take this chunk (a U-Net halves it), before any data loads
-        check_policy_shape(config.policy, config.history, config.chunk, **config.policy_options)
-    except ValueError as err:
-        raise UserError(f"--policy {config.policy} --chunk {config.chunk}: {err}") from None
     device = _run_device(device)
     rank, world = _init_distributed(device)
     if config.batch_size % world:
