@@ -177,6 +177,10 @@ class CompareConfig:
                               help="closed-loop evaluation of every run: the `eval` options, as --eval-*")
 
     def __post_init__(self) -> None:
+        if self.eval.actions_per_chunk > self.train.chunk:  # refused before any training, not at the first evaluation
+            raise SettingError(lambda n: f"{n('eval.actions_per_chunk')} {self.eval.actions_per_chunk} exceeds "
+                                         f"{n('train.chunk')} {self.train.chunk}: a plan holds {n('train.chunk')} "
+                                         "actions; give at most that many")
         if self.eval.flow_steps and not self.train.policy.startswith("flow-"):
             raise UserError(f"--eval-flow-steps sets a flow policy's sampler; --policy {self.train.policy} is a "
                             "regressor: drop --eval-flow-steps")

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from dopr_robot.config import EvalConfig, TrainConfig, add_config_arguments, config_from_dict, resolve_config
+from dopr_robot.config import (
+    EvalConfig,
+    TrainConfig,
+    add_config_arguments,
+    config_from_dict,
+    flags_named,
+    given_options,
+    nested,
+    resolve_config,
+)
 from dopr_robot.errors import UserError
 from dopr_robot.grid import add_execution_arguments
 
@@ -14,11 +24,22 @@ EVAL_EPISODES = 10  # closed-loop episodes of each evaluation during training (-
 HELP = "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"
 
 
+@dataclass(frozen=True)
+class PeriodicEval:
+    """The evaluations of ``--eval-every``: compare's ``--eval-*`` options that a periodic evaluation
+    reads, with the same names. It evaluates the policy training holds (its EMA weights and flow
+    sampler), on the data's task, without the expert."""
+
+    eval: EvalConfig = nested(
+        EvalConfig, factory=lambda: EvalConfig(episodes=EVAL_EPISODES, with_expert=False), prefix="eval-",
+        exclude=("with_expert", "use_ema", "flow_steps", "size", "fps"),
+        why_excluded="a periodic evaluation runs the training policy, without the expert, and makes no video",
+        help="with --eval-every: the closed-loop evaluations during training (as compare's --eval-*)")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser, TrainConfig)
-    parser.add_argument("--eval-episodes", type=int, default=None, metavar="N",
-                        help=f"with --eval-every: closed-loop episodes of each evaluation, on the data's task from the "
-                             f"policy-evaluation reset seeds, without expert rollouts (default {EVAL_EPISODES})")
+    add_config_arguments(parser, PeriodicEval, defaults={"eval.episodes": EVAL_EPISODES}, config_file=False)
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its checkpoint, with its saved config")
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in --out")
@@ -33,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(TrainConfig, args)
         _check_dopr_options(config)
-    evaluator = _evaluator(config, args.eval_episodes)
+    evaluator = _evaluator(config, args)
     result = train(config, evaluator=evaluator, resume=args.resume is not None, overwrite=args.overwrite,
                    progress=not args.no_progress, device=args.device)
     val = f"{result.final_val_loss:.5f}" if result.final_val_loss is not None else "n/a (no validation episodes)"
@@ -72,15 +93,21 @@ def _resumed_config(args: argparse.Namespace) -> TrainConfig:
     return config
 
 
-def _evaluator(config: TrainConfig, episodes: int | None):
-    """With ``--eval-every``: closed-loop evaluation on the task the demonstrations came from."""
+def _evaluator(config: TrainConfig, args: argparse.Namespace):
+    """With ``--eval-every``: closed-loop evaluation on the task the demonstrations came from, with the
+    ``--eval-*`` settings given (executing ``--eval-actions-per-chunk`` actions of each chunk, ...)."""
+    given = given_options(PeriodicEval, args)
     if not config.eval_every:
-        if episodes is not None:
-            raise UserError("--eval-episodes sets the evaluations of --eval-every; give --eval-every N, or drop it")
+        if given:
+            raise UserError(f"{', '.join(given.values())} {'sets' if len(given) == 1 else 'set'} the evaluations "
+                            "of --eval-every; give --eval-every N, or drop it")
         return None
-    episodes = EVAL_EPISODES if episodes is None else episodes
-    if episodes < 1:
-        raise UserError(f"--eval-episodes must be >= 1, got {episodes}")
+    with flags_named(PeriodicEval):
+        chosen = {name.removeprefix("eval."): getattr(args, name) for name in given}
+        settings = config_from_dict(PeriodicEval, {"eval": {"episodes": EVAL_EPISODES, **chosen}}).eval
+    if settings.actions_per_chunk > config.chunk:  # refused before training, not at the first evaluation
+        raise UserError(f"--eval-actions-per-chunk {settings.actions_per_chunk} exceeds --chunk {config.chunk}: a "
+                        "plan holds --chunk actions; give at most that many")
     import demos
     from dopr_robot.evaluate import make_evaluator
 
@@ -88,8 +115,7 @@ def _evaluator(config: TrainConfig, episodes: int | None):
     if dataset.task is None:
         raise UserError(f"--eval-every evaluates on the data's task, and {config.data} names none (no env_args); "
                         "drop --eval-every and evaluate the checkpoint with `dopr-robot eval --task NAME`")
-    return make_evaluator(dataset.task, EvalConfig(episodes=episodes, with_expert=False), env_kwargs=dataset.env_kwargs,
-                          obs_keys=dataset.obs_keys)
+    return make_evaluator(dataset.task, settings, env_kwargs=dataset.env_kwargs, obs_keys=dataset.obs_keys)
 
 
 def _check_dopr_options(config: TrainConfig) -> None:
