@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import numbers
 import os
 import re
 import types
@@ -235,6 +236,10 @@ class EvalConfig:
     flow_steps: int = option(0, help="Euler steps of a flow policy's sampler (0: the number it was trained with)")
 
     def __post_init__(self) -> None:
+        for name in ("episodes", "seed", "num_envs", "actions_per_chunk", "fps", "flow_steps"):
+            value = getattr(self, name)  # from Python, 2.5 episodes would pass the range check
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise SettingError(lambda n: f"{n(name)} must be an integer, got {value!r}")
         check_ranges(self, at_least_1=("episodes", "num_envs", "actions_per_chunk"), at_least_0=("seed",))
         if self.fps < 0:
             raise SettingError(lambda n: f"{n('fps')} must be >= 0 (0: the task's rate), got {self.fps}")

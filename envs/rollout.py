@@ -154,8 +154,8 @@ def rollout(make_env: Callable[[], gymnasium.Env], controller_factory: Callable[
     ``env.render()`` frames (the env must have been made with ``render_mode="rgb_array"``).
     ``on_episode`` is called as each episode finishes (progress bars).
     """
-    if len(seeds) < 1:
-        raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
+    if len(seeds) < 1:  # the callers' configs count episodes from 1
+        raise ValueError("seeds must hold at least one reset seed, got none")
     results: list[Trajectory | None] = [None] * len(seeds)
     for index, trajectory in run_episodes(make_env, controller_factory, seeds, min(num_envs, len(seeds)), render):
         results[index] = trajectory
@@ -169,8 +169,8 @@ def run_episodes(make_env: Callable[[], gymnasium.Env], controller_factory: Call
                  seeds: Iterable[int], num_envs: int, render: bool = False) -> Iterator[tuple[int, Trajectory]]:
     """Yield ``(i, trajectory)`` of the episode from ``seeds[i]`` as each ends (in seed order when
     ``num_envs`` is 1). Seeds are read lazily; closing the generator early closes the envs."""
-    if num_envs < 1:
-        raise UserError(f"--num-envs must be >= 1, got {num_envs}")
+    if num_envs < 1:  # the callers' configs refuse it with the option's name
+        raise ValueError(f"num_envs must be >= 1, got {num_envs}")
     slots: list[gymnasium.Env] = []
     try:
         slots += [make_env() for _ in range(num_envs)]

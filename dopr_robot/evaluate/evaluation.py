@@ -197,10 +197,6 @@ def evaluate(policy: Policy, task: str, config: EvalConfig, *, env_kwargs: dict[
     evaluated in envs that render its cameras at its image size, its low-dim observation the
     concatenation of ``obs_keys`` (the training data's, in order; see :class:`PolicyController`).
     """
-    for name in ("episodes", "num_envs", "seed"):
-        value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-            raise UserError(f"--{name.replace('_', '-')} must be an integer, got {value!r}")
     episodes, num_envs, seed = int(config.episodes), int(config.num_envs), int(config.seed)
     actions_per_chunk, with_expert = config.actions_per_chunk, config.with_expert
     check_actions_per_chunk(actions_per_chunk, policy.chunk)

@@ -147,8 +147,8 @@ def record_video(policy: Policy, task: str, out: str | Path, seeds: list[int], *
     observation keys, for a policy that reads dict observations (:class:`PolicyController`).
     Returns ``{"path", "frames", "episodes", "with_expert", "size"}``.
     """
-    if len(seeds) < 1:
-        raise UserError(f"--episodes must be >= 1, got {len(seeds)}")
+    if len(seeds) < 1:  # EvalConfig counts episodes from 1 (and eval --videos 0 makes none)
+        raise ValueError("seeds must hold at least one reset seed, got none")
     width, height = check_size(size)
     check_actions_per_chunk(actions_per_chunk, policy.chunk)
     if make_env is None:
