@@ -61,3 +61,16 @@ def test_compare_accepts_the_file_and_still_refuses_another_action_size(tmp_path
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "its actions have 4 dimensions, Reach-v0's 3" in err, err
     assert not (tmp_path / "bad").exists()
+
+
+def test_sweep_accepts_the_file_with_its_obs_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    good = write_named_keys_file(tmp_path / "named.hdf5")
+
+    def stop(*args, **kwargs):
+        raise RuntimeError("checks passed")
+
+    monkeypatch.setattr("dopr_robot.sweep._run_stage", stop)
+    with pytest.raises(RuntimeError, match="checks passed"):
+        main(["sweep", "--out", str(tmp_path / "sweep"), "--tasks", "Reach-v0", "--bases", "adamw", "--lrs", "0.001",
+              "--dampings", "0.01", "--seeds", "1", "--steps", "2", "--obs-keys", PICKED, "--threads", "1",
+              "--device", "cpu", "--no-progress", "--data", json.dumps({"Reach-v0": str(good)})])
