@@ -96,17 +96,19 @@ def _is_count(value: Any, least: int) -> bool:
 
 def _check_arguments(episodes: int, seed: int, noise: float, out: Path, overwrite: bool, success_only: bool,
                      max_attempts: int | None) -> None:
+    # The ranges are CollectConfig's to refuse, with the option a user typed; here a bad value is a
+    # caller's mistake, named by parameter. The destination is checked here: it is what the file system holds.
     if not _is_count(episodes, 1):
-        raise UserError(f"--episodes must be an integer >= 1, got {episodes!r}")
+        raise ValueError(f"episodes must be an integer >= 1, got {episodes!r}")
     if max_attempts is not None:
         if not success_only:
-            raise UserError("--max-attempts applies only with --success-only (otherwise every attempt is kept)")
+            raise ValueError("max_attempts applies only with success_only=True (otherwise every attempt is kept)")
         if not _is_count(max_attempts, episodes):
-            raise UserError(f"--max-attempts must be an integer >= --episodes ({episodes}), got {max_attempts!r}")
+            raise ValueError(f"max_attempts must be an integer >= episodes ({episodes}), got {max_attempts!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"--seed must be an integer >= 0, got {seed!r}")
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(noise, (int, float, np.floating)) or not math.isfinite(noise) or noise < 0:
-        raise UserError(f"--noise must be a finite number >= 0 (the std of the action noise), got {noise!r}")
+        raise ValueError(f"noise must be a finite number >= 0 (the std of the action noise), got {noise!r}")
     if out.is_dir():
         raise UserError(f"{out} is a directory; --out must be a file path such as {out / 'demos.hdf5'}")
     if out.exists() and not overwrite:

@@ -17,6 +17,7 @@ from typing import Any
 
 from demos.collector import default_max_attempts
 from dopr_robot.config import SettingError, _comma_list, check_ranges, count_or_counts, option
+from dopr_robot.errors import UserError
 from envs.cameras import check_image_size
 from envs.seeds import DEMO_SEED
 
@@ -69,11 +70,18 @@ class CollectConfig:
                                          f"3 * EPISODES + 10; got {self.max_attempts}")
         if not all(isinstance(camera, str) and camera for camera in self.cameras):
             raise SettingError(lambda n: f"{n('cameras')} must name cameras, got {self.cameras!r}")
+        if len(set(self.cameras)) < len(self.cameras):
+            raise SettingError(lambda n: f"{n('cameras')} names a camera twice: {','.join(self.cameras)}")
         object.__setattr__(self, "cameras", list(self.cameras))
         size = self.image_size
         if isinstance(size, int) and not isinstance(size, bool):  # a JSON file may give one side
             size = (size, size)
-        object.__setattr__(self, "image_size", check_image_size(size))  # a JSON file gives a list
+        try:
+            size = check_image_size(size)
+        except UserError as err:
+            why = str(err).removeprefix("image_size ")
+            raise SettingError(lambda n: f"{n('image_size')} {why}") from None
+        object.__setattr__(self, "image_size", size)  # a JSON file gives a list
 
     def counts(self) -> list[int]:
         """The episode counts: one, or the several of a comparison over counts."""

@@ -42,16 +42,18 @@ def check_cameras(task: str, cameras: Sequence[str], offered: Sequence[str]) -> 
             listed = ", ".join(offered) if offered else "none (it renders no camera observations)"
             raise UserError(f"task {task} has no camera {camera!r}; its cameras: {listed}")
     if len(set(cameras)) < len(cameras):
-        raise UserError(f"--cameras names a camera twice: {','.join(cameras)}")
+        raise UserError(f"cameras names a camera twice: {','.join(cameras)}")
     return cameras
 
 
 def check_image_size(image_size: Sequence[int]) -> tuple[int, int]:
-    """``(width, height)`` in pixels, each within [MIN_IMAGE_SIDE, MAX_IMAGE_SIDE], or a UserError line."""
+    """``(width, height)`` in pixels, each within [MIN_IMAGE_SIDE, MAX_IMAGE_SIDE], or a UserError naming
+    ``image_size`` (CollectConfig's message names the option instead). Data files reach it too: the
+    image size of an evaluation is the training data's."""
     size = tuple(image_size)
     if (len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in size)
             or not all(MIN_IMAGE_SIDE <= v <= MAX_IMAGE_SIDE for v in size)):
-        raise UserError(f"--image-size must be N or WIDTHxHEIGHT with sides {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} "
+        raise UserError(f"image_size must be N or WIDTHxHEIGHT with sides {MIN_IMAGE_SIDE}..{MAX_IMAGE_SIDE} "
                         f"pixels, got {image_size!r}")
     return int(size[0]), int(size[1])
 

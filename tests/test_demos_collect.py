@@ -164,19 +164,20 @@ def test_success_only_gives_up_after_max_attempts(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"max_attempts": 5}, "--max-attempts applies only with --success-only"),
-        ({"max_attempts": 1, "episodes": 2, "success_only": True}, r"--max-attempts must be an integer >= --episodes \(2\), got 1"),
-        ({"episodes": 0}, "--episodes must be an integer >= 1"),
-        ({"seed": -1}, "--seed must be an integer >= 0"),
-        ({"noise": -0.1}, "--noise must be a finite number >= 0"),
-        ({"noise": float("nan")}, "--noise must be a finite number >= 0"),
-        ({"task": "Fly-v0"}, "unknown task 'Fly-v0'; valid tasks: Reach-v0"),
+    ("kwargs", "error", "message"),
+    [  # ranges are CollectConfig's to refuse with the option's name: here they name the parameter
+        ({"max_attempts": 5}, ValueError, "^max_attempts applies only with success_only=True"),
+        ({"max_attempts": 1, "episodes": 2, "success_only": True}, ValueError,
+         r"^max_attempts must be an integer >= episodes \(2\), got 1"),
+        ({"episodes": 0}, ValueError, "^episodes must be an integer >= 1"),
+        ({"seed": -1}, ValueError, "^seed must be an integer >= 0"),
+        ({"noise": -0.1}, ValueError, "^noise must be a finite number >= 0"),
+        ({"noise": float("nan")}, ValueError, "^noise must be a finite number >= 0"),
+        ({"task": "Fly-v0"}, UserError, "unknown task 'Fly-v0'; valid tasks: Reach-v0"),
     ],
 )
-def test_bad_arguments(tmp_path: Path, kwargs: dict, message: str) -> None:
+def test_bad_arguments(tmp_path: Path, kwargs: dict, error: type[Exception], message: str) -> None:
     arguments = {"task": "Reach-v0", "episodes": 1, "out": tmp_path / "x.hdf5", "progress": False, **kwargs}
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(error, match=message):
         demos.collect(**arguments)
     assert list(tmp_path.iterdir()) == []
