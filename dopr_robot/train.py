@@ -202,16 +202,15 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     """The step's two calls: ``loss(batch)`` (the forward; its backward follows it) and ``update()``
     (gradient clip, optimizer step); with ``config.compile`` compiled by ``torch.compile``.
 
-    What stays eager under compile with a DoPr optimizer, and why: the forward, loss and backward,
-    because DoPr's statistics hooks decide whether to record from the optimizer's Python step counter
-    (traced, they recompile every step; kept out of the trace, they break the forward into a piece per
-    layer, measured slower than eager); and DoPr's own step (the solve), whose per-layer Python counters
-    and state bookkeeping would recompile it every step too. Its gradient clip and its base optimizer's
-    step are compiled. Other optimizers have the whole step compiled. On CUDA the compiled pieces are
-    captured as CUDA graphs
-    (inductor's ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). Compiled random ops call
-    torch's own (``fallback_random``): dropout and a flow policy's noise draw what eager draws, and a
-    resumed run replays them.
+    With DoPr the forward is compiled with its statistics hooks (they read a plain recording flag, so an
+    amortized run has two forward graphs, recording and not), and ``update()`` compiles the clip, DoPr's
+    solve and the base step as one function of tensors (``DoPr.apply_step``; again one graph per value of
+    the recording flag), between DoPr's host-side ``begin_step`` (the all-reduce of the statistics, the
+    learning rate handed to the base) and ``end_step`` (step counters). The first step, which creates
+    DoPr's state, runs eager. On CUDA the compiled pieces are captured as CUDA graphs (inductor's
+    ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). Compiled random ops call torch's own
+    (``fallback_random``): dropout and a flow policy's noise draw what eager draws, and a resumed run
+    replays them.
     """
     policy, optimizer, forward, config = run.policy, run.optimizer, run.forward, run.config
 
@@ -231,15 +230,31 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     torch._dynamo.reset()  # a fresh cache per run: runs in one process never reach its recompile limit
     options = {"fallback_random": True, "triton.cudagraphs": run.device.type == "cuda"}
 
-    def compiled(function: Callable) -> Callable:
-        return torch.compile(function, options=options)
+    def compiled(function: Callable, **more: Any) -> Callable:
+        return torch.compile(function, options={**options, **more}, dynamic=False)
 
-    base = getattr(optimizer, "base", None)  # DoPr's base optimizer
-    if base is None:
+    if not hasattr(optimizer, "apply_step"):  # not DoPr: its step is one function of tensors
         return compiled(loss), compiled(update)
-    base.step = compiled(base.step)  # what DoPr's step calls after its (eager) solve
-    clip = compiled(clip)  # the closure of update() calls it
-    return loss, update
+
+    def clip_and_step(refresh: bool) -> None:
+        with torch.no_grad():
+            if config.grad_clip > 0:
+                clip()
+            optimizer.apply_step(refresh)
+
+    # Inductor's on-disk graph cache served a resumed run a refresh graph that asserted another layout of
+    # the cached inverse than the run holds (torch 2.13, CPU): DoPr's step is compiled afresh in each run.
+    compiled_step = compiled(clip_and_step, fx_graph_cache=False)
+
+    def dopr_update() -> None:
+        if not optimizer.state_complete():
+            update()  # eager: the step that creates DoPr's state
+            return
+        refresh = optimizer.begin_step()
+        compiled_step(refresh)
+        optimizer.end_step()
+
+    return compiled(loss), dopr_update
 
 
 def _learning_rate_as_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -133,6 +133,12 @@ def solve_right(grad: Tensor, cholesky: Tensor) -> Tensor:
     return torch.linalg.solve_triangular(cholesky, half, upper=False, left=False)  # G L^-T L^-1
 
 
+@torch.compiler.assume_constant_result
+def _threads() -> int:
+    """torch's CPU threads, read as a constant of a compiled step (dynamo cannot trace the call)."""
+    return torch.get_num_threads()
+
+
 # How inverse_from_factor may form (LL^T)^-1: LAPACK's potri, potrs on the identity, or a triangular
 # inverse times its transpose (triangular solve and matmul: no kernel that reports an info to the host).
 INVERSE_METHODS = ("cholesky_inverse", "cholesky_solve", "triangular")
@@ -161,7 +167,7 @@ def inverse_from_factor(cholesky: Tensor, method: str = "auto") -> Tensor:
         if cholesky.device.type != "cpu":
             method = "triangular"
         else:
-            method = "cholesky_solve" if torch.get_num_threads() > 1 else "cholesky_inverse"
+            method = "cholesky_solve" if _threads() > 1 else "cholesky_inverse"
     if method in ("triangular", "cholesky_solve"):
         identity = torch.eye(cholesky.shape[-1], dtype=cholesky.dtype, device=cholesky.device).expand_as(cholesky)
     if method == "triangular":
@@ -173,4 +179,7 @@ def inverse_from_factor(cholesky: Tensor, method: str = "auto") -> Tensor:
         inverse = torch.cholesky_inverse(cholesky)
     else:
         raise ValueError(f"Unknown inverse method {method!r}; valid: auto, {', '.join(INVERSE_METHODS)}")
+    if torch.compiler.is_compiling():
+        # A copy in row-major order: inductor can mistake the view's layout for that of the state it updates.
+        return inverse.mT.contiguous()
     return inverse.mT if inverse.mT.is_contiguous() else inverse

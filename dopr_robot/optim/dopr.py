@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import warnings
 from collections import Counter
 from typing import Callable
@@ -238,12 +239,16 @@ class DoPr(Optimizer):
         self.base_name = base
         self.base = BASE_OPTIMIZERS[base](model, lr=lr, weight_decay=weight_decay, **base_kwargs)
         self._steps_done = 0  # steps taken by every covered layer (they step together)
+        # Whether the hooks record the next forward: a plain flag that each step sets for the next one, so
+        # that a compiled forward specializes on its value (one graph per value) rather than on a counter.
+        self._recording = True
         self._groups, refused = self._hook_layers(model, AdapterOptions(conv_form, max_factor_dim))
         order = {id(module): i for i, module in enumerate(model.modules())}
         self._layers = sorted((layer for group in self._groups for layer in group.layers), key=lambda l: order[id(l.module)])
         self._coverage = self._describe_coverage(model, refused)
         self._share = self._ap_share(model)
         self._warn_if_mostly_uncovered()
+        self._recording = self._records_now()
 
     # -- construction -------------------------------------------------------------------------
 
@@ -284,7 +289,7 @@ class DoPr(Optimizer):
 
     def _make_hook(self, layer: _Layer) -> Callable:
         def record_inputs(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-            if self._records_now() and module.training and torch.is_grad_enabled():
+            if self._recording and module.training and torch.is_grad_enabled():
                 layer.sums.add_(layer.adapter.rows(inputs[0], output), layer.index)
 
         return record_inputs
@@ -417,37 +422,80 @@ class DoPr(Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Precondition the gradients of the covered layers (AP), then take the base step (GP)."""
+        """Precondition the gradients of the covered layers (AP), then take the base step (GP).
+
+        Three parts, which a compiled training step calls one by one (``dopr_robot.train``):
+        ``begin_step`` (host-side preparation), ``apply_step`` (tensors only: the part to compile) and
+        ``end_step`` (host-side counters)."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        options = self.param_groups[0]
-        refresh = self._records_now()  # the hooks recorded this step's inputs
+        refresh = self.begin_step()
+        self.apply_step(refresh)
+        self.end_step()
+        return loss
+
+    def begin_step(self) -> bool:
+        """What a step does before its tensor work: all-reduce the statistics (when refreshing), create
+        missing state, hand the learning rate and weight decay to the base. Returns whether this step
+        refreshes the factorization (the hooks recorded its inputs)."""
+        refresh = self._recording
         if refresh:
             self._all_reduce_sums()
-
-        swapped: list[tuple[Tensor, Tensor]] = []  # (param, raw grad), restored after the base step
         for group in self._groups:
-            swapped += self._precondition_group(group, refresh)
-        self._steps_done += 1
-
+            if not group.state:
+                self._init_group_state(group)
+            group.inverse_blocks()  # the views of a cached inverse, made here rather than in a compiled step
         # Schedulers and users change this optimizer's group; the base follows it.
+        options = self.param_groups[0]
         for base_group in self.base.param_groups:
             base_group["lr"] = options["lr"]
             base_group["weight_decay"] = options["weight_decay"]
-        try:
-            self.base.step()
-        finally:
-            for param, raw_grad in swapped:
-                param.grad = raw_grad
-        return loss
+        return refresh
 
-    def _precondition_group(self, group: _Group, refresh: bool) -> list[tuple[Tensor, Tensor]]:
+    def apply_step(self, refresh: bool) -> None:
+        """The AP step of every group, then the base step, on tensors only: no host synchronization and no
+        Python state that changes from step to step, so ``torch.compile`` can take it whole once
+        ``state_complete()`` (one graph per value of ``refresh``)."""
+        swapped: list[tuple[Tensor, Tensor, bool]] = []  # (param, raw grad, in place), restored after the base step
+        for group in self._groups:
+            swapped += self._precondition_group(group, refresh)
+        try:
+            if torch.compiler.is_compiling():
+                # torch.optim's step decorator breaks a compiled graph to set the grad mode; here it is
+                # already off, so the undecorated step keeps the AP step and the base step in one graph.
+                inspect.unwrap(type(self.base).step)(self.base)
+            else:
+                self.base.step()
+        finally:
+            for param, raw_grad, in_place in swapped:
+                if in_place:
+                    param.grad.copy_(raw_grad)
+                else:
+                    param.grad = raw_grad
+
+    def end_step(self) -> None:
+        """Count the step (host integers, saved with the state) and set whether the next forward records."""
+        self._steps_done += 1
+        for layer in self._layers:
+            self.state[layer.weight]["step"] += 1
+        self._recording = self._records_now()
+
+    def state_complete(self) -> bool:
+        """Whether every group holds all the state its options need (created by the first refresh), so that
+        ``apply_step`` creates nothing: a compiled ``apply_step`` then keeps one graph."""
+        options = self.param_groups[0]
+        keys = set(FIRST_STATE)
+        if options["cov_ema"] > 0.0:
+            keys.add("sigma")
+        if options["refresh_every"] > 1:
+            keys.update(("inverse", "has_inverse"))
+        return all(keys <= group.state.keys() for group in self._groups)
+
+    def _precondition_group(self, group: _Group, refresh: bool) -> list[tuple[Tensor, Tensor, bool]]:
         """Replace the gradients of a group's layers by their AP gradients; returns (param, raw grad) pairs."""
         options = self.param_groups[0]
-        if not group.state:
-            self._init_group_state(group)
         keys = len(group.state)
         layers = group.layers
         raw_bias_grads = [layer.bias_grad() for layer in layers]
@@ -471,15 +519,12 @@ class DoPr(Optimizer):
             self._point_rows(group)
         swapped = []
         for layer, update, raw_bias in zip(layers, updates, raw_bias_grads):
-            self.state[layer.weight]["step"] += 1
             if update is None:
                 continue  # no gradient this step
             weight_update, bias_update = layer.adapter.parameter_update(update[0], update[1], raw_bias)
-            swapped.append((layer.weight, layer.weight.grad))
-            layer.weight.grad = weight_update
+            swapped.append(_swap_gradient(layer.weight, weight_update))
             if layer.bias is not None:
-                swapped.append((layer.bias, layer.bias.grad))
-                layer.bias.grad = bias_update
+                swapped.append(_swap_gradient(layer.bias, bias_update))
         if refresh:
             group.sums.zero_()
         return swapped
@@ -527,6 +572,21 @@ class DoPr(Optimizer):
                 group.state.setdefault("has_inverse", torch.ones(len(states), dtype=torch.bool, device=device))
             self._point_rows(group)
         self._steps_done = self.state[self._layers[0].weight].get("step", 0) if self._layers else 0
+        self._recording = self._records_now()
+
+
+def _swap_gradient(param: Tensor, update: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Give ``param`` the gradient ``update`` for the base step; returns (param, raw gradient, in place) to
+    restore it. Inside a compiled step the update is written into the gradient's storage (a copy of the raw
+    one kept): assigning ``.grad`` there is a mutation of the parameter that makes dynamo break the graph
+    before the base step."""
+    raw = param.grad
+    if raw is not None and torch.compiler.is_compiling():
+        kept = raw.clone()
+        raw.copy_(update)
+        return param, kept, True
+    param.grad = update
+    return param, raw, False
 
 
 def activation_precondition(
@@ -582,7 +642,8 @@ def activation_precondition(
         if cache_inverse:
             inverse = inverse_from_factor(cholesky)  # the identity where the statistics are unusable
             if "inverse" in state:  # then the previous inverse is kept instead, in place
-                torch.where(usable[:, None, None], inverse, state["inverse"], out=state["inverse"])
+                # copy_ rather than out=: a compiled out= may leave the state with the new inverse's strides.
+                state["inverse"].copy_(torch.where(usable[:, None, None], inverse, state["inverse"]))
                 state["has_inverse"].logical_or_(usable)
             else:
                 # Row-major (inverse_from_factor's is): a resumed run, whose loaded state is row-major,
