@@ -1,14 +1,15 @@
 """Training steps/s of the BC loop, eager against ``--compile``, for AdamW and DoPr-AdamW (exact and amortized).
 
-    python benchmarks/compiled_step.py [--steps 300] [--policies mlp,transformer] [--threads 2] [--devices cpu,cuda]
+    python benchmarks/compiled_step.py [--steps 300] [--policies mlp,transformer] [--threads 2] [--devices cpu,cuda] [--repeats 3]
 
 Each row is one ``train()`` run on Reach-v0 demonstrations (collected once into a temporary directory)
 with the default policy sizes (MLP 256x3, batch 256; transformer d_model 128, 4 layers, history 8,
 chunk 4), timed from the run's own metrics between its first and last log points: the first interval,
 which pays the compilation, is left out. On the CPU ``--compile`` is ``torch.compile``; on CUDA its
 compiled pieces are also captured as CUDA graphs, so the CUDA rows are eager against compiled+captured.
-Under ``--compile`` a DoPr run compiles its gradient clip and its base step only: its forward with the
-statistics hooks and its solve stay eager (see ``dopr_robot.train._step_functions``).
+Under ``--compile`` a DoPr run compiles its forward with the statistics hooks, and its clip, solve and base
+step as one function (two of each when amortized: the refresh step and the plain step; see
+``dopr_robot.train._step_functions``). Run it several times: on a shared machine the rows drift.
 
 The table gives each row's steps/s, its speed-up over the eager run of the same optimizer, and its
 time per step relative to AdamW in the same mode (DoPr's overhead, eager and compiled).
@@ -48,6 +49,8 @@ def main() -> None:
     parser.add_argument("--policies", default="mlp,transformer")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--devices", default="cpu,cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="rounds over all rows, interleaved (each round runs every row once)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     log_every = max(1, args.steps // 10)
@@ -61,12 +64,13 @@ def main() -> None:
             if device.type == "cuda":
                 print(f"{device}: {torch.cuda.get_device_name(device)}")
             compiled_mode = "compiled+captured" if device.type == "cuda" else "compiled"
-            for policy in args.policies.split(","):
+            for policy, repeat in [(policy, r) for r in range(args.repeats) for policy in args.policies.split(",")]:
                 speeds: dict[tuple[str, bool], float] = {}
                 for label, (optimizer, options) in OPTIMIZERS.items():
                     for compile in (False, True):
+                        name = f"{device}-{policy}-{label}-{compile}-{repeat}".replace(" ", "-")
                         config = TrainConfig(
-                            data=str(data), out=str(Path(tmp) / f"{device}-{policy}-{label}-{compile}".replace(" ", "-")),
+                            data=str(data), out=str(Path(tmp) / name),
                             policy=policy, optimizer=optimizer, optimizer_options=options, steps=args.steps,
                             batch_size=256, log_every=log_every, val_every=10 * args.steps,
                             checkpoint_every=10 * args.steps, compile=compile, **POLICY_SETTINGS[policy])
