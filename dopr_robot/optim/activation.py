@@ -179,7 +179,4 @@ def inverse_from_factor(cholesky: Tensor, method: str = "auto") -> Tensor:
         inverse = torch.cholesky_inverse(cholesky)
     else:
         raise ValueError(f"Unknown inverse method {method!r}; valid: auto, {', '.join(INVERSE_METHODS)}")
-    if torch.compiler.is_compiling():
-        # A copy in row-major order: inductor can mistake the view's layout for that of the state it updates.
-        return inverse.mT.contiguous()
     return inverse.mT if inverse.mT.is_contiguous() else inverse

@@ -642,8 +642,7 @@ def activation_precondition(
         if cache_inverse:
             inverse = inverse_from_factor(cholesky)  # the identity where the statistics are unusable
             if "inverse" in state:  # then the previous inverse is kept instead, in place
-                # copy_ rather than out=: a compiled out= may leave the state with the new inverse's strides.
-                state["inverse"].copy_(torch.where(usable[:, None, None], inverse, state["inverse"]))
+                torch.where(usable[:, None, None], inverse, state["inverse"], out=state["inverse"])
                 state["has_inverse"].logical_or_(usable)
             else:
                 # Row-major (inverse_from_factor's is): a resumed run, whose loaded state is row-major,
