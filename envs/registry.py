@@ -224,6 +224,8 @@ def _unavailable_reason(name: str, entry: TaskEntry) -> str:
         return reason
     if entry.expert_kind == "sb3" and not has_weights(name):
         return f"no expert weights yet (envs/experts/weights/{name}/)"
+    if entry.expert_kind == "none":  # the env builds (a dataset's policy is evaluated on it); nothing collects
+        return rs.NO_EXPERT_REASON
     return ""
 
 

@@ -136,3 +136,13 @@ def test_sb3_expert_loads_from_weights_folder(tmp_path: Path) -> None:
         load_sb3_expert("Hopper-v5", 17, root=tmp_path)
     env.close()
 
+
+
+def test_a_task_without_an_expert_is_unavailable_for_collection_with_that_reason(monkeypatch) -> None:
+    # Whether robosuite is installed or not: with its extra present, Lift (scripted expert) is available and
+    # the dataset-only tasks say they have no expert, instead of listing as available.
+    monkeypatch.setattr(envs.registry, "missing_extra_reason", lambda entry: "")
+    assert envs.task_spec("Lift").available
+    for task in ("PickPlaceCan", "NutAssemblySquare", "ToolHang", "TwoArmTransport"):
+        spec = envs.task_spec(task)
+        assert (spec.available, spec.unavailable_reason) == (False, "no expert: for datasets"), task
