@@ -246,8 +246,12 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     # the cached inverse than the run holds (torch 2.13, CPU): DoPr's step is compiled afresh in each run.
     compiled_step = compiled(clip_and_step, fx_graph_cache=False)
 
+    state_ready = False  # once DoPr's state exists it stays: checked until then, not every step
+
     def dopr_update() -> None:
-        if not optimizer.state_complete():
+        nonlocal state_ready
+        state_ready = state_ready or optimizer.state_complete()
+        if not state_ready:
             update()  # eager: the step that creates DoPr's state
             return
         refresh = optimizer.begin_step()
