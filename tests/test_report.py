@@ -26,7 +26,14 @@ from dopr_robot.report import (
     write_replication_report,
     write_report,
 )
-from dopr_robot.report.tables import PairedDifference, verdict
+from dopr_robot.report.tables import (
+    METRICS,
+    RESOLVED_WIDTH,
+    PairedDifference,
+    paired_difference,
+    success_in_words,
+    verdict,
+)
 
 TASK = "Push-v0"
 HORIZON = 20
@@ -183,6 +190,31 @@ def test_identical_optimizers_differ_by_exactly_zero(tmp_path: Path) -> None:
     cols, cells = header(summary, "pair"), table_row(summary, "dopr-muon - muon")
     for heading in ("success rate [b]", "return [b]", "J_traj [b]", "time to divergence (steps) [b]", "diverged [b]"):
         assert cells[cols.index(heading)] == "+0 [+0, +0]"
+
+
+@pytest.mark.parametrize("dopr_rate, seeds, episodes, words", [
+    (0.9, 3, 40, "resolved, dopr-adamw succeeds more often than adamw"),   # interval above 0
+    (None, 3, 120, "resolved as no clear difference"),                      # the same outcomes, shifted by one
+    (0.6, 2, 6, "not resolved"),                                            # a few episodes: wide, across 0
+    ("same", 2, 6, "not resolved, every paired episode ended the same way"),  # a point interval, +0 [+0, +0]
+])
+def test_the_summary_says_in_words_whether_the_success_difference_is_resolved(
+        tmp_path: Path, dopr_rate: float | str | None, seeds: int, episodes: int, words: str) -> None:
+    for seed in range(seeds):
+        base = outcomes(seed, episodes, 0.4)
+        write_run(tmp_path, "adamw", seed, base)
+        dopr = (base if dopr_rate == "same" else base[1:] + base[:1] if dopr_rate is None
+                else outcomes(50 + seed, episodes, dopr_rate))
+        write_run(tmp_path, "dopr-adamw", seed, dopr)
+    rows = load_rows(tmp_path)
+    difference = paired_difference(rows, "adamw", "dopr-adamw", METRICS[0])
+    sentence = success_in_words(rows, "adamw", "dopr-adamw")
+    assert words in sentence and f"{difference.high - difference.low:.2f} wide" in sentence
+    width = difference.high - difference.low
+    assert difference.excludes_zero() == words.startswith("resolved,")
+    # not resolved: an interval that includes 0 and is wider than RESOLVED_WIDTH, or a point
+    assert words.startswith("not resolved") == (width == 0 or not difference.excludes_zero() and width > RESOLVED_WIDTH)
+    assert f"In words: {sentence}" in summary_markdown(rows).splitlines()
 
 
 @pytest.mark.parametrize("pattern", ["all success", "all failure", "mixed"])

@@ -124,6 +124,8 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
                 lines.append(f"| {dopr} - {base} | {differences[0].seeds} | {'/'.join(map(str, episodes))} | "
                              + " | ".join(d.cell() for d in differences) + " |")
             lines += [""] + [f"Note: {note}" for note in sorted(notes)]
+            if any(r.get("success_rate") not in (None, "") for r in task_rows):  # tasks with a success rule
+                lines += [""] + [f"In words: {success_in_words(task_rows, base, dopr)}" for base, dopr in pairs]
         lines.append("")
     return "\n".join(lines)
 
@@ -136,6 +138,33 @@ def task_metrics(task_rows: list[dict[str, Any]]) -> list[Metric]:
     metrics = [FINAL_SUCCESS if m.column == FINAL_SUCCESS.column else m for m in METRICS]
     at = next(i for i, m in enumerate(metrics) if m.column == FINAL_SUCCESS.column)
     return metrics[:at + 1] + [BEST_SUCCESS] + metrics[at + 1:]
+
+
+# A difference in success rate whose interval is at most this wide is resolved even when it includes 0:
+# it then bounds how large the difference can be (the quickstart is sized to reach it).
+RESOLVED_WIDTH = 0.20
+
+
+def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str) -> str:
+    """One sentence on DoPr-X - X's success rate over ``task_rows``: better or worse when its 95% interval
+    excludes 0; resolved as no difference larger than the interval's reach when it includes 0 but is at
+    most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve it."""
+    difference = paired_difference(task_rows, base, dopr, METRICS[0])
+    if not difference.seeds or not math.isfinite(difference.low):
+        return f"{dopr} - {base} success rate: no interval (no paired evaluation episodes)."
+    width = difference.high - difference.low
+    said = (f"{dopr} - {base} success rate {difference.cell()} over {difference.seeds} seed pairs "
+            f"(95% interval {width:.2f} wide)")
+    if width == 0:  # every paired episode ended alike (e.g. all failed): the bootstrap has nothing to resample
+        return (f"{said}: not resolved, every paired episode ended the same way in both runs, so the interval is a "
+                "point; more evaluation episodes (--eval-episodes) or training steps would tell them apart.")
+    if difference.excludes_zero():
+        return f"{said}: resolved, {dopr} succeeds {'more' if difference.estimate > 0 else 'less'} often than {base}."
+    if width <= RESOLVED_WIDTH:
+        reach = max(abs(difference.low), abs(difference.high))
+        return f"{said}: resolved as no clear difference; a difference larger than {reach:.2f} either way is unlikely."
+    return (f"{said}: not resolved, the interval includes 0 and is wider than {RESOLVED_WIDTH:.2f}; more seeds "
+            "(--seeds) or evaluation episodes (--eval-episodes) would narrow it.")
 
 
 # Several demonstration counts: each count's comparison, side by side.
