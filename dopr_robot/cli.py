@@ -28,7 +28,7 @@ class Command(NamedTuple):
 
 
 COMMANDS: dict[str, Command] = {
-    "quickstart": Command("quickstart", "collect, train AdamW and DoPr-AdamW (2 seeds), evaluate, print the table, "
+    "quickstart": Command("quickstart", "collect, train AdamW and DoPr-AdamW (3 seeds), evaluate, print the table, "
                                         "write plots and a video"),
     "optimizers": Command("optimizers", "list the optimizer registry (and DoPr's coverage of a demo model)"),
     "optimizer-demo": Command("optimizer_demo", "DoPr vs its base optimizers on regression with ill-conditioned inputs"),

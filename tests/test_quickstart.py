@@ -18,10 +18,11 @@ def test_quickstart_end_to_end_with_a_tiny_budget(tmp_path: Path, monkeypatch: p
         "train": {"steps": 10, "batch_size": 32, "policy_options": {"width": 16, "depth": 1}},
         "eval": {"episodes": 2, "num_envs": 2}})
     out = tmp_path / "qs"
-    assert main(["quickstart", "--out", str(out), "--task", "Reach-v0", "--no-progress"]) == 0
+    assert main(["quickstart", "--out", str(out), "--task", "Reach-v0", "--no-progress", "--workers", "1"]) == 0
     printed = capsys.readouterr().out
     # the paired row of the fitted table (the full markdown is in summary.md), every line within 120 columns
     assert re.search(r"^dopr-adamw - adamw +2 +2 ", printed, re.M) and "rollout.mp4" in printed
+    assert printed.rstrip().split("\n\n")[-1].startswith("In words: dopr-adamw - adamw success rate")  # the answer last
     assert max(map(len, printed.replace(str(tmp_path), "/tmp/t").splitlines())) <= 120  # paths as long as a user's
     for name in ("summary.md", "results.csv", "val_loss_vs_success.png", "deviation_from_expert.png", "learning_curves.png"):
         assert (out / name).exists(), name
@@ -35,7 +36,7 @@ def test_quickstart_settings_are_a_valid_comparison(tmp_path: Path) -> None:
     from dopr_robot.config import config_from_dict
 
     config = config_from_dict(CompareConfig, {**quickstart.SETTINGS, "out": str(tmp_path), "tasks": [quickstart.DEFAULT_TASK]})
-    assert (config.tasks, config.optimizers, config.seeds, config.demo.episodes) == (["Push-v0"], ["adamw", "dopr-adamw"], 2, 50)
-    assert (config.train.steps, config.train.batch_size, config.eval.episodes, config.eval.num_envs) == (1500, 256, 50, 10)
+    assert (config.tasks, config.optimizers, config.seeds, config.demo.episodes) == (["Push-v0"], ["adamw", "dopr-adamw"], 3, 50)
+    assert (config.train.steps, config.train.batch_size, config.eval.episodes, config.eval.num_envs) == (1500, 256, 100, 10)
     # The cadences it had when compare derived them by hand.
     assert (config.train.val_every, config.train.checkpoint_every, config.train.log_every) == (150, 375, 37)
