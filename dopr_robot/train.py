@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -95,10 +96,8 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
             meter.add(loss, step + 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            run.update()  # gradient clip, optimizer step
+            run.update()  # gradient clip, optimizer step, EMA update
             scheduler.step()
-            if ema is not None:
-                ema.update(policy)
             step += 1
             bar.update(1)
 
@@ -144,7 +143,7 @@ class _Run:
     sampler: torch.Generator  # the batch order, on the CPU
     data_sha256: str | None  # the demonstrations' content (data_fingerprint), checked on a resume
     loss: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None = None  # batch -> loss (:func:`_step_functions`)
-    update: Callable[[], None] | None = None  # gradient clip and optimizer step (:func:`_step_functions`)
+    update: Callable[[], None] | None = None  # gradient clip, optimizer step, EMA update (:func:`_step_functions`)
     step: int = 0  # where this call starts
     best: dict[str, Any] | None = None  # {"val_loss", "step"} of the best validation so far
     best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"} of the best closed-loop evaluation
@@ -200,19 +199,21 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
 
 def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], Callable[[], None]]:
     """The step's two calls: ``loss(batch)`` (the forward; its backward follows it) and ``update()``
-    (gradient clip, optimizer step); with ``config.compile`` compiled by ``torch.compile``.
+    (gradient clip, optimizer step, EMA update); with ``config.compile`` compiled by ``torch.compile``.
 
-    With DoPr the forward is compiled with its statistics hooks (they read a plain recording flag, so an
-    amortized run has two forward graphs, recording and not), and ``update()`` compiles the clip, DoPr's
-    solve and the base step as one function of tensors (``DoPr.apply_step``; again one graph per value of
-    the recording flag), between DoPr's host-side ``begin_step`` (the all-reduce of the statistics, the
-    learning rate handed to the base) and ``end_step`` (step counters). The first step, which creates
-    DoPr's state, runs eager. On CUDA the compiled pieces are captured as CUDA graphs (inductor's
+    Compiled, ``update()`` is one function of tensors: the clip, the optimizer's undecorated step (for DoPr
+    ``DoPr.apply_step``: its solve and the base step) and the EMA's averaging, one graph (with DoPr one per
+    value of its recording flag: the refresh step and the plain step). Around it, on the host: DoPr's
+    ``begin_step`` (the all-reduce of the statistics, the learning rate handed to the base) and
+    ``end_step`` (step counters), and the EMA's update count. A new run's first step, which creates the
+    optimizer's state and copies the weights into the EMA, runs eager. With DoPr the forward is compiled
+    with its statistics hooks (they read a plain recording flag, so an amortized run has two forward
+    graphs, recording and not). On CUDA the compiled pieces are captured as CUDA graphs (inductor's
     ``triton.cudagraphs``, what ``mode="reduce-overhead"`` sets). Compiled random ops call torch's own
     (``fallback_random``): dropout and a flow policy's noise draw what eager draws, and a resumed run
     replays them.
     """
-    policy, optimizer, forward, config = run.policy, run.optimizer, run.forward, run.config
+    policy, optimizer, forward, config, ema = run.policy, run.optimizer, run.forward, run.config, run.ema
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return policy.loss(batch, forward=forward)
@@ -224,6 +225,8 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
         if config.grad_clip > 0:
             clip()
         optimizer.step()
+        if ema is not None:
+            ema.update(policy)
 
     if not config.compile:
         return loss, update
@@ -233,32 +236,46 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     def compiled(function: Callable, **more: Any) -> Callable:
         return torch.compile(function, options={**options, **more}, dynamic=False)
 
-    if not hasattr(optimizer, "apply_step"):  # not DoPr: its step is one function of tensors
-        return compiled(loss), compiled(update)
+    dopr = hasattr(optimizer, "apply_step")
+    # torch.optim's step decorator breaks the graph around the step (to set the grad mode, off here
+    # already), and the schedule's wrapper of ``optimizer.step`` is a function dynamo does not trace: the
+    # class's undecorated step is what compiles whole. (It skips the step hooks; the run registers none.)
+    undecorated_step = inspect.unwrap(type(optimizer).step)
 
-    def clip_and_step(refresh: bool) -> None:
+    def clip_step_and_average(refresh: bool) -> None:
         with torch.no_grad():
             if config.grad_clip > 0:
                 clip()
-            optimizer.apply_step(refresh)
+            if dopr:
+                optimizer.apply_step(refresh)
+            else:
+                undecorated_step(optimizer)
+            if ema is not None:
+                ema.average(policy)
 
     # Inductor's on-disk graph cache served a resumed run a refresh graph that asserted another layout of
     # the cached inverse than the run holds (torch 2.13, CPU): DoPr's step is compiled afresh in each run.
-    compiled_step = compiled(clip_and_step, fx_graph_cache=False)
+    compiled_step = compiled(clip_step_and_average, **({"fx_graph_cache": False} if dopr else {}))
 
-    state_ready = False  # once DoPr's state exists it stays: checked until then, not every step
+    fresh = run.step == 0  # a new run: its first step creates the optimizer's state and starts the EMA
+    ready = False  # once the state and the EMA exist they stay: checked until then, not every step
 
-    def dopr_update() -> None:
-        nonlocal state_ready
-        state_ready = state_ready or optimizer.state_complete()
-        if not state_ready:
-            update()  # eager: the step that creates DoPr's state
+    def compiled_update() -> None:
+        nonlocal fresh, ready
+        ready = ready or (not fresh and (not dopr or optimizer.state_complete())
+                          and (ema is None or ema.updates > 0))
+        if not ready:
+            update()  # eager
+            fresh = False
             return
-        refresh = optimizer.begin_step()
+        refresh = optimizer.begin_step() if dopr else False
         compiled_step(refresh)
-        optimizer.end_step()
+        if dopr:
+            optimizer.end_step()
+        if ema is not None:
+            ema.updates += 1
 
-    return compiled(loss), dopr_update
+    return compiled(loss), compiled_update
 
 
 def _learning_rate_as_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
@@ -479,13 +496,19 @@ class WeightEMA:
 
     @torch.no_grad()
     def update(self, policy: Policy) -> None:
-        current = [t.detach() for t in (*policy.parameters(), *policy.buffers())]
         if self.updates == 0:
-            torch._foreach_copy_(self._averaged, current)
+            torch._foreach_copy_(self._averaged, [t.detach() for t in (*policy.parameters(), *policy.buffers())])
         else:
-            torch._foreach_lerp_([self._averaged[i] for i in self._floating], [current[i] for i in self._floating],
-                                 1.0 - self.decay)
+            self.average(policy)
         self.updates += 1
+
+    @torch.no_grad()
+    def average(self, policy: Policy) -> None:
+        """The averaging of an update after the first, on tensors only (the count is the caller's): what
+        the compiled training step calls."""
+        current = [t.detach() for t in (*policy.parameters(), *policy.buffers())]
+        torch._foreach_lerp_([self._averaged[i] for i in self._floating], [current[i] for i in self._floating],
+                             1.0 - self.decay)
 
 
 class _APWatch:

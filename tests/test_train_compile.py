@@ -13,7 +13,7 @@ import torch
 
 from dopr_robot.checkpoint import load_checkpoint
 from dopr_robot.config import TrainConfig
-from dopr_robot.train import train
+from dopr_robot.train import WeightEMA, train
 
 OPTIMIZERS = [("adamw", {}), ("dopr-adamw", {}), ("dopr-adamw", {"refresh_every": 5}), ("dopr-muon", {})]
 
@@ -32,17 +32,27 @@ def logged(run_dir: Path, key: str) -> list[float]:
 
 
 @pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["adamw", "dopr-adamw", "dopr-adamw-amortized", "dopr-muon"])
-def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, one_thread, optimizer: str,
-                                                  options: dict) -> None:
+def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, one_thread, monkeypatch,
+                                                  optimizer: str, options: dict) -> None:
     config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
     eager = train(config, progress=False, device="cpu")
+    averaged_eagerly, average = [], WeightEMA.average
+
+    def spy(ema: WeightEMA, policy) -> None:  # the EMA's averaging is in the compiled update, never run eagerly
+        if not torch.compiler.is_compiling():
+            averaged_eagerly.append(True)
+        average(ema, policy)
+
+    monkeypatch.setattr(WeightEMA, "average", spy)
     torch._dynamo.utils.counters.clear()
     compiled = train(replace(config, out=str(tmp_path / "compiled"), compile=True), progress=False, device="cpu")
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] > 0  # it did compile
-    if optimizer == "dopr-adamw":
-        # Whole: the forward with DoPr's hooks is one graph, the clip with DoPr's solve and the base step
-        # another, and an amortized run has each twice (recording and not); nothing breaks them apart.
+    assert not averaged_eagerly
+    if optimizer in ("adamw", "dopr-adamw"):
+        # Whole: the forward (with DoPr's hooks) is one graph, the clip, DoPr's solve, the base step and the
+        # EMA's averaging another, and an amortized run has each twice (recording and not); nothing breaks
+        # them apart (torch.optim's step decorator would, and the schedule's wrapper of the step).
         assert not counters["graph_break"], list(counters["graph_break"])
         assert counters["stats"]["unique_graphs"] == (4 if options else 2)
 
@@ -52,10 +62,11 @@ def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: P
     assert logged(compiled.run_dir, "lr") == pytest.approx(logged(eager.run_dir, "lr"), rel=1e-6)
     if optimizer.startswith("dopr"):  # AP worked in both (no layer-step fell back to the raw gradient)
         assert logged(compiled.run_dir, "dopr_skipped") == logged(eager.run_dir, "dopr_skipped")
-    weights_eager, weights_compiled = load_checkpoint(eager.run_dir)["model"], load_checkpoint(compiled.run_dir)["model"]
-    for name, value in weights_eager.items():  # relative to the weights' size: an elementwise test trips on Muon's ~0 entries
-        difference = float((weights_compiled[name] - value).norm() / value.norm().clamp(min=1e-12))
-        assert difference <= 10 * rel, f"{name}: {difference:.2g}"
+    final_eager, final_compiled = load_checkpoint(eager.run_dir), load_checkpoint(compiled.run_dir)
+    for key in ("model", "ema"):  # the weights, and their average (compiled into the update)
+        for name, value in final_eager[key].items():  # relative to the size: an elementwise test trips on Muon's ~0 entries
+            difference = float((final_compiled[key][name] - value).norm() / value.norm().clamp(min=1e-12))
+            assert difference <= 10 * rel, f"{key}.{name}: {difference:.2g}"
 
 
 def test_a_compiled_run_resumes_bit_exactly(reach_demos: Path, tmp_path: Path, one_thread) -> None:
