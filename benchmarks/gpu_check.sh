@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check in one command (about 10 minutes on one H200): the CUDA tests, training steps/s on
-# CUDA and on the CPU, DoPr's per-step overhead on CUDA, and the training loop eager against
-# --compile (on CUDA: compiled and captured as CUDA graphs) for AdamW and DoPr-AdamW, exact and
-# amortized, on the MLP and the transformer, on the same card; everything is printed.
+# The GPU check in one command (about 20 minutes on one H200, most of it compiling): the CUDA tests,
+# training steps/s on CUDA and on the CPU, DoPr's per-step overhead on CUDA, and the training loop
+# eager, compiled, and compiled and captured as CUDA graphs (what --compile does on CUDA) for AdamW
+# and DoPr-AdamW, exact and amortized, on the MLP, the transformer and the pixel encoder, on the
+# same card; everything is printed.
 #
 # Setup, once, in a fresh checkout on a machine with an NVIDIA GPU (pip's default index gives the
 # CUDA build of torch there):
@@ -43,7 +44,8 @@ part "CUDA tests" "$PYTHON" -m pytest -q -rs tests/test_device.py tests/test_tra
 part "flow policy on CUDA" "$PYTHON" benchmarks/flow_cuda_check.py
 part "training steps/s, CUDA and CPU" "$PYTHON" benchmarks/train_speed.py --devices cuda,cpu --steps 200
 part "DoPr overhead on CUDA" "$PYTHON" benchmarks/optimizer_overhead.py --device cuda --repeats 5 --steps 30
-part "eager vs compiled+captured, CUDA" "$PYTHON" benchmarks/compiled_step.py --devices cuda --steps 300
+part "eager vs compiled vs captured, CUDA" "$PYTHON" benchmarks/compiled_step.py --devices cuda --steps 300 \
+    --policies mlp,transformer,pixels --modes eager,compiled,captured
 
 echo
 if [ ${#failed[@]} -eq 0 ]; then

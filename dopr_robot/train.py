@@ -197,6 +197,11 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     return run
 
 
+# ``train --compile`` on CUDA also captures the compiled step as CUDA graphs; benchmarks/compiled_step.py turns
+# this off to time the compiled step without the capture.
+CAPTURE_ON_CUDA = True
+
+
 def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torch.Tensor], Callable[[], None]]:
     """The step's two calls: ``loss(batch)`` (the forward; its backward follows it) and ``update()``
     (gradient clip, optimizer step, EMA update); with ``config.compile`` compiled by ``torch.compile``.
@@ -231,7 +236,7 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     if not config.compile:
         return loss, update
     torch._dynamo.reset()  # a fresh cache per run: runs in one process never reach its recompile limit
-    options = {"fallback_random": True, "triton.cudagraphs": run.device.type == "cuda"}
+    options = {"fallback_random": True, "triton.cudagraphs": run.device.type == "cuda" and CAPTURE_ON_CUDA}
 
     def compiled(function: Callable, **more: Any) -> Callable:
         return torch.compile(function, options={**options, **more}, dynamic=False)
