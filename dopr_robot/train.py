@@ -219,6 +219,7 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
     replays them.
     """
     policy, optimizer, forward, config, ema = run.policy, run.optimizer, run.forward, run.config, run.ema
+    _step_counters_on_device(optimizer, config.compile and run.device.type == "cuda")
 
     def loss(batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return policy.loss(batch, forward=forward)
@@ -281,6 +282,33 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
             ema.updates += 1
 
     return compiled(loss), compiled_update
+
+
+def _torch_optimizers(optimizer: torch.optim.Optimizer) -> list[torch.optim.Optimizer]:
+    """``optimizer`` and the optimizers it holds (DoPr's base, the two parts of Muon or AdaMuon with AdamW)."""
+    found = [optimizer]
+    for value in vars(optimizer).values():
+        if isinstance(value, torch.optim.Optimizer):
+            found += _torch_optimizers(value)
+    return found
+
+
+def _step_counters_on_device(optimizer: torch.optim.Optimizer, on_device: bool) -> None:
+    """torch.optim's ``capturable``: its step counters on the parameters' device, or (off) on the host.
+
+    A CUDA graph holds no host tensors, so the compiled CUDA step needs them on the device. Dynamo turns it
+    on only when it traces the step that creates the state, and here that step runs eager (a resumed run
+    has its state already): so it is set here, on every run, and a checkpoint taken to another device or
+    mode gets the setting it needs there (an eager CPU step refuses ``capturable``)."""
+    for part in _torch_optimizers(optimizer):
+        for group in part.param_groups:
+            if "capturable" not in group:
+                continue
+            group["capturable"] = on_device
+            for param in group["params"]:
+                step = part.state.get(param, {}).get("step")
+                if on_device and torch.is_tensor(step) and step.device != param.device:
+                    part.state[param]["step"] = step.to(device=param.device, dtype=torch.float32)
 
 
 def _learning_rate_as_tensor(optimizer: torch.optim.Optimizer, device: torch.device) -> None:

@@ -13,7 +13,8 @@ import torch
 
 from dopr_robot.checkpoint import load_checkpoint
 from dopr_robot.config import TrainConfig
-from dopr_robot.train import WeightEMA, train
+from dopr_robot.optim import make_optimizer
+from dopr_robot.train import WeightEMA, _step_counters_on_device, train
 
 OPTIMIZERS = [("adamw", {}), ("dopr-adamw", {}), ("dopr-adamw", {"refresh_every": 5}), ("dopr-muon", {})]
 
@@ -95,11 +96,29 @@ def test_a_compiled_run_resumes_bit_exactly(reach_demos: Path, tmp_path: Path, o
     assert logged(whole.run_dir, "train_loss") == logged(resumed.run_dir, "train_loss")
 
 
+def test_step_counters_follow_the_mode_of_each_run() -> None:
+    # A captured CUDA run keeps torch.optim's step counters on the device (capturable), and its checkpoint
+    # saves that; an eager CPU run resumed from it must turn it off again, or AdamW refuses to step.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2))
+    optimizer = make_optimizer("dopr-muon", model, lr=1e-3)  # DoPr -> Muon with AdamW -> AdamW: found inside
+    _step_counters_on_device(optimizer, True)
+    assert optimizer.base.adamw.param_groups[0]["capturable"]
+    model(torch.randn(8, 3)).square().mean().backward()
+    with pytest.raises(AssertionError, match="capturable=True"):
+        optimizer.step()
+    _step_counters_on_device(optimizer, False)
+    optimizer.step()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph capture of the compiled step needs a GPU")
 @pytest.mark.parametrize("optimizer, options", OPTIMIZERS[:3], ids=["adamw", "dopr-adamw", "dopr-adamw-amortized"])
 def test_the_captured_step_on_cuda_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, optimizer: str,
                                                           options: dict) -> None:
     config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
     eager = train(config, progress=False, device="cuda")
+    torch._dynamo.utils.counters.clear()
     captured = train(replace(config, out=str(tmp_path / "captured"), compile=True), progress=False, device="cuda")
+    # Every compiled piece was captured (inductor logs why it skipped one: "skipping cudagraphs due to ...").
+    assert not torch._dynamo.utils.counters["inductor"]["cudagraph_skips"]
     assert logged(captured.run_dir, "train_loss") == pytest.approx(logged(eager.run_dir, "train_loss"), rel=1e-3)
