@@ -8,7 +8,7 @@ import torch
 
 from dopr_robot.checkpoint import policy_from_checkpoint
 from policies import POLICIES, make_policy
-from policies.encoders import ImageEncoder, random_shift, spatial_softmax
+from policies.encoders import ImageEncoder, ImageEncoderConfig, random_shift, spatial_softmax
 
 TINY = {"mlp": {"width": 16, "depth": 1}, "transformer": {"d_model": 16, "n_heads": 2, "n_layers": 1},
         "flow-mlp": {"width": 16, "depth": 1, "head_depth": 1},
@@ -98,6 +98,18 @@ def test_spatial_softmax_finds_a_peak() -> None:
     maps[0, 0, 0, 8] = 0.0  # top right: x = 1, y = -1
     maps[0, 1, 2, 4] = 0.0  # center: (0, 0)
     torch.testing.assert_close(spatial_softmax(maps), torch.tensor([[1.0, 0.0, -1.0, 0.0]]))
+
+
+def test_default_softmax_temperature_lets_a_small_bump_move_the_keypoint() -> None:
+    # A fresh conv encoder's maps differ by ~0.1-1 over 25x25 positions at 64 px. At temperature 1 a
+    # bump of 1 at the right edge barely moves the keypoint off the centre (the encoder then learnt
+    # to localise Reach-v0's target far slower); the default must let it pull the keypoint over.
+    maps = torch.zeros(1, 1, 25, 25)
+    maps[0, 0, 12, 24] = 1.0  # right edge, middle row: x = 1, y = 0
+    assert spatial_softmax(maps)[0, 0] < 0.01
+    assert spatial_softmax(maps, ImageEncoderConfig().softmax_temperature)[0, 0] > 0.9
+    with pytest.raises(ValueError, match="softmax_temperature"):
+        ImageEncoderConfig(softmax_temperature=0.0).check_encoder()
 
 
 # Sums of the outputs of the state policies (torch.manual_seed(0), make_policy(NAME, 5, 2, 3, 4, ...))
