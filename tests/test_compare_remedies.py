@@ -48,6 +48,9 @@ def test_every_task_optimizer_remedy_seed_cell_runs_once(serial: Path) -> None:
     assert len(list(serial.glob("runs/Reach-v0/*/seed*/eval.json"))) == 4  # none where it always was
     labels = {r["remedy"]: int(r["expert_labels"]) for r in rows(serial)}
     assert labels["dagger:1"] > labels["none"] == labels["noise:0.1"]
+    # a DAgger cell's row: all its steps (8 + 1 round of 4) and its demonstrations, not the last round's
+    assert {(r["remedy"], r["train_steps"], r["demo_episodes"]) for r in rows(serial)} == \
+        {("none", "8", "2"), ("noise:0.1", "8", "2"), ("dagger:1", "12", "2")}
 
 
 # A part of the serial grid: every remedy, for AdamW and seed 0 (a cell is a function of its own

@@ -79,8 +79,10 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
         "action_error_on_expert": _get(comp, "action_error_on_expert", "mean"),
         "action_error_ratio": _get(comp, "action_error_ratio", "value"),
         "eval_episodes": result.get("episodes"), "eval_seed": result.get("seed"),
-        "train_steps": checkpoint.get("step"),
-        "demo_episodes": (dataset or {}).get("episodes"), "demo_noise": metadata.get("noise"),
+        # A dagger:ROUNDS cell's checkpoint is its last round's: its steps are that round's, its dataset the
+        # aggregate; the cell trained train_steps_total steps on the aggregate's initial demonstrations.
+        "train_steps": cell.get("train_steps_total", checkpoint.get("step")),
+        "demo_episodes": _demonstrations(dataset, metadata), "demo_noise": metadata.get("noise"),
         "expert_labels": cell.get("expert_labels"),  # demonstration transitions + relabelled states
         "wall_time_s": cell.get("wall_time_s"),
         # beyond the CSV: what tables and plots need
@@ -92,6 +94,15 @@ def load_run(eval_file: str | Path) -> dict[str, Any]:
         "_config": json.loads(config_file.read_text()) if config_file.exists() else None,
         "_run_dir": str(eval_file.parent),
     }
+
+
+def _demonstrations(dataset: dict[str, Any] | None, metadata: dict[str, Any]) -> int | None:
+    """The demonstration episodes a run trained on: its dataset's episodes, less a DAgger aggregate's
+    relabelled ones (``round`` rounds of ``episodes_per_round``)."""
+    episodes = (dataset or {}).get("episodes")
+    if episodes is not None and metadata.get("created_by") == "dopr-robot dagger":
+        episodes -= int(metadata["round"]) * int(metadata["episodes_per_round"])
+    return episodes
 
 
 def optimizer_order(names: Any) -> list[str]:
