@@ -50,12 +50,11 @@ def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: P
     counters = torch._dynamo.utils.counters
     assert counters["stats"]["unique_graphs"] > 0  # it did compile
     assert not averaged_eagerly
-    if optimizer in ("adamw", "dopr-adamw"):
-        # Whole: the forward (with DoPr's hooks) is one graph, the clip, DoPr's solve, the base step and the
-        # EMA's averaging another, and an amortized run has each twice (recording and not); nothing breaks
-        # them apart (torch.optim's step decorator would, and the schedule's wrapper of the step).
-        assert not counters["graph_break"], list(counters["graph_break"])
-        assert counters["stats"]["unique_graphs"] == (4 if options else 2)
+    # Whole: the forward (with DoPr's hooks) is one graph, the clip, DoPr's solve, the base step (both of
+    # Muon's parts) and the EMA's averaging another, and an amortized run has each twice (recording and not);
+    # nothing breaks them apart (torch.optim's step decorator would, and the schedule's wrapper of the step).
+    assert not counters["graph_break"], list(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] == (4 if options else 2)
 
     # Muon orthogonalizes in bfloat16: its round-off is larger than float32's.
     rel = 1e-3 if optimizer.endswith("muon") else 1e-4

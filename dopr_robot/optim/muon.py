@@ -8,6 +8,7 @@ one torch ``Muon`` and one torch ``AdamW``, both unmodified, behind one optimize
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Iterable
 
 import torch
@@ -71,12 +72,23 @@ class MatrixWithAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        # Schedulers and users change this optimizer's group; the two halves follow it.
+        # Schedulers and users change this optimizer's group; the two halves follow it. Written only when
+        # changed: a compiled step that writes into a part's group makes dynamo guard that group's
+        # `capturable`, which dynamo itself sets while tracing the part's step, so the step compiled twice.
         lr, weight_decay = self.param_groups[0]["lr"], self.param_groups[0]["weight_decay"]
         for part in self._parts():
-            part.param_groups[0]["lr"] = lr
-            part.param_groups[0]["weight_decay"] = weight_decay
-            part.step()
+            group = part.param_groups[0]
+            if group["lr"] is not lr or group["weight_decay"] != weight_decay:
+                group["lr"], group["weight_decay"] = lr, weight_decay
+            if torch.compiler.is_compiling():
+                # torch.optim's step decorator breaks a compiled graph to set the grad mode; it is off here
+                # already (this step's no_grad, or the compiled update's), so the parts' undecorated steps
+                # keep both halves in the caller's graph. (That skips the parts' step hooks: the parts are
+                # private to this optimizer, nothing registers any.)
+                with torch.no_grad():
+                    inspect.unwrap(type(part).step)(part)
+            else:
+                part.step()
         return loss
 
     def state_dict(self) -> dict:
