@@ -257,6 +257,26 @@ def test_failed_factorization_falls_back_to_jacobi_on_the_device() -> None:
     assert not bool(usable)
 
 
+def test_the_factor_in_place_of_sigma_equals_the_factor_in_its_own_storage() -> None:
+    # damped_factor factors a contiguous Σ in its own storage (eager), anything else into new storage.
+    from dopr_robot.optim.activation import damped_factor
+
+    torch.manual_seed(0)
+    inputs = torch.randn(3, 50, 20)
+    sigma = inputs.mT @ inputs / 50
+    in_place = sigma.clone()
+    factor, usable, failed = damped_factor(in_place, relative_damping=0.01, damping_scale=torch.ones(3))
+    assert factor.data_ptr() == in_place.data_ptr() and bool(usable.all()) and not bool(failed.any())
+    strided = torch.empty(3, 20, 40)[..., ::2]  # a non-contiguous copy of Σ
+    strided.copy_(sigma)
+    other, _, _ = damped_factor(strided, relative_damping=0.01, damping_scale=torch.ones(3))
+    assert other.data_ptr() != strided.data_ptr()
+    assert torch.equal(factor, other)
+    damped = sigma + 0.01 * sigma.diagonal(dim1=-2, dim2=-1).mean(-1)[:, None, None] * torch.eye(20)
+    torch.testing.assert_close(factor @ factor.mT, damped)
+    assert torch.equal(factor, factor.tril())
+
+
 @pytest.fixture
 def threads(request):
     """Run the test at ``request.param`` intra-op threads, then restore torch's setting."""

@@ -87,7 +87,7 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
     for one matrix (d, d) or a stack (..., d, d), with every outcome kept on the device (no host
     synchronization).
 
-    ``sigma`` is overwritten (its diagonal gets :math:`\lambda`): pass a tensor of your own.
+    ``sigma`` (symmetric) is overwritten (with the factor, or only its diagonal): pass a tensor of your own.
     ``damping_scale`` :math:`s` is each matrix's damping multiplier (shape ``sigma.shape[:-2]``, 1 until a
     factorization fails). :math:`\lambda` never falls below :math:`10^{-6}\,\mathrm{tr}/d`, so
     ``relative_damping=0`` still factors a rank-deficient matrix. Returns ``(cholesky, usable, failed)``,
@@ -104,14 +104,26 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
     mean_eigenvalue = diagonal.mean(dim=-1, keepdim=True)
     usable = (mean_eigenvalue > 0) & (mean_eigenvalue < math.inf)  # NaN compares false; shape (..., 1) until returned
     diagonal.addcmul_(mean_eigenvalue, damping_scale.unsqueeze(-1), value=max(relative_damping, 1e-6))
-    factor, info = torch.linalg.cholesky_ex(sigma)
+    # Where usable, the damped diagonal is finite and positive; elsewhere the fallback is the identity
+    # (no preconditioning without statistics). Taken before the factorization, which may overwrite Σ.
+    jacobi = torch.where(usable, diagonal.clamp(min=torch.finfo(sigma.dtype).tiny).sqrt_(), 1.0)
+    # Σ is symmetric: its transpose is the same matrix, and the transpose of a row-major stack is the
+    # column-major layout LAPACK factors in (LAPACK reads one triangle: the upper one of ``sigma``'s rows).
+    # cholesky_ex copies its input into the factor's storage (column-major) first: from the transpose that
+    # copy keeps the layout, from Σ itself it transposes, and costs more (CPU, one thread, seven 257-wide
+    # matrices: 0.2-0.4 ms against 0.5-2 ms). Eager, Σ's own storage becomes the factor's (the copy is
+    # then an in-place zeroing of the other triangle, and nothing is allocated); compiled, functionalization
+    # turns an ``out=`` into a copy anyway, so there the factor keeps its own storage.
+    transpose = sigma.mT
+    if torch.compiler.is_compiling() or not sigma.is_contiguous():
+        factor, info = torch.linalg.cholesky_ex(transpose)
+    else:
+        info = torch.empty(sigma.shape[:-2], dtype=torch.int32, device=sigma.device)
+        factor, info = torch.linalg.cholesky_ex(transpose, out=(transpose, info))
     factor_diagonal = factor.diagonal(dim1=-2, dim2=-1)
     # A NaN anywhere in the lower triangle reaches the diagonal of the factor: one sum checks it.
     ok = (factor_diagonal.sum(dim=-1, keepdim=True) < math.inf) & (info == 0).unsqueeze(-1) & usable
     broken = ~ok
-    # Where usable, the damped diagonal is finite and positive; elsewhere the fallback is the identity
-    # (no preconditioning without statistics).
-    jacobi = torch.where(usable, diagonal.clamp(min=torch.finfo(sigma.dtype).tiny).sqrt_(), 1.0)
     # Keep the good factors and zero the others, then put the fallback on their diagonal. A good factor
     # holds no NaN or inf (they would have reached its diagonal), so clearing the non-finite values
     # after the multiplication touches only the zeroed ones (NaN * 0 is NaN): two cheap passes where
