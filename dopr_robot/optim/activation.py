@@ -112,8 +112,8 @@ def damped_factor(sigma: Tensor, relative_damping: float, damping_scale: Tensor)
     # cholesky_ex copies its input into the factor's storage (column-major) first: from the transpose that
     # copy keeps the layout, from Σ itself it transposes, and costs more (CPU, one thread, seven 257-wide
     # matrices: 0.2-0.4 ms against 0.5-2 ms). Eager, Σ's own storage becomes the factor's (the copy is
-    # then an in-place zeroing of the other triangle, and nothing is allocated); compiled, functionalization
-    # turns an ``out=`` into a copy anyway, so there the factor keeps its own storage.
+    # then an in-place zeroing of the other triangle, and nothing is allocated). Compiled, the factor gets
+    # its own storage: dynamo breaks the graph at an ``out=`` that is not contiguous (the transpose is not).
     transpose = sigma.mT
     if torch.compiler.is_compiling() or not sigma.is_contiguous():
         factor, info = torch.linalg.cholesky_ex(transpose)
