@@ -60,6 +60,11 @@ def _on_cpu(obj: Any) -> Any:
     return obj
 
 
+# Policy options added with a default that changed behaviour: a checkpoint's config (every field, written
+# by train) without one was trained before it existed, and loads with the value of that time.
+OPTIONS_BEFORE_THEY_EXISTED = {"softmax_temperature": 1.0}  # image encoders' readout; the default became 0.1
+
+
 def checkpoint_path(run_or_file: str | Path) -> Path:
     """RUN_DIR -> RUN_DIR/checkpoint.pt; a file path is returned as is."""
     path = Path(run_or_file)
@@ -89,8 +94,11 @@ def policy_from_checkpoint(checkpoint: dict[str, Any], use_ema: bool = True,
     flow policy's number of Euler steps (a regressor has none: a clear error)."""
 
     spec = checkpoint["policy"]
+    config = dict(spec["config"])
+    if spec.get("image_shapes"):  # options a checkpoint predates load as the code that wrote it behaved
+        config = {**OPTIONS_BEFORE_THEY_EXISTED, **config}
     policy = make_policy(spec["name"], spec["obs_dim"], spec["act_dim"], spec["history"], spec["chunk"],
-                         image_shapes=spec.get("image_shapes"), **spec["config"])
+                         image_shapes=spec.get("image_shapes"), **config)
     weights = checkpoint["ema"] if use_ema and checkpoint.get("ema") is not None else checkpoint["model"]
     policy.load_state_dict(weights)
     if flow_steps:

@@ -3,6 +3,8 @@ encoder, random shift in training only, state policies unchanged, checkpoints th
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytest
 import torch
 
@@ -140,13 +142,18 @@ def test_checkpoint_round_trip_with_images(name: str) -> None:
     torch.manual_seed(0)
     policy = make_policy(name, 5, 2, history=2, chunk=3, image_shapes=SHAPES, **TINY[name], **ENCODER, shift=2)
     record = {"name": name, "obs_dim": 5, "act_dim": 2, "history": 2, "chunk": 3,
-              "config": {**TINY[name], **ENCODER, "shift": 2},
+              "config": asdict(policy.config),  # every field, as train writes it
               "image_shapes": {key: list(shape) for key, shape in policy.image_shapes.items()}}
     rebuilt = policy_from_checkpoint({"policy": record, "model": policy.state_dict(), "ema": None})
     assert rebuilt.image_shapes == policy.image_shapes and not rebuilt.training
     data = batch(policy)
     predict = lambda p: p.predict(data["obs"], generator=torch.Generator().manual_seed(4), images=data["images"])  # noqa: E731
     torch.testing.assert_close(predict(rebuilt), predict(policy.eval()), rtol=0, atol=0)
+    # A checkpoint from before softmax_temperature existed was trained at temperature 1, and loads so.
+    del record["config"]["softmax_temperature"]
+    older = policy_from_checkpoint({"policy": record, "model": policy.state_dict(), "ema": None})
+    assert {e.softmax_temperature for e in older.image_encoders.values()} == {1.0}
+    assert {e.softmax_temperature for e in rebuilt.image_encoders.values()} == {0.1}
 
 
 def test_bad_image_inputs_are_refused() -> None:
