@@ -26,6 +26,14 @@ def test_quickstart_end_to_end_with_a_tiny_budget(tmp_path: Path, monkeypatch: p
     assert max(map(len, printed.replace(str(tmp_path), "/tmp/t").splitlines())) <= 120  # paths as long as a user's
     for name in ("summary.md", "results.csv", "val_loss_vs_success.png", "deviation_from_expert.png", "learning_curves.png"):
         assert (out / name).exists(), name
+    # Again on the same directory with other settings: refused before any work, naming --overwrite, an
+    # option quickstart takes (it named a compare option before).
+    monkeypatch.setattr(quickstart, "SETTINGS", {**quickstart.SETTINGS, "eval": {"episodes": 3, "num_envs": 2}})
+    assert main(["quickstart", "--out", str(out), "--task", "Reach-v0", "--no-progress"]) == 2
+    assert "eval.episodes (2 -> 3)" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as help_exit:
+        main(["quickstart", "--help"])
+    assert help_exit.value.code == 0 and "--overwrite" in capsys.readouterr().out
     frames = iio.imread(out / "rollout.mp4")  # (T, H, W, 3)
     assert frames.shape[0] == 101 and frames.shape[2] > 1.8 * frames.shape[1]  # policy | expert, side by side
     assert frames.max() > 50

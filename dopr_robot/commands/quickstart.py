@@ -33,6 +33,8 @@ SETTINGS = {"optimizers": ["adamw", "dopr-adamw"], "seeds": 3, "demo": {"episode
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="output directory (default runs/quickstart)")
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"task (default {DEFAULT_TASK})")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="make the comparison afresh in --out when it holds one made with other settings")
     add_execution_arguments(parser, ("workers", "device", "progress"))
     # Two cells at once, one thread each: the closed-loop rollouts are single-threaded, so two
     # processes finish the grid sooner than one with two threads.
@@ -52,12 +54,15 @@ def run(args: argparse.Namespace) -> int:
     execution = execution_from_args(args)  # a device this machine lacks fails here, before any work
 
     config = config_from_dict(CompareConfig, {**SETTINGS, "out": args.out, "tasks": [args.task]})
-    check_comparison(config)  # --out refused before the plan is printed (compare checks again before its work)
+    check_comparison(config, args.overwrite)  # --out refused before the plan is printed (compare checks again)
+    out = Path(args.out)
+    if (out / "compare_config.json").exists() and not args.overwrite:
+        print(f"{out} holds this quickstart already: resuming it (finished runs are kept, missing ones run); "
+              "to start over, pass --overwrite or another --out")
     print(f"quickstart: {args.task}, {config.demo.episodes} expert demonstrations, optimizers "
           f"{' and '.join(config.optimizers)} x {config.seeds} seeds,\n"
           f"  {config.train.steps} training steps each, {config.eval.episodes} closed-loop episodes per run -> {args.out}")
-    compare(config, progress=execution.progress, execution=execution)
-    out = Path(args.out)
+    compare(config, progress=execution.progress, execution=execution, overwrite=args.overwrite)
     print(fit_markdown((out / "summary.md").read_text()))
 
     run_dir = out / "runs" / args.task / "dopr-adamw" / "seed0"
