@@ -383,6 +383,15 @@ def test_floating_point_residue_of_a_bootstrap_bound_prints_as_zero() -> None:
     assert _format(1e-14, 1e-15, 2e-14) == "1e-14 [1e-15, 2e-14]"  # a genuinely tiny interval is kept
 
 
+def test_large_values_print_in_full_to_three_figures() -> None:
+    from dopr_robot.report.tables import _format, _with_per_seed
+
+    # a locomotion return: 2660 [2170, 3150], not 2.66e+03 [2.17e+03, 3.15e+03]
+    assert _format(2657.4, 2168.9, 3151.2) == "2660 [2170, 3150]"
+    assert _format(-20.1, -593.4, 1649.0, signed=True) == "-20.1 [-593, +1650]"
+    assert _with_per_seed(3409.5, [3409.5, 12345.0], signed=True) == "+3410 {+3410, +12300}"
+
+
 def test_the_counts_summary_bolds_only_differences_whose_interval_excludes_zero(tmp_path: Path) -> None:
     """Over demonstration counts: DoPr's validation loss is lower on every seed (interval clear of 0: bold);
     its returns differ from the base's by ±1 episode by episode (interval across 0: plain)."""

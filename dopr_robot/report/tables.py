@@ -500,10 +500,18 @@ def _per_run_cell(values: list[float | None]) -> str:
     return _with_per_seed(mean, values)
 
 
+def _three_figures(value: float, signed: bool = False) -> str:
+    """``value`` to 3 significant figures, written out in full from 1000 up (a locomotion return reads
+    2660, not 2.66e+03); small magnitudes keep the exponent (2.5e-05)."""
+    text = f"{value:+.3g}" if signed else f"{value:.3g}"
+    if "e+" in text:
+        text = f"{float(text):+.0f}" if signed else f"{float(text):.0f}"
+    return text
+
+
 def _with_per_seed(mean: float, values: Sequence[float], signed: bool = False) -> str:
     """Too few seeds for an interval: the mean and, in braces, the per-seed values."""
-    fmt = "{:+.3g}" if signed else "{:.3g}"
-    return fmt.format(mean) + " {" + ", ".join(fmt.format(v) for v in values) + "}"
+    return _three_figures(mean, signed) + " {" + ", ".join(_three_figures(v, signed) for v in values) + "}"
 
 
 def _format(mean: float, low: float, high: float, signed: bool = False) -> str:
@@ -514,6 +522,6 @@ def _format(mean: float, low: float, high: float, signed: bool = False) -> str:
     def fmt(value: float) -> str:
         # Floating-point residue of a resampled mean (e.g. -5.6e-18 for 0.096 - 0.096) is zero.
         value = 0.0 if abs(value) <= 1e-12 * scale else value
-        return f"{value:+.3g}" if signed else f"{value:.3g}"
+        return _three_figures(value, signed)
 
     return fmt(mean) if not math.isfinite(low) else f"{fmt(mean)} [{fmt(low)}, {fmt(high)}]"
