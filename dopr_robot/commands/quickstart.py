@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from dopr_robot.config import config_from_dict
     from dopr_robot.evaluate.video import render
     from dopr_robot.grid import execution_from_args
-    from dopr_robot.report.results import load_rows
     from dopr_robot.report.tables import success_in_words
     from dopr_robot.report.terminal import WIDTH, fit_markdown
 
@@ -62,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"quickstart: {args.task}, {config.demo.episodes} expert demonstrations, optimizers "
           f"{' and '.join(config.optimizers)} x {config.seeds} seeds,\n"
           f"  {config.train.steps} training steps each, {config.eval.episodes} closed-loop episodes per run -> {args.out}")
-    compare(config, progress=execution.progress, execution=execution, overwrite=args.overwrite)
+    rows = compare(config, progress=execution.progress, execution=execution, overwrite=args.overwrite)
     print(fit_markdown((out / "summary.md").read_text()))
 
     run_dir = out / "runs" / args.task / "dopr-adamw" / "seed0"
@@ -75,5 +74,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"next: dopr-robot eval --checkpoint {run_dir} --plot compounding.png")
     print("      dopr-robot compare --help")
     # The answer last, where the eye lands: is the paired difference resolved, and which way.
-    print("\n" + textwrap.fill("In words: " + success_in_words(load_rows(out), *config.optimizers), WIDTH))
+    print("\n" + textwrap.fill("In words: " + success_in_words(rows, *config.optimizers), WIDTH))
     return 0

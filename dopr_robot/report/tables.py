@@ -116,16 +116,18 @@ def summary_markdown(rows: list[dict[str, Any]]) -> str:
                       f"differences (≥ {MIN_SEEDS_FOR_T} seed pairs).", "",
                       "| pair | seeds | episodes/run | " + " | ".join(_heading(m) for m in metrics) + " |",
                       "|---|---|---|" + "---|" * len(metrics)]
-            notes = set()
+            notes, in_words = set(), []
+            success_at = next(i for i, m in enumerate(metrics) if m.column == "success_rate")
             for base, dopr in pairs:
                 differences = [paired_difference(task_rows, base, dopr, m) for m in metrics]
                 notes |= {d.note for d in differences if d.note}
                 episodes = sorted({r["eval_episodes"] for r in task_rows if r["optimizer"] in (base, dopr)}, key=str)
                 lines.append(f"| {dopr} - {base} | {differences[0].seeds} | {'/'.join(map(str, episodes))} | "
                              + " | ".join(d.cell() for d in differences) + " |")
+                in_words.append(f"In words: {success_in_words(task_rows, base, dopr, differences[success_at])}")
             lines += [""] + [f"Note: {note}" for note in sorted(notes)]
             if any(r.get("success_rate") not in (None, "") for r in task_rows):  # tasks with a success rule
-                lines += [""] + [f"In words: {success_in_words(task_rows, base, dopr)}" for base, dopr in pairs]
+                lines += [""] + in_words
         lines.append("")
     return "\n".join(lines)
 
@@ -145,11 +147,14 @@ def task_metrics(task_rows: list[dict[str, Any]]) -> list[Metric]:
 RESOLVED_WIDTH = 0.20
 
 
-def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str) -> str:
+def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
+                     difference: PairedDifference | None = None) -> str:
     """One sentence on DoPr-X - X's success rate over ``task_rows``: better or worse when its 95% interval
     excludes 0; resolved as no difference larger than the interval's reach when it includes 0 but is at
-    most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve it."""
-    difference = paired_difference(task_rows, base, dopr, METRICS[0])
+    most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve it. ``difference``:
+    that success difference when the caller has it already (the bootstrap is not redone)."""
+    if difference is None:
+        difference = paired_difference(task_rows, base, dopr, METRICS[0])
     if not difference.seeds or not math.isfinite(difference.low):
         return f"{dopr} - {base} success rate: no interval (no paired evaluation episodes)."
     width = difference.high - difference.low
