@@ -186,7 +186,7 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     if config.compile:
         _learning_rate_as_tensor(optimizer, device)  # before the schedule reads it
     run = _Run(config, run_dir, device, rank, world, dataset, train_windows, valid_windows, policy, ema,
-               forward=_mixed_precision(model, device, config.amp), optimizer=optimizer,
+               forward=mixed_precision(model, device, config.amp), optimizer=optimizer,
                scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(config.warmup_steps, config.steps)),
                sampler=torch.Generator().manual_seed(config.seed), data_sha256=data_sha256)
     if checkpoint is not None:
@@ -683,7 +683,7 @@ def _init_distributed(device: torch.device) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def _mixed_precision(model: nn.Module, device: torch.device, amp: str) -> Callable[..., torch.Tensor]:
+def mixed_precision(model: nn.Module, device: torch.device, amp: str) -> Callable[..., torch.Tensor]:
     """The network call of the loss. ``amp="bf16"``: under ``torch.autocast`` in bfloat16 (the
     backward follows the forward's dtypes), the output back in float32, so the loss is computed in
     float32; weights stay float32, and DoPr's hooks cast the layer inputs they record to float32."""
