@@ -4,6 +4,8 @@ A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts:
 
     format          "dopr-robot/checkpoint/1"
     step            training steps done
+    elapsed_s       seconds of training up to this checkpoint, over every call of a resumed run (absent
+                    from checkpoints written before it was recorded: read as 0)
     config          the resolved TrainConfig as a dict
     policy          {"name", "obs_dim", "act_dim", "history", "chunk", "config", "image_shapes"}: enough to
                     rebuild it (image_shapes {key: [h, w, 3]}, empty or absent for a state policy)

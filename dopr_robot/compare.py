@@ -520,7 +520,7 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
     evaluator = make_evaluator(task, replace(settings, with_expert=False), obs_keys=cell.obs_keys) \
         if cell.eval_every else None
     try:
-        train(cell, evaluator=evaluator, resume=resume, overwrite=not resume, progress=False, device=device)
+        trained = train(cell, evaluator=evaluator, resume=resume, overwrite=not resume, progress=False, device=device)
     except UserError as err:
         if resume and not _readable_checkpoint(run_dir):
             raise UserError(f"{err}; delete the cell's directory {run_dir} and the same command trains the cell "
@@ -528,9 +528,11 @@ def run_cell(config: CompareConfig, task: str, optimizer: str, seed: int, data: 
         raise
     result = evaluate_checkpoint(run_dir, settings, task=task, device=device)
     record = result.to_dict()
+    # A resumed cell's time includes the training its checkpoint carried from the calls before (the time a
+    # killed call spent after its last checkpoint is not counted: the resume redoes that work and counts it).
+    wall_time_s = time.perf_counter() - started + trained.resumed_elapsed_s
     record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed, "remedy": config.remedy(),
-                      "expert_labels": _transitions(data), "wall_time_s": round(time.perf_counter() - started, 2),
-                      "resumed": resume}
+                      "expert_labels": _transitions(data), "wall_time_s": round(wall_time_s, 2), "resumed": resume}
     write_json_atomic(run_dir / EVAL_FILE, record)
 
 

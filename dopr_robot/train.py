@@ -63,6 +63,9 @@ class RunResult:
     policy: Policy  # the EMA policy (or the raw one with the EMA off), eval mode
     steps_run: int = 0  # by this call (0: a resumed run that had already finished)
     best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"}: the best closed-loop success
+    # The training wall time of earlier calls that the resumed checkpoint carried (0 for a fresh run): a
+    # caller timing this call adds it to report the whole run's time.
+    resumed_elapsed_s: float = 0.0
 
 
 def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False, overwrite: bool = False,
@@ -81,7 +84,8 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
     eval_policy = ema.module if ema is not None else policy
     ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
     log = _open_log(run, ap_watch.enabled, progress)
-    last_loss, val_loss, started = run.last_train_loss, run.last_val_loss, time.perf_counter()
+    last_loss, val_loss = run.last_train_loss, run.last_val_loss
+    started = time.perf_counter() - run.resumed_elapsed_s  # a resumed run's clock goes on from its checkpoint's
     bar = tqdm(total=config.steps, initial=step, desc=f"train {config.policy}/{config.optimizer}",
                disable=not progress or run.rank != 0)
 
@@ -116,11 +120,12 @@ def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool 
                 log.write(step=step, **_evaluate(run, evaluator, eval_policy, step))
             if due(config.checkpoint_every):
                 _check_finite(run, meter, step)  # a checkpoint is only ever written from finite weights
-                _save(run, step)
+                _save(run, step, elapsed_s=time.perf_counter() - started)
     finally:
         bar.close()
         log.close()
-    return RunResult(run.run_dir, step, last_loss, val_loss, eval_policy.eval(), step - run.step, run.best_eval)
+    return RunResult(run.run_dir, step, last_loss, val_loss, eval_policy.eval(), step - run.step, run.best_eval,
+                     resumed_elapsed_s=run.resumed_elapsed_s)
 
 
 @dataclass
@@ -149,6 +154,7 @@ class _Run:
     best_eval: dict[str, Any] | None = None  # {"eval_success_rate", "step"} of the best closed-loop evaluation
     last_train_loss: float = math.nan  # the last logged numbers (a resumed run starts with its own)
     last_val_loss: float | None = None
+    resumed_elapsed_s: float = 0.0  # the training wall time of earlier calls (restored from the checkpoint)
 
 
 def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device,
@@ -378,6 +384,10 @@ def _restore(run: _Run, checkpoint: dict[str, Any]) -> None:
         torch.cuda.set_rng_state(checkpoint["rng"]["cuda"], run.device)  # dropout on the GPU
     run.sampler.set_state(checkpoint["rng"]["sampler"])
     run.step, run.best, run.best_eval = checkpoint["step"], checkpoint["best"], checkpoint.get("best_eval")
+    # A checkpoint written before the training time was recorded carries none: its earlier time counts as 0.
+    # The time a killed call spent after its last checkpoint is not in it either: that work is redone, and
+    # counted, by the resume.
+    run.resumed_elapsed_s = float(checkpoint.get("elapsed_s", 0.0))
     if run.rank == 0:
         truncate_metrics(run.run_dir / METRICS_NAME, run.step)
     logged = read_metrics(run.run_dir / METRICS_NAME)  # what a run that already finished reports
@@ -428,10 +438,10 @@ def _evaluate(run: _Run, evaluator: Evaluator, eval_policy: Policy, step: int) -
     return metrics
 
 
-def _save(run: _Run, step: int) -> None:
-    """The checkpoint at ``step`` (rank 0 writes it, atomically)."""
+def _save(run: _Run, step: int, elapsed_s: float) -> None:
+    """The checkpoint at ``step``, after ``elapsed_s`` seconds of training (rank 0 writes it, atomically)."""
     if run.rank == 0:
-        save_atomic(_checkpoint_dict(run, step), run.run_dir / CHECKPOINT_NAME)
+        save_atomic(_checkpoint_dict(run, step, elapsed_s), run.run_dir / CHECKPOINT_NAME)
 
 
 def _open_log(run: _Run, dopr: bool, progress: bool) -> MetricsLog:
@@ -632,7 +642,7 @@ def _field_defaults() -> dict[str, Any]:
             if f.default is not MISSING or f.default_factory is not MISSING}
 
 
-def _checkpoint_dict(run: _Run, step: int) -> dict[str, Any]:
+def _checkpoint_dict(run: _Run, step: int, elapsed_s: float) -> dict[str, Any]:
     config, dataset, policy, ema = run.config, run.dataset, run.policy, run.ema
     rng = {"torch": torch.get_rng_state(), "sampler": run.sampler.get_state()}
     if run.device.type == "cuda":
@@ -640,6 +650,7 @@ def _checkpoint_dict(run: _Run, step: int) -> dict[str, Any]:
     return {
         "format": FORMAT,
         "step": step,
+        "elapsed_s": elapsed_s,
         "config": asdict(config),
         "policy": {"name": config.policy, "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
                    "history": policy.history, "chunk": policy.chunk, "config": asdict(policy.config),

@@ -93,6 +93,20 @@ def test_killed_compare_resumes_and_skips_finished_cells_even_moved(tmp_path: Pa
     assert train_calls == [("dopr-adamw", 0, True), ("dopr-adamw", 1, False)]
 
 
+def test_a_resumed_cell_reports_the_training_time_its_checkpoint_carried(tmp_path: Path, reach_demos: Path) -> None:
+    config = CompareConfig(out=str(tmp_path), **{**TINY, "seeds": 1, "eval": EvalConfig(episodes=1, num_envs=1)})
+    run_dir = config.run_dir("Reach-v0", "adamw", 0)
+    compare_module.run_cell(config, "Reach-v0", "adamw", 0, reach_demos, device="cpu")
+    assert json.loads((run_dir / "eval.json").read_text())["cell"]["resumed"] is False
+    # Killed before its evaluation after 1000 s of training: the rerun resumes (no steps left) and counts them.
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    torch.save({**checkpoint, "elapsed_s": 1000.0}, run_dir / "checkpoint.pt")
+    (run_dir / "eval.json").unlink()
+    compare_module.run_cell(config, "Reach-v0", "adamw", 0, reach_demos, device="cpu")
+    cell = json.loads((run_dir / "eval.json").read_text())["cell"]
+    assert cell["resumed"] is True and cell["wall_time_s"] >= 1000.0
+
+
 @pytest.mark.usefixtures("figures_not_rasterized_in_test")  # reads no figure
 def test_resuming_with_other_settings_is_refused(tmp_path: Path) -> None:
     config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["adamw"], "seeds": 1})

@@ -80,6 +80,29 @@ def test_resume_after_a_kill_reaches_the_same_weights_even_moved(reach_demos: Pa
     assert logged(whole.run_dir, "train_loss") == logged(resumed.run_dir, "train_loss")
 
 
+def test_a_resumed_run_counts_the_training_time_of_the_calls_before(reach_demos: Path, tmp_path: Path) -> None:
+    config = tiny_config(reach_demos, tmp_path / "run", steps=20, val_every=0, log_every=5)
+
+    def kill_at_15(policy, step: int) -> dict:
+        if step == 15:
+            raise Interrupt
+        return {}
+
+    with pytest.raises(Interrupt):
+        train(config, evaluator=kill_at_15, evaluate_every=5, progress=False)
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    at_checkpoint = logged(tmp_path / "run", "elapsed_s")[1]  # logged at steps 5, 10 (the checkpoint's), 15
+    assert first["step"] == 10 and first["elapsed_s"] >= at_checkpoint > 0
+    # An earlier call that trained for 1000 s: the resumed run's log and checkpoint continue from there.
+    torch.save({**first, "elapsed_s": 1000.0}, tmp_path / "run" / "checkpoint.pt")
+    resumed = train(config, resume=True, progress=False)
+    assert resumed.resumed_elapsed_s == 1000.0
+    times = logged(tmp_path / "run", "elapsed_s")
+    assert len(times) == 4 and times == sorted(times) and times[2] >= 1000.0 and times[1] < 1000.0
+    assert load_checkpoint(tmp_path / "run")["elapsed_s"] >= times[-1]
+    assert train(replace(config, out=str(tmp_path / "fresh")), progress=False).resumed_elapsed_s == 0.0
+
+
 def test_checkpoint_is_self_contained_and_weights_only(reach_demos: Path, tmp_path: Path) -> None:
     result = train(tiny_config(reach_demos, tmp_path / "run", optimizer="dopr-adamw", steps=10), progress=False)
     raw = torch.load(result.run_dir / "checkpoint.pt", weights_only=True)
