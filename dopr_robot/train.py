@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 import demos
 from demos.minari_source import minari_data_dir
 from dopr_robot import threads
-from dopr_robot.atomic import check_directory_destination, write_text_atomic
+from dopr_robot.atomic import check_directory_destination, write_json_atomic, write_text_atomic
 from dopr_robot.checkpoint import CHECKPOINT_NAME, FORMAT, load_checkpoint, save_atomic
 from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
@@ -47,7 +47,9 @@ from policies import Policy, make_policy
 
 # What a run writes into its directory (and --overwrite removes).
 COVERAGE_FILE = "dopr_coverage.txt"  # DoPr's coverage table: which parameters get AP
-RUN_FILES = ("config.json", CHECKPOINT_NAME, METRICS_NAME, "tensorboard", "eval.json", COVERAGE_FILE)
+EVAL_SETTINGS_FILE = "eval_settings.json"  # what the evaluations during training (and so the best checkpoint) used
+RUN_FILES = ("config.json", CHECKPOINT_NAME, METRICS_NAME, "tensorboard", "eval.json", COVERAGE_FILE,
+             EVAL_SETTINGS_FILE)
 
 # evaluator(policy in eval mode, step) -> metrics to log, e.g. closed-loop success (passed in by the
 # caller: training never imports evaluation).
@@ -70,16 +72,18 @@ class RunResult:
 
 def train(config: TrainConfig, evaluator: Evaluator | None = None, resume: bool = False, overwrite: bool = False,
           evaluate_every: int = 0, progress: bool = True, device: str | torch.device = "auto",
-          warm_start: str | Path | None = None) -> RunResult:
+          warm_start: str | Path | None = None, eval_settings: dict[str, Any] | None = None) -> RunResult:
     """Train a BC policy as configured; write config.json, metrics.jsonl and checkpoint.pt to ``config.out``.
 
     ``device`` (``auto``: CUDA when available) is where the run executes; not part of the config, so
     a run resumes on another device (bit-exact on the same one). The returned policy is on it.
     ``evaluator`` runs every ``config.eval_every`` steps (``evaluate_every`` sets the cadence of a
     config without one). ``warm_start``: a run directory to continue training from (:func:`_warm_start`).
+    ``eval_settings``: what ``evaluator`` measures with (episodes, seeds, ...; plain JSON values), saved
+    as eval_settings.json beside config.json; a resume must give the ones saved.
     """
     evaluate_every = _evaluation_cadence(config, evaluator, evaluate_every)
-    run = _setup(config, resume, overwrite, device, warm_start)
+    run = _setup(config, resume, overwrite, device, warm_start, eval_settings)
     policy, optimizer, scheduler, ema, step = run.policy, run.optimizer, run.scheduler, run.ema, run.step
     eval_policy = ema.module if ema is not None else policy
     ap_watch, meter = _APWatch(optimizer, run.run_dir), _LossMeter(run.device)
@@ -158,7 +162,7 @@ class _Run:
 
 
 def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | torch.device,
-           warm_start: str | Path | None = None) -> _Run:
+           warm_start: str | Path | None = None, eval_settings: dict[str, Any] | None = None) -> _Run:
     """Device, ranks, data, run directory, policy (seeded), EMA, optimizer and schedule; restored from
     the checkpoint on a resume. Everything a user can get wrong is refused before the run directory
     is touched."""
@@ -172,7 +176,7 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     dataset = demos.load(config.data, obs_keys=config.obs_keys or None)
     _check_data_fits(dataset, config)  # before touching RUN_DIR: a refused run leaves nothing behind
     if rank == 0:
-        _prepare_run_dir(run_dir, config, resume, overwrite)
+        _prepare_run_dir(run_dir, config, resume, overwrite, eval_settings)
     train_windows = dataset.windows("train", history=config.history, chunk=config.chunk).to(device)
     valid_windows = dataset.windows("valid", history=config.history, chunk=config.chunk).to(device) \
         if dataset.valid_indices else None
@@ -607,9 +611,16 @@ def _check_data_fits(dataset, config: TrainConfig) -> None:
                             f"({min(lengths)} steps); use a smaller --{name}")
 
 
-def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> None:
-    config_file = run_dir / "config.json"
+def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool,
+                     eval_settings: dict[str, Any] | None = None) -> None:
+    config_file, eval_settings_file = run_dir / "config.json", run_dir / EVAL_SETTINGS_FILE
     if resume:
+        # A run saved before its evaluation settings were recorded has none to compare with; none are
+        # written for it either: they would claim the settings of evaluations made before this call.
+        if eval_settings is not None and eval_settings_file.exists():
+            refuse_changes(changed_settings(read_saved(eval_settings_file), eval_settings),
+                           f"cannot resume {run_dir} with different evaluation settings",
+                           f"resume with the ones in {EVAL_SETTINGS_FILE}, or start a new run directory")
         # A field added since the run was saved (amp, ...) counts as its default.
         saved = {**_field_defaults(), **read_saved(config_file)}
         current = json.loads(config.to_json())
@@ -634,6 +645,8 @@ def _prepare_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(config_file, config.to_json() + "\n")
+    if eval_settings is not None:
+        write_json_atomic(eval_settings_file, eval_settings)
 
 
 def _field_defaults() -> dict[str, Any]:

@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
+import dopr_robot.evaluate as evaluate_module
 from dopr_robot.checkpoint import load_checkpoint, policy_from_checkpoint
 from dopr_robot.cli import main
 from dopr_robot.config import TrainConfig
 from dopr_robot.errors import UserError
 from dopr_robot.train import train
+from envs.seeds import POLICY_EVAL
 
 TINY_POLICY = {"mlp": {"width": 32, "depth": 2}, "transformer": {"d_model": 16, "n_layers": 1, "n_heads": 2}}
 
@@ -250,7 +252,8 @@ def test_the_loop_reads_device_values_only_when_it_logs(reach_demos: Path, tmp_p
     assert seen[1] == seen[2], f"conversions grew with steps: {seen}"
 
 
-def test_cli_eval_every_logs_closed_loop_success_and_keeps_the_best_step(reach_demos: Path, tmp_path: Path, capsys) -> None:
+def test_cli_eval_every_logs_closed_loop_success_and_keeps_the_best_step(reach_demos: Path, tmp_path: Path, capsys,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     run_dir = tmp_path / "run"
     assert main(["train", "--data", str(reach_demos), "--out", str(run_dir), "--steps", "20", "--batch-size", "16",
                  "--policy-options", json.dumps(TINY_POLICY["mlp"]), "--eval-every", "10", "--eval-episodes", "2",
@@ -264,6 +267,26 @@ def test_cli_eval_every_logs_closed_loop_success_and_keeps_the_best_step(reach_d
     best = load_checkpoint(run_dir)["best_eval"]
     assert best == {"eval_success_rate": max(rates), "step": evaluations[rates.index(max(rates))]["step"]}
     assert f"best closed-loop success rate {max(rates):.3f} at step {best['step']}" in capsys.readouterr().out
+    # What "best" was measured on is saved with the run, and a resume evaluates on it or is refused.
+    saved = {"episodes": 2, "seed": POLICY_EVAL, "num_envs": 8, "actions_per_chunk": 1}
+    assert json.loads((run_dir / "eval_settings.json").read_text()) == saved
+    assert main(["train", "--resume", str(run_dir), "--eval-episodes", "3", "--no-progress"]) == 2
+    assert "--resume evaluates with the run's saved" in capsys.readouterr().err
+    built = []
+    monkeypatch.setattr(evaluate_module, "make_evaluator",
+                        lambda task, settings, **kwargs: built.append(settings) or (lambda policy, step: {}))
+    assert main(["train", "--resume", str(run_dir), "--no-progress"]) == 0  # not the default 10 episodes
+    assert [settings.episodes for settings in built] == [2]
+
+
+def test_a_resume_with_other_evaluation_settings_is_refused(reach_demos: Path, tmp_path: Path) -> None:
+    config = tiny_config(reach_demos, tmp_path / "run", steps=2, eval_every=2, val_every=0)
+    no_evaluation = lambda policy, step: {}  # noqa: E731
+    train(config, evaluator=no_evaluation, eval_settings={"episodes": 2}, progress=False)
+    with pytest.raises(UserError, match=r"cannot resume .* with different evaluation settings \(changed: episodes "
+                                        r"\(2 -> 3\)\); resume with the ones in eval_settings.json"):
+        train(config, evaluator=no_evaluation, eval_settings={"episodes": 3}, resume=True, progress=False)
+    train(config, evaluator=no_evaluation, eval_settings={"episodes": 2}, resume=True, progress=False)
 
 
 def test_eval_episodes_without_eval_every_is_refused(reach_demos: Path, tmp_path: Path, capsys) -> None:

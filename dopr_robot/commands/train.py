@@ -12,6 +12,7 @@ from dopr_robot.config import (
     TrainConfig,
     add_config_arguments,
     config_from_dict,
+    config_to_dict,
     flags_named,
     given_options,
     nested,
@@ -19,6 +20,7 @@ from dopr_robot.config import (
 )
 from dopr_robot.errors import UserError
 from dopr_robot.grid import add_execution_arguments
+from dopr_robot.run_dir import read_saved
 
 EVAL_EPISODES = 10  # closed-loop episodes of each evaluation during training (--eval-every)
 HELP = "train a BC policy (config.json, metrics.jsonl and checkpoint.pt in the run directory)"
@@ -54,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         config = resolve_config(TrainConfig, args)
         _check_dopr_options(config)
-    evaluator = _evaluator(config, args)
+    evaluator, eval_settings = _evaluator(config, args)
     result = train(config, evaluator=evaluator, resume=args.resume is not None, overwrite=args.overwrite,
-                   progress=not args.no_progress, device=args.device)
+                   progress=not args.no_progress, device=args.device, eval_settings=eval_settings)
     val = f"{result.final_val_loss:.5f}" if result.final_val_loss is not None else "n/a (no validation episodes)"
     numbers = f"train loss {result.final_train_loss:.5f}, validation loss {val}"
     if args.resume is not None and result.steps_run == 0:
@@ -95,16 +97,31 @@ def _resumed_config(args: argparse.Namespace) -> TrainConfig:
 
 def _evaluator(config: TrainConfig, args: argparse.Namespace):
     """With ``--eval-every``: closed-loop evaluation on the task the demonstrations came from, with the
-    ``--eval-*`` settings given (executing ``--eval-actions-per-chunk`` actions of each chunk, ...)."""
+    ``--eval-*`` settings given (executing ``--eval-actions-per-chunk`` actions of each chunk, ...), or on
+    a resume the ones the run saved; returned with those settings in their JSON form (None, None without)."""
     given = given_options(PeriodicEval, args)
     if not config.eval_every:
         if given:
             raise UserError(f"{', '.join(given.values())} {'sets' if len(given) == 1 else 'set'} the evaluations "
                             "of --eval-every; give --eval-every N, or drop it")
-        return None
+        return None, None
+    from dopr_robot.train import EVAL_SETTINGS_FILE  # imported by run() already
+
+    chosen = {name.removeprefix("eval."): getattr(args, name) for name in given}
+    saved_file = args.resume / EVAL_SETTINGS_FILE if args.resume is not None else None
+    if saved_file is not None and saved_file.is_file():  # a run saved before the file existed takes what is given
+        saved = read_saved(saved_file)
+        changed = [given[f"eval.{name}"] for name, value in chosen.items() if saved.get(name) != value]
+        if changed:
+            raise UserError(f"--resume evaluates with the run's saved {saved_file}; drop {', '.join(changed)} "
+                            "or start a new run directory")
+        chosen = saved
+    else:
+        saved_file = None
     with flags_named(PeriodicEval):
-        chosen = {name.removeprefix("eval."): getattr(args, name) for name in given}
-        settings = config_from_dict(PeriodicEval, {"eval": {"episodes": EVAL_EPISODES, **chosen}}).eval
+        periodic = config_from_dict(PeriodicEval, {"eval": {"episodes": EVAL_EPISODES, **chosen}},
+                                    where=str(saved_file or ""))
+    settings = periodic.eval
     if settings.actions_per_chunk > config.chunk:  # refused before training, not at the first evaluation
         raise UserError(f"--eval-actions-per-chunk {settings.actions_per_chunk} exceeds --chunk {config.chunk}: a "
                         "plan holds --chunk actions; give at most that many")
@@ -115,7 +132,8 @@ def _evaluator(config: TrainConfig, args: argparse.Namespace):
     if dataset.task is None:
         raise UserError(f"--eval-every evaluates on the data's task, and {config.data} names none (no env_args); "
                         "drop --eval-every and evaluate the checkpoint with `dopr-robot eval --task NAME`")
-    return make_evaluator(dataset.task, settings, env_kwargs=dataset.env_kwargs, obs_keys=dataset.obs_keys)
+    evaluator = make_evaluator(dataset.task, settings, env_kwargs=dataset.env_kwargs, obs_keys=dataset.obs_keys)
+    return evaluator, config_to_dict(periodic)["eval"]
 
 
 def _check_dopr_options(config: TrainConfig) -> None:
