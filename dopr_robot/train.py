@@ -192,7 +192,7 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
     ema = WeightEMA(policy, config.ema_decay) if config.ema_decay > 0 else None
     model = nn.parallel.DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else policy
-    optimizer = make_optimizer(config.optimizer, model, **config.optimizer_kwargs())
+    optimizer = make_optimizer(config.optimizer, model, **_optimizer_kwargs(config, checkpoint))
     if config.compile:
         _learning_rate_as_tensor(optimizer, device)  # before the schedule reads it
     run = _Run(config, run_dir, device, rank, world, dataset, train_windows, valid_windows, policy, ema,
@@ -205,6 +205,22 @@ def _setup(config: TrainConfig, resume: bool, overwrite: bool, device: str | tor
         _warm_start(run, load_checkpoint(warm_start))
     run.loss, run.update = _step_functions(run)
     return run
+
+
+# DoPr options whose default changed: a run that began before keeps the value its optimizer state was saved with
+# (DoPr refuses to load a state saved with another conv form). conv_form: "unfold" until it became "channel".
+DEFAULTS_KEPT_ON_RESUME = ("conv_form",)
+
+
+def _optimizer_kwargs(config: TrainConfig, checkpoint: dict[str, Any] | None) -> dict[str, Any]:
+    """The optimizer's arguments; on a resume, options the config leaves to their default take the value
+    the checkpoint's optimizer was built with (:data:`DEFAULTS_KEPT_ON_RESUME`)."""
+    kwargs = config.optimizer_kwargs()
+    groups = checkpoint["optimizer"].get("param_groups") if checkpoint is not None else None
+    for key in DEFAULTS_KEPT_ON_RESUME:
+        if groups and key in groups[0] and key not in config.optimizer_options:
+            kwargs[key] = groups[0][key]
+    return kwargs
 
 
 # ``train --compile`` on CUDA also captures the compiled step as CUDA graphs; benchmarks/compiled_step.py turns

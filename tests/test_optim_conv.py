@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import runpy
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -289,7 +290,7 @@ def test_coverage_lists_conv_forms_norms_grouped_convs_and_a_readout_over_max_fa
     }
     assert optimizer.format_coverage().splitlines()[-1] == (
         "2 of 8 parameter tensors get AP (1 conv layers hooked); 2% of the parameters by count")
-    unfolded = DoPr(pixel_model(), base="muon", max_factor_dim=8192)  # 88% covered: no warning
+    unfolded = DoPr(pixel_model(), base="muon", conv_form="unfold", max_factor_dim=8192)  # 88% covered: no warning
     rows = {r["parameter"]: r["preconditioning"] for r in unfolded.coverage()}
     assert rows["0.weight"] == "AP (unfold) + adamw"  # Muon takes matrices only: conv weights go to AdamW
     assert rows["5.weight"] == "AP + muon"
@@ -309,7 +310,7 @@ def test_a_mostly_covered_model_builds_without_a_warning() -> None:
 
 
 @pytest.mark.parametrize("options, message", [
-    (dict(conv_form="im2col"), r"Invalid conv_form: 'im2col' \(valid: unfold, channel\)"),
+    (dict(conv_form="im2col"), r"Invalid conv_form: 'im2col' \(valid: channel, unfold\)"),
     (dict(max_factor_dim=0), r"Invalid max_factor_dim: 0 \(must be an integer >= 1\)"),
     (dict(max_factor_dim=4096.0), r"Invalid max_factor_dim: 4096.0"),
 ])
@@ -394,6 +395,42 @@ def test_a_state_saved_with_another_conv_form_is_refused() -> None:
     train_steps(model, optimizer, 1, seed=1)
     with pytest.raises(ValueError, match=r"saved with conv_form='unfold', this optimizer has conv_form='channel'"):
         DoPr(model, conv_form="channel").load_state_dict(optimizer.state_dict())
+
+
+def test_the_default_conv_form_is_channel() -> None:
+    rows = DoPr(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4 * 6 * 6, 2))).coverage()
+    assert rows[0]["preconditioning"] == "AP (channel) + adamw"
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_a_run_begun_when_unfold_was_the_default_resumes_with_unfold(demo_file, tmp_path: Path, one_thread) -> None:
+    from dopr_robot.config import TrainConfig
+    from dopr_robot.train import train
+
+    data = demo_file("Reach-v0", 3, cameras=["agentview"], image_size=(16, 16), env_kwargs={"horizon": 10})
+    config = TrainConfig(data=str(data), out=str(tmp_path / "run"), steps=6, batch_size=4, checkpoint_every=2,
+                         optimizer="dopr-adamw", obs_keys=["agentview_image", "robot_state"], val_every=0,
+                         policy_options={"width": 8, "depth": 1, "encoder_channels": 4, "encoder_features": 4})
+
+    def stop_at_3(policy, step: int) -> dict:
+        if step == 3:
+            raise Interrupt
+        return {}
+
+    begun = tmp_path / "run"
+    with pytest.raises(Interrupt):  # conv_form named, then removed below: what the old default wrote
+        train(replace(config, optimizer_options={"conv_form": "unfold"}), evaluator=stop_at_3, evaluate_every=1, progress=False, device="cpu")
+    checkpoint = torch.load(begun / "checkpoint.pt", weights_only=True)
+    checkpoint["config"]["optimizer_options"] = {}
+    torch.save(checkpoint, begun / "checkpoint.pt")
+    (begun / "config.json").write_text(config.to_json() + "\n")
+
+    train(config, resume=True, progress=False, device="cpu")  # the old code: "saved with conv_form='unfold'"
+    resumed = torch.load(begun / "checkpoint.pt", weights_only=True)
+    assert resumed["step"] == 6 and resumed["optimizer"]["param_groups"][0]["conv_form"] == "unfold"
 
 
 @pytest.mark.parametrize("form", ["channel", "unfold"])

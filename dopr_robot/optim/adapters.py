@@ -72,14 +72,14 @@ from typing import Callable, Protocol
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-CONV_FORMS = ("unfold", "channel")
+CONV_FORMS = ("channel", "unfold")
 
 
 @dataclass(frozen=True)
 class AdapterOptions:
     """The DoPr options an adapter builder may read."""
 
-    conv_form: str = "unfold"  # one of CONV_FORMS
+    conv_form: str = "channel"  # one of CONV_FORMS (why this default: DoPr's docstring)
     max_factor_dim: int = 4096  # wider factors (without the homogeneous coordinate): raw gradient
 
 

@@ -191,18 +191,20 @@ class DoPr(Optimizer):
             triangular solves with the factor), ``"inverse"`` (the inverse formed from the factor,
             then one matmul; the damping keeps it well conditioned), or ``"auto"`` (inverse on
             CUDA, solves elsewhere).
-        conv_form: how convolutions are preconditioned (``adapters.py``): ``"unfold"`` (the second
-            moment of the unfolded c_in·k patches, K-FAC's conv factor) or ``"channel"`` (the c_in x c_in
-            channel second moment over all input positions, applied to every kernel tap). The default
-            is measured by ``benchmarks/conv_ap.py``: on a small conv-net regression (16x16 images,
-            300 steps, 3 seeds, AdamW's best learning rate) the unfold form reached a quarter of AdamW's
-            loss, while the channel form, which ignores that neighbouring pixels correlate, did no better
-            than AdamW and diverged at a learning rate AdamW takes. The unfold form costs more: its
-            statistics are n·(c_in·k)² per layer, n = batch x output positions: 5-8x AdamW's step on a
-            4-conv 32-channel encoder at 64 px, batch 64, one CPU thread, and 1.6x with
-            ``refresh_every=10``, which kept about half of the gain on the regression (the channel
-            form: about 1x). Closed-loop results from pixels are not measured yet: the choice rests on
-            training loss and cost alone.
+        conv_form: how convolutions are preconditioned (``adapters.py``): ``"channel"`` (the default: the
+            c_in x c_in channel second moment over all input positions, applied to every kernel tap) or
+            ``"unfold"`` (the second moment of the unfolded c_in·k patches, K-FAC's conv factor). The
+            default is chosen by closed-loop success and cost. From pixels (Reach-v0, 64 px, conv encoder,
+            200 noise-injected demonstrations, 3 seeds, ``refresh_every=10``; docs/results/pixels.md) both
+            forms succeeded equally often (channel 0.81, unfold 0.81; AdamW 0.19), with equal validation
+            loss; and the channel form's step costs 1.2-1.4x AdamW's where exact unfold costs 6x (4-conv
+            32-channel encoder, 64 px, batch 64, 2 CPU threads; unfold's statistics are n·(c_in·k)² per
+            layer, n = batch x output positions), 1.5x with ``refresh_every=10``. Where unfold is
+            better: on a small conv-net regression against a random teacher (``benchmarks/conv_ap.py``)
+            unfold reached a quarter of AdamW's training loss while channel, which ignores that
+            neighbouring pixels correlate, did no better than AdamW and diverged at a learning rate (1e-2)
+            AdamW takes. For the tightest fit, or learning rates near 1e-2, take ``"unfold"`` (with
+            ``refresh_every=10`` on a CPU).
         max_factor_dim: layers whose factor is wider (inputs of a linear layer, c_in·k for the unfold
             form, c_in for the channel form) get the raw gradient, with that reason in the coverage
             table: a dense factor costs d² memory and d³/3 per factorization (a linear readout of a
@@ -225,7 +227,7 @@ class DoPr(Optimizer):
         refresh_every: int = 1,
         max_damping_retries: int = 8,
         apply: str = "auto",
-        conv_form: str = "unfold",
+        conv_form: str = "channel",
         max_factor_dim: int = 4096,
         **base_kwargs,
     ):
