@@ -396,3 +396,24 @@ def test_the_robomimic_experiment_files_name_existing_options(name: str) -> None
         config = resolve_compare_config(parser.parse_args(["--config", str(path), "--out", "o", "--data",
                                                            json.dumps({task: "image.hdf5"})]))
         assert config.train.policy_options == template.policy_options
+
+
+def test_the_cpu_recipe_file_runs_the_robomimic_recipe_at_cpu_scale() -> None:
+    """experiments/recipe_cpu_reach_pixels.json: the robomimic files' recipe (flow-unet over an encoder per
+    camera, history 2, chunk 16 executing 8, EMA, best-checkpoint evaluation, AdamW and Muon with their DoPr
+    variants) on a task here from pixels, at a size a CPU trains (the small conv encoder, the default U-Net)."""
+    from dopr_robot.config import check_config_dict
+    from policies import check_policy_shape
+
+    path = ROOT / "experiments" / "recipe_cpu_reach_pixels.json"
+    values = json.loads(path.read_text())
+    check_config_dict(CompareConfig, values, where=str(path))
+    paper = json.loads((ROOT / "experiments" / "robomimic_tool_hang.json").read_text())
+    assert values["optimizers"] == paper["optimizers"] and values["seeds"] >= 5
+    template = train_template(**values["train"])
+    assert (template.policy, template.history, template.chunk) == ("flow-unet", 2, 16)
+    check_policy_shape(template.policy, template.history, template.chunk, **template.policy_options)
+    assert template.policy_options["encoder"] == "conv" and "agentview_image" in template.obs_keys
+    assert template.ema_decay > 0 and 0 < template.eval_every < template.steps
+    evaluation = EvalConfig(**values["eval"])
+    assert evaluation.actions_per_chunk == 8 and evaluation.use_ema and evaluation.seed == seeds.POLICY_EVAL
