@@ -81,7 +81,7 @@ class ImageEncoder(nn.Module):
     """uint8 (N, H, W, 3) -> float (N, features): scaling, augmentation, backbone, spatial softmax, Linear."""
 
     def __init__(self, backbone: nn.Module, keypoints: int, features: int, shift: int,
-                 softmax_temperature: float = 1.0):
+                 softmax_temperature: float = ImageEncoderConfig.softmax_temperature):
         super().__init__()
         self.backbone = backbone
         self.readout = nn.Linear(2 * keypoints, features)
