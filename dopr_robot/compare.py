@@ -555,13 +555,20 @@ def _dagger_cell(config: CompareConfig, task: str, optimizer: str, seed: int, da
     resume = run_dir.exists() and any(run_dir.iterdir())
     settings = config.dagger_config(task, config.cell_config(optimizer, seed, data, run_dir), data, run_dir, rounds)
     prepare(settings)
+    rounds_started = time.perf_counter()
     result = run_dagger(settings, lambda: envs.make(task), envs.make_expert(task),
                         BCLearner(settings, device=device), data)
+    in_rounds_s = time.perf_counter() - rounds_started
     record = evaluate_checkpoint(result.final_run, config.eval, task=task, device=device).to_dict()
+    # The rounds' time is what their done.json files record, over every call (a resumed cell's rounds finished
+    # before included); this call adds its time outside them. What a killed call did that no file records (a
+    # round's training after its last checkpoint, a rollout whose aggregate was never written) is not counted:
+    # the resume redoes that work and counts it.
+    wall_time_s = time.perf_counter() - started - in_rounds_s + result.wall_time_s
     record["cell"] = {"task": task, "optimizer": optimizer, "seed": seed, "remedy": config.remedy(),
                       "expert_labels": result.expert_labels, "dagger_rounds": result.rounds,
                       "train_steps_total": settings.train.steps + rounds * settings.steps_per_round,
-                      "wall_time_s": round(time.perf_counter() - started, 2), "resumed": resume}
+                      "wall_time_s": round(wall_time_s, 2), "resumed": resume}
     write_json_atomic(run_dir / EVAL_FILE, record)
 
 

@@ -4,8 +4,11 @@
     OUT/demos.hdf5                     the initial demonstrations, when collected here (no --data)
     OUT/round_<k>/data.hdf5            the aggregate after round k: the initial demonstrations and every
                                        relabelled episode of rounds 1..k (collect's HDF5 layout)
+    OUT/round_<k>/data_seconds.json    the seconds spent making data.hdf5 (rollouts, relabelling, aggregation),
+                                       so that a round resumed in its training still counts them
     OUT/round_<k>/run/                 round k's training run (config.json, checkpoint.pt, metrics.jsonl)
-    OUT/round_<k>/done.json            round k is finished when it exists (counts and wall times)
+    OUT/round_<k>/done.json            round k is finished when it exists (counts, each stage's seconds and
+                                       the round's wall time, over every call that worked on it)
 
 Round 0 trains on the initial demonstrations for the template's ``steps``. Round ``r >= 1`` rolls out
 the previous round's policy (its EMA weights, as evaluated) for ``episodes_per_round`` episodes from
@@ -26,7 +29,10 @@ own steps, as the ``imitation`` library's DAgger trainer does.
 
 A killed run resumes: a rerun of the same command skips the rounds with a ``done.json``, reuses a
 round's aggregate when it was written (it is written atomically), and resumes a round's training from
-its checkpoint.
+its checkpoint. A resumed round's times count what the calls before did (the aggregate's seconds saved
+beside it, the training time its checkpoint carries); what a killed call did after that (a rollout
+whose aggregate was never written, training after the last checkpoint) is redone, and counted, by the
+resume.
 
 The loop (:func:`run_dagger`) takes the env maker, the expert and the learner as arguments, so it
 runs on any system with a queryable expert; :func:`dagger` resolves them from a task name.
@@ -62,6 +68,7 @@ from envs.seeds import DAGGER, ranges
 CONFIG_FILE = "dagger_config.json"
 DONE_FILE = "done.json"
 DATA_FILE = "data.hdf5"
+DATA_SECONDS_FILE = "data_seconds.json"
 RUN_DIR = "run"
 # Second word of every mixing generator's seed, apart from the env's own reset randomness and the
 # collector's noise streams.
@@ -142,9 +149,10 @@ class DaggerConfig:
 class Learner(Protocol):
     """What DAgger trains: ``fit`` round ``k`` on ``data`` into ``out`` (continuing from ``previous``,
     round k-1's ``out``, when given; resuming when ``out`` holds an unfinished fit), and a controller
-    for ``num_envs`` slots that runs what ``fit`` left in ``out``."""
+    for ``num_envs`` slots that runs what ``fit`` left in ``out``. ``fit`` returns the training seconds
+    that earlier calls spent on a fit it resumed (None or 0: none), which the round's times include."""
 
-    def fit(self, k: int, data: Path, out: Path, previous: Path | None) -> None: ...
+    def fit(self, k: int, data: Path, out: Path, previous: Path | None) -> float | None: ...
 
     def controller(self, out: Path, num_envs: int) -> Controller: ...
 
@@ -157,12 +165,13 @@ class BCLearner:
     device: str = "auto"
     progress: bool = False
 
-    def fit(self, k: int, data: Path, out: Path, previous: Path | None) -> None:
+    def fit(self, k: int, data: Path, out: Path, previous: Path | None) -> float:
         from dopr_robot.train import train  # training's import cost only where DAgger runs
 
         resume = (out / CHECKPOINT_NAME).exists()
-        train(self.config.round_train_config(k, data, out), resume=resume, progress=self.progress,
-              device=self.device, warm_start=None if resume else previous)
+        trained = train(self.config.round_train_config(k, data, out), resume=resume, progress=self.progress,
+                        device=self.device, warm_start=None if resume else previous)
+        return trained.resumed_elapsed_s
 
     def controller(self, out: Path, num_envs: int) -> Controller:
         # Rollouts on the CPU: a batch of num_envs observations is too small for a device round trip.
@@ -210,6 +219,13 @@ class DaggerResult:
         return self.out / f"round_{len(self.rounds) - 1}" / RUN_DIR
 
     @property
+    def wall_time_s(self) -> float:
+        """The rounds' wall time, each over every call that worked on it. A ``done.json`` written before
+        rounds recorded ``wall_time_s`` counts the sum of its ``seconds``, which for a round that was
+        resumed holds only its last call's training (and no rollouts when its aggregate was reused)."""
+        return sum(r["wall_time_s"] if "wall_time_s" in r else sum(r["seconds"].values()) for r in self.rounds)
+
+    @property
     def expert_labels(self) -> int:
         """The expert's labels the final policy trained on: demonstration transitions + relabelled states."""
         return self.rounds[-1]["expert_labels"]
@@ -238,12 +254,21 @@ def run_dagger(config: DaggerConfig, make_env: Callable[[], gymnasium.Env], expe
 
 def _round(config: DaggerConfig, k: int, make_env: Callable[[], gymnasium.Env], expert: Any, learner: Learner,
            initial: Path) -> dict[str, Any]:
-    """Round ``k``: aggregate (unless written already), fit; the round's record."""
+    """Round ``k``: aggregate (unless written already), fit; the round's record. Its ``seconds`` (each
+    stage's) and ``wall_time_s`` (the whole round's) include what earlier calls spent on a resumed round:
+    the aggregate's seconds recorded beside it, the training time the checkpoint carries."""
+    round_started = time.perf_counter()
     here, before = round_dir(config.out, k), round_dir(config.out, k - 1)
     here.mkdir(parents=True, exist_ok=True)
     data = here / DATA_FILE
     seconds = {"rollout": 0.0, "relabel": 0.0, "aggregate": 0.0, "train": 0.0}
-    if not data.exists():
+    earlier_calls_s = 0.0
+    if data.exists():
+        # Made by a call killed later in the round. An aggregate written before its seconds were recorded
+        # (or by a call killed between the two writes) counts 0 for them.
+        seconds.update(_read_data_seconds(here / DATA_SECONDS_FILE))
+        earlier_calls_s += seconds["rollout"] + seconds["relabel"] + seconds["aggregate"]
+    else:
         if k == 0:
             started = time.perf_counter()
             _write_initial(data, initial, config)
@@ -254,15 +279,27 @@ def _round(config: DaggerConfig, k: int, make_env: Callable[[], gymnasium.Env], 
             started = time.perf_counter()
             _append(data, before / DATA_FILE, trajectories, k, config)
             seconds["aggregate"] = time.perf_counter() - started
+        write_json_atomic(here / DATA_SECONDS_FILE, {key: seconds[key] for key in ("rollout", "relabel", "aggregate")})
     started = time.perf_counter()
-    learner.fit(k, data, here / RUN_DIR, None if k == 0 else before / RUN_DIR)
-    seconds["train"] = time.perf_counter() - started
+    resumed_train_s = float(learner.fit(k, data, here / RUN_DIR, None if k == 0 else before / RUN_DIR) or 0.0)
+    seconds["train"] = time.perf_counter() - started + resumed_train_s
+    earlier_calls_s += resumed_train_s
     with h5py.File(data, "r") as file:
         meta = json.loads(file["data"].attrs["dopr_meta"])
     return {"round": k, "beta": config.beta(k), "episodes": meta["aggregate_episodes"],
             "relabelled_states": meta["relabelled_states"], "expert_labels": meta["expert_labels"],
             "seeds": config.rollout_seeds(k) if k else [],
-            "seconds": {key: round(value, 4) for key, value in seconds.items()}}
+            "seconds": {key: round(value, 4) for key, value in seconds.items()},
+            "wall_time_s": round(time.perf_counter() - round_started + earlier_calls_s, 4)}
+
+
+def _read_data_seconds(path: Path) -> dict[str, float]:
+    """The aggregate's recorded stage seconds; none (so they count 0) when the file is missing or unreadable."""
+    try:
+        recorded = json.loads(path.read_text())
+        return {key: float(recorded[key]) for key in ("rollout", "relabel", "aggregate")}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+        return {}
 
 
 def _rollouts(config: DaggerConfig, k: int, make_env: Callable[[], gymnasium.Env], expert: Any,

@@ -5,6 +5,7 @@ paired rows against a recomputation from results.csv, and bad input."""
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def test_the_paired_rows_match_a_recomputation_from_results_csv(serial: Path) ->
         assert f"{np.mean(per_seed):+.3g}" in line
 
 
-def test_a_killed_grid_reruns_without_retraining_finished_cells(tmp_path: Path, monkeypatch) -> None:
+def test_a_killed_grid_reruns_without_retraining_finished_cells_and_counts_their_time(tmp_path: Path,
+                                                                                     monkeypatch) -> None:
     config = CompareConfig(out=str(tmp_path), **{**TINY, "optimizers": ["adamw"], "seeds": 1,
                                                  "remedies": ["none", "dagger:1"]})
     real_train, trained, killed = train_module.train, [], []
@@ -104,19 +106,25 @@ def test_a_killed_grid_reruns_without_retraining_finished_cells(tmp_path: Path, 
     monkeypatch.setattr(train_module, "train", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         compare(config, progress=False)
+    # The DAgger cell's finished round 0, made to have taken far longer than the whole test: the resumed
+    # cell's time must count it, not only its last call's.
+    done = next(tmp_path.glob("remedies/dagger1/runs/*/*/seed0/round_0/done.json"))
+    done.write_text(json.dumps({**json.loads(done.read_text()), "wall_time_s": 1000.0}))
     trained.clear()
     monkeypatch.setattr(train_module, "train", lambda cell, *a, **k: trained.append(cell.out) or real_train(cell, *a, **k))
     compare(config, progress=False)
     assert trained == killed and killed[0].endswith("round_1/run")  # only the killed training runs again
     assert len(rows(tmp_path)) == 2
+    cell = json.loads((done.parent.parent / "eval.json").read_text())["cell"]
+    assert cell["resumed"] and 1000.0 <= cell["wall_time_s"] < 1100.0
+    with open(tmp_path / "results.csv") as f:
+        assert [float(r["wall_time_s"]) >= 1000.0 for r in csv.DictReader(f)] == [False, True]  # none, then dagger:1
 
 
 def test_an_existing_comparison_resumes_unchanged(serial: Path, tmp_path: Path, monkeypatch) -> None:
     """A comparison made before remedies (no remedies key, runs in runs/) resumes without training."""
     old = tmp_path / "old"
     shutil.copytree(serial, old, ignore=shutil.ignore_patterns("remedies"))
-    import json
-
     saved = json.loads((old / "compare_config.json").read_text())
     for key in ("remedies", "dagger_episodes", "dagger_steps", "dagger_beta0"):
         saved.pop(key)

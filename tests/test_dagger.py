@@ -9,6 +9,7 @@ K exactly: the oracle is K itself and the states the test replays, not the code 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from demos.episode import make_episode
 from demos.hdf5 import save
 from dopr_robot.cli import main
-from dopr_robot.dagger import BCLearner, DaggerConfig, run_dagger, train_template
+from dopr_robot.dagger import BCLearner, DaggerConfig, DaggerResult, run_dagger, train_template
 from dopr_robot.errors import UserError
 
 A = np.array([[1.0, 0.1], [0.0, 1.0]])
@@ -165,7 +166,8 @@ class Killed(Exception):
     pass
 
 
-def test_a_killed_dagger_reruns_only_the_unfinished_round(tmp_path: Path, monkeypatch) -> None:
+def test_a_killed_dagger_reruns_only_the_unfinished_round_and_counts_the_earlier_calls(tmp_path: Path,
+                                                                                       monkeypatch) -> None:
     config, demos_file = _config(tmp_path), _line_demos(tmp_path / "demos.hdf5")
     learner = LeastSquares()
     real_fit = learner.fit
@@ -178,14 +180,32 @@ def test_a_killed_dagger_reruns_only_the_unfinished_round(tmp_path: Path, monkey
     monkeypatch.setattr(learner, "fit", killed_in_round_2)
     with pytest.raises(Killed):
         run_dagger(config, LinearEnv, LinearExpert(), learner, demos_file)
-    written = (Path(config.out) / "round_2" / "data.hdf5").read_bytes()
+    round_2 = Path(config.out) / "round_2"
+    written = (round_2 / "data.hdf5").read_bytes()
+    # Times far above the real ones, so that only their being counted can explain the round's total: the
+    # killed call's rollouts took 1000 s, and its training (as a checkpoint would carry it) 500 s.
+    recorded = json.loads((round_2 / "data_seconds.json").read_text())
+    (round_2 / "data_seconds.json").write_text(json.dumps({**recorded, "rollout": 1000.0}))
 
     again, controllers = LeastSquares(), []
-    real_controller = again.controller
+    real_controller, real_again_fit = again.controller, again.fit
     monkeypatch.setattr(again, "controller", lambda *a: controllers.append(a) or real_controller(*a))
-    run_dagger(config, LinearEnv, LinearExpert(), again, demos_file)
+    monkeypatch.setattr(again, "fit", lambda *a: real_again_fit(*a) or 500.0)
+    result = run_dagger(config, LinearEnv, LinearExpert(), again, demos_file)
     assert again.fits == [2] and controllers == []  # rounds 0-1 kept, round 2's aggregate reused
-    assert (Path(config.out) / "round_2" / "data.hdf5").read_bytes() == written
+    assert (round_2 / "data.hdf5").read_bytes() == written
+    done = json.loads((round_2 / "done.json").read_text())
+    assert done["seconds"]["rollout"] == 1000.0 and done["seconds"]["relabel"] == round(recorded["relabel"], 4)
+    assert 500.0 <= done["seconds"]["train"] < 510.0
+    assert 1500.0 <= done["wall_time_s"] < 1510.0
+    assert result.wall_time_s == pytest.approx(sum(r["wall_time_s"] for r in result.rounds))
+
+
+def test_a_round_recorded_without_its_wall_time_counts_its_stages(tmp_path: Path) -> None:
+    """done.json files written before rounds recorded wall_time_s: the sum of their seconds."""
+    old = {"seconds": {"rollout": 1.5, "relabel": 0.25, "aggregate": 0.25, "train": 8.0}}
+    result = DaggerResult(tmp_path, rounds=[old, {**old, "wall_time_s": 30.0}])
+    assert result.wall_time_s == 10.0 + 30.0
 
 
 def test_bc_rounds_continue_the_previous_weights_and_optimizer_state(tmp_path: Path) -> None:
