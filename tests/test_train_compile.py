@@ -16,7 +16,9 @@ from dopr_robot.config import TrainConfig
 from dopr_robot.optim import make_optimizer
 from dopr_robot.train import WeightEMA, _step_counters_on_device, train
 
-OPTIMIZERS = [("adamw", {}), ("dopr-adamw", {}), ("dopr-adamw", {"refresh_every": 5}), ("dopr-muon", {})]
+# DoPr's exact path runs under dopr-muon, its AdamW base under the amortized run (whose refresh steps take the
+# exact path too): an exact dopr-adamw case would add a compilation (~12 s on 2 cores) and no path.
+OPTIMIZERS = [("adamw", {}), ("dopr-adamw", {"refresh_every": 5}), ("dopr-muon", {})]
 
 
 def tiny_config(data: Path, out: Path, **overrides) -> TrainConfig:
@@ -32,7 +34,7 @@ def logged(run_dir: Path, key: str) -> list[float]:
     return [line[key] for line in lines if key in line]
 
 
-@pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["adamw", "dopr-adamw", "dopr-adamw-amortized", "dopr-muon"])
+@pytest.mark.parametrize("optimizer, options", OPTIMIZERS, ids=["adamw", "dopr-adamw-amortized", "dopr-muon"])
 def test_the_compiled_step_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, one_thread, monkeypatch,
                                                   optimizer: str, options: dict) -> None:
     config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
@@ -111,7 +113,8 @@ def test_step_counters_follow_the_mode_of_each_run() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA-graph capture of the compiled step needs a GPU")
-@pytest.mark.parametrize("optimizer, options", OPTIMIZERS[:3], ids=["adamw", "dopr-adamw", "dopr-adamw-amortized"])
+@pytest.mark.parametrize("optimizer, options", [("adamw", {}), ("dopr-adamw", {}), ("dopr-adamw", {"refresh_every": 5})],
+                         ids=["adamw", "dopr-adamw", "dopr-adamw-amortized"])
 def test_the_captured_step_on_cuda_trains_the_eager_curve(reach_demos: Path, tmp_path: Path, optimizer: str,
                                                           options: dict) -> None:
     config = tiny_config(reach_demos, tmp_path / "eager", optimizer=optimizer, optimizer_options=options)
