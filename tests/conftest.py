@@ -4,6 +4,7 @@ intra-op thread, a spy on training and snapshots of file contents."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -11,6 +12,11 @@ import pytest
 import torch
 
 import demos
+
+# robosuite compiles its numba kernels on first use, ~10 s in a fresh environment (as on CI); its tests
+# take a few hundred steps, for which the interpreted kernels are faster. Nothing above imports numba;
+# subprocesses of the tests inherit the setting.
+os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
 
 
 @pytest.fixture(scope="session")
