@@ -1,4 +1,4 @@
-"""Env steps/s of evaluation against random-action stepping of the same vector envs.
+"""Env steps/s of evaluation against bare loops over the same vector envs.
 
 Per task, interleaved over ``--repeats`` runs (medians reported), all with ``--num-envs`` envs in a
 ``SyncVectorEnv``:
@@ -6,14 +6,18 @@ Per task, interleaved over ``--repeats`` runs (medians reported), all with ``--n
 - random: ``vec.step(action_space.sample())`` in a loop (gymnasium's own autoreset), nothing recorded;
 - expert: the same loop with ``vec.step(expert.act(obs))``: what the env costs at goal-directed actions
   (arm on the table, puck contacts), which is slower than at random ones;
-- policy rollout: ``rollout`` with a tiny MLP policy (width 64, depth 2) trained 300 BC steps on 8
-  expert episodes run as in ``eval --no-expert``: seeded
-  resets, per-episode records, one batched ``predict`` per step;
+- policy loop: the same loop driven by the policy below (one batched ``predict`` per step), nothing
+  recorded: the bare loop with the same policy;
+- policy rollout: ``rollout`` with that policy, a tiny MLP (width 64, depth 2) trained 300 BC steps on 8
+  expert episodes, run as in ``eval --no-expert``: seeded resets, per-episode records, one batched
+  ``predict`` per step;
 - full eval: ``evaluate`` with the expert (policy and expert rollouts, both relabelings, intervals);
   its steps/s counts the env steps of both rollouts over the whole wall time.
 
-The target is policy rollout >= 80% of random stepping; "/expert" compares with the expert loop. The rollout timings include building
-the envs and the seeded resets; the random loop's do not. Seeds start at ``envs.seeds.BENCHMARK_SEED``.
+The target is policy rollout >= 80% of the policy loop ("/loop": what the rollout's bookkeeping
+costs); "/random" and "/expert" compare with the env's own cost at random and at the expert's actions.
+The policy loop and rollout timings include building the envs and the seeded resets; the random and
+expert loops' do not. Seeds start at ``envs.seeds.BENCHMARK_SEED``.
 
     python benchmarks/eval_throughput.py                                 # Reach-v0 and Push-v0
     python benchmarks/eval_throughput.py --tasks Push-v0 --episodes 64 --repeats 5
@@ -71,6 +75,23 @@ def expert_steps_per_s(task: str, num_envs: int, steps: int) -> float:
     return steps * num_envs / elapsed
 
 
+def policy_loop_steps_per_s(policy, task: str, num_envs: int, total_steps: int) -> float:
+    """The bare loop with the same policy, the rollout's reference: build the vector envs, reset them
+    with seeds, then observation -> one batched ``predict`` -> ``vec.step`` (gymnasium's own autoreset)
+    for ``total_steps`` env steps, nothing recorded. Timed as the rollout is, construction and resets
+    included."""
+    start = time.perf_counter()
+    vec = gymnasium.vector.SyncVectorEnv([partial(envs.make, task)] * num_envs)
+    obs, _ = vec.reset(seed=SEED)
+    with torch.inference_mode():
+        for _ in range(-(-total_steps // num_envs)):
+            actions = policy.predict(torch.as_tensor(obs, dtype=torch.float32)[:, None])[:, 0]
+            obs, *_ = vec.step(actions.numpy())
+    elapsed = time.perf_counter() - start
+    vec.close()
+    return -(-total_steps // num_envs) * num_envs / elapsed
+
+
 class TimedController(PolicyController):
     """PolicyController that adds the time spent in act() (history, predict, chunk bookkeeping) to ``spent``."""
 
@@ -83,13 +104,14 @@ class TimedController(PolicyController):
         return actions
 
 
-def policy_rollout_steps_per_s(policy, task: str, num_envs: int, episodes: int) -> tuple[float, float]:
-    """Steps/s of the policy rollout, and the share of its wall time spent in the controller."""
+def policy_rollout_steps_per_s(policy, task: str, num_envs: int, episodes: int) -> tuple[float, float, int]:
+    """Steps/s of the policy rollout, the share of its wall time spent in the controller, and its env steps."""
     TimedController.spent = 0.0
     start = time.perf_counter()
     runs = rollout(partial(envs.make, task), partial(TimedController, policy), [SEED + i for i in range(episodes)], num_envs)
     elapsed = time.perf_counter() - start
-    return sum(t.length for t in runs) / elapsed, TimedController.spent / elapsed
+    steps = sum(t.length for t in runs)
+    return steps / elapsed, TimedController.spent / elapsed, steps
 
 
 def full_eval_steps_per_s(policy, task: str, num_envs: int, episodes: int) -> float:
@@ -133,22 +155,25 @@ def main() -> None:
     print(f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs, {args.num_envs} envs, "
           f"{args.episodes} episodes, MLP width {args.width} depth {args.depth} trained {args.train_steps} steps, "
           f"median of {args.repeats}")
-    print(f"{'task':10}  {'random':>7}  {'expert':>7}  {'policy rollout':>14}  {'/random':>7}  {'/expert':>7}  "
-          f"{'in controller':>13}  {'full eval':>9}  {'/random':>7}   (env steps/s)")
+    print(f"{'task':10}  {'random':>7}  {'expert':>7}  {'policy loop':>11}  {'policy rollout':>14}  {'/loop':>5}  "
+          f"{'/random':>7}  {'/expert':>7}  {'in controller':>13}  {'full eval':>9}  {'/random':>7}   (env steps/s)")
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             policy = tiny_policy(task, Path(tmp), args.width, args.depth, args.train_steps)
             horizon = envs.task_spec(task).horizon
-            random, driven, rolled, share, full = [], [], [], [], []
+            random, driven, looped, rolled, share, full = [], [], [], [], [], []
             for _ in range(args.repeats):
                 random.append(random_steps_per_s(task, args.num_envs, horizon * args.episodes // args.num_envs))
                 driven.append(expert_steps_per_s(task, args.num_envs, horizon * args.episodes // args.num_envs))
-                steps_per_s, controller_share = policy_rollout_steps_per_s(policy, task, args.num_envs, args.episodes)
+                steps_per_s, controller_share, steps = policy_rollout_steps_per_s(policy, task, args.num_envs,
+                                                                                  args.episodes)
+                looped.append(policy_loop_steps_per_s(policy, task, args.num_envs, steps))
                 rolled.append(steps_per_s)
                 share.append(controller_share)
                 full.append(full_eval_steps_per_s(policy, task, args.num_envs, args.episodes))
-            r, e, p, c, f = (statistics.median(x) for x in (random, driven, rolled, share, full))
-            print(f"{task:10}  {r:7.0f}  {e:7.0f}  {p:14.0f}  {p / r:7.2f}  {p / e:7.2f}  {c:13.0%}  {f:9.0f}  {f / r:7.2f}")
+            r, e, b, p, c, f = (statistics.median(x) for x in (random, driven, looped, rolled, share, full))
+            print(f"{task:10}  {r:7.0f}  {e:7.0f}  {b:11.0f}  {p:14.0f}  {p / b:5.2f}  {p / r:7.2f}  {p / e:7.2f}  "
+                  f"{c:13.0%}  {f:9.0f}  {f / r:7.2f}")
 
 
 if __name__ == "__main__":
