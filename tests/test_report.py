@@ -217,6 +217,17 @@ def test_the_summary_says_in_words_whether_the_success_difference_is_resolved(
     assert f"In words: {sentence}" in summary_markdown(rows).splitlines()
 
 
+@pytest.mark.parametrize("low, high, bounds", [
+    (-0.04, 0.06, "a gain larger than 0.06 or a loss larger than 0.04 is unlikely"),
+    (0.0, 0.09, "a gain larger than 0.09 or any loss is unlikely"),      # one-sided: ends at 0
+    (-0.04, 0.0, "any gain or a loss larger than 0.04 is unlikely"),
+])
+def test_a_resolved_no_difference_bounds_each_side_by_its_own_end(low: float, high: float, bounds: str) -> None:
+    difference = PairedDifference(estimate=(low + high) / 2, low=low, high=high, seeds=5)
+    sentence = success_in_words([], "adamw", "dopr-adamw", difference)
+    assert sentence.endswith(f"resolved as no clear difference; {bounds}.")
+
+
 @pytest.mark.parametrize("pattern", ["all success", "all failure", "mixed"])
 def test_success_intervals_lie_in_the_unit_interval_with_two_seeds(tmp_path: Path, pattern: str) -> None:
     for seed in range(2):

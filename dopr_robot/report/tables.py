@@ -150,8 +150,8 @@ RESOLVED_WIDTH = 0.20
 def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
                      difference: PairedDifference | None = None) -> str:
     """One sentence on DoPr-X - X's success rate over ``task_rows``: better or worse when its 95% interval
-    excludes 0; resolved as no difference larger than the interval's reach when it includes 0 but is at
-    most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve it. ``difference``:
+    excludes 0; resolved as no gain above the interval's upper end and no loss below its lower end when it
+    includes 0 but is at most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve it. ``difference``:
     that success difference when the caller has it already (the bootstrap is not redone)."""
     if difference is None:
         difference = paired_difference(task_rows, base, dopr, METRICS[0])
@@ -166,8 +166,10 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     if difference.excludes_zero():
         return f"{said}: resolved, {dopr} succeeds {'more' if difference.estimate > 0 else 'less'} often than {base}."
     if width <= RESOLVED_WIDTH:
-        reach = max(abs(difference.low), abs(difference.high))
-        return f"{said}: resolved as no clear difference; a difference larger than {reach:.2f} either way is unlikely."
+        # each side bounded by its own end: an interval ending at 0 makes any change that way unlikely
+        gain = f"a gain larger than {difference.high:.2f}" if difference.high > 0 else "any gain"
+        loss = f"a loss larger than {-difference.low:.2f}" if difference.low < 0 else "any loss"
+        return f"{said}: resolved as no clear difference; {gain} or {loss} is unlikely."
     return (f"{said}: not resolved, the interval includes 0 and is wider than {RESOLVED_WIDTH:.2f}; more seeds "
             "(--seeds) or evaluation episodes (--eval-episodes) would narrow it.")
 
