@@ -382,7 +382,28 @@ def sweep_markdown(config: SweepConfig, outcomes: dict[str, list[Outcome]], chos
     for name, values in chosen.items():
         damping = f"{values['damping']:g}" if "damping" in values else "—"
         lines.append(f"| {name} | {values['lr']:g} | {values['weight_decay']:g} | {damping} |")
-    return "\n".join(lines) + "\n"
+    notes = edge_notes(outcomes, chosen)
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+FLAGS = {"lr": "--lrs", "weight_decay": "--weight-decays", "damping": "--dampings"}
+
+
+def edge_notes(outcomes: dict[str, list[Outcome]], chosen: dict[str, dict[str, float]]) -> list[str]:
+    """A line for each chosen value that is the largest or smallest of several tried (a weight decay of 0
+    excepted): the best may lie beyond it, so the sweep says so rather than let the choice pass as an optimum."""
+    notes = []
+    for name, values in chosen.items():
+        tried = [outcome.values for outcome in outcomes.get(name, []) if not outcome.error]
+        for key in ("damping",) if is_dopr(name) else ("lr", "weight_decay"):
+            options = sorted({v[key] for v in tried})
+            value = values[key]
+            if len(options) < 2 or value not in (options[0], options[-1]) or (key == "weight_decay" and value == 0):
+                continue
+            side = "largest" if value == options[-1] else "smallest"
+            notes.append(f"{name}: {HEADINGS[key]} {value:g} is the {side} value tried that trained, so the best "
+                         f"may lie beyond it (add values to {FLAGS[key]}).")
+    return notes
 
 
 def _interval(mean: float, low: float, high: float) -> str:

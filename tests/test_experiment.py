@@ -202,6 +202,10 @@ def test_the_sweep_picks_each_lr_by_return_and_dopr_inherits_it_sweeping_only_th
     assert sorted(p.name for p in (out / "dopr-adamw").iterdir()) == [f"lr{best:g}_wd0_damping0.01", f"lr{best:g}_wd0_damping0.3"]
     report = (out / "sweep.md").read_text()
     assert str(out / "sweep.md") in printed and report.count("**chosen**") == 2 and "2,000,000–2,000,001" in report
+    # two values tried: either choice is an edge of its range, and the report and the terminal say so
+    side = "largest" if chosen["dopr-adamw"]["damping"] == 0.3 else "smallest"
+    note = f"dopr-adamw: damping {chosen['dopr-adamw']['damping']:g} is the {side} value tried that trained"
+    assert note in report and note in printed and f"adamw: lr {best:g} is the" in report
     # compare takes the sweep's file as it is
     config = experiment_config("--optimizer-settings", str(out / "optimizer_settings.json"), "--tasks", "Hopper-v5")
     assert config.cell_config("dopr-adamw", 0, Path(""), Path("")).damping == chosen["dopr-adamw"]["damping"]
@@ -323,6 +327,28 @@ def test_sweep_refusals(tmp_path: Path, capsys, args: list[str], message: str) -
     assert main(["sweep", "--out", str(out), "--tasks", "Reach-v0", "--demo-episodes", "5", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and not out.exists()
+
+
+def test_a_choice_at_the_edge_of_its_range_is_flagged_and_one_inside_is_not() -> None:
+    from dopr_robot.sweep import Outcome, edge_notes
+
+    def tried(name: str, key: str, options: tuple[float, ...], failed: float | None = None) -> list[Outcome]:
+        base = {"lr": 1e-3, "weight_decay": 0.0} | ({"damping": 1.0} if name.startswith("dopr") else {})
+        return [Outcome(name, {**base, key: v}, Path("."), {}, error="diverged" if v == failed else "") for v in options]
+
+    outcomes = {"adamw": tried("adamw", "lr", (1e-4, 1e-3, 1e-2)),
+                "muon": tried("muon", "lr", (1e-3, 1e-2, 1e-1), failed=1e-1),
+                "dopr-adamw": tried("dopr-adamw", "damping", (0.1, 1.0, 10.0)),
+                "dopr-muon": tried("dopr-muon", "damping", (0.1, 1.0))}
+    chosen = {"adamw": {"lr": 1e-3, "weight_decay": 0.0}, "muon": {"lr": 1e-2, "weight_decay": 0.0},
+              "dopr-adamw": {"lr": 1e-3, "weight_decay": 0.0, "damping": 1.0},
+              "dopr-muon": {"lr": 1e-3, "weight_decay": 0.0, "damping": 0.1}}
+    # adamw's lr and dopr-adamw's damping lie inside their ranges, and weight decay 0 cannot go lower;
+    # muon's 1e-2 is the largest that trained (1e-1 failed), dopr-muon's 0.1 the smallest damping tried
+    assert edge_notes(outcomes, chosen) == [
+        "muon: lr 0.01 is the largest value tried that trained, so the best may lie beyond it (add values to --lrs).",
+        "dopr-muon: damping 0.1 is the smallest value tried that trained, so the best may lie beyond it "
+        "(add values to --dampings)."]
 
 
 def test_sweep_bases_default_to_the_grids_and_its_eval_seeds_move_to_tuning() -> None:
