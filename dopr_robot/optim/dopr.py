@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from collections import Counter
 from typing import Callable
@@ -17,6 +16,7 @@ from dopr_robot.optim.adapters import CONV_FORMS, AdapterOptions, LayerAdapter, 
 from dopr_robot.optim.adamuon import AdaMuonWithAdamW
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
+from dopr_robot.optim.undecorated import undecorated_step
 
 
 def _params_of(model: nn.Module) -> list[nn.Parameter]:
@@ -464,10 +464,8 @@ class DoPr(Optimizer):
         for group in self._groups:
             swapped += self._precondition_group(group, refresh)
         try:
-            if torch.compiler.is_compiling():
-                # torch.optim's step decorator breaks a compiled graph to set the grad mode; here it is
-                # already off, so the undecorated step keeps the AP step and the base step in one graph.
-                inspect.unwrap(type(self.base).step)(self.base)
+            if torch.compiler.is_compiling():  # the AP step and the base step in one graph
+                undecorated_step(self.base)
             else:
                 self.base.step()
         finally:

@@ -8,12 +8,13 @@ one torch ``Muon`` and one torch ``AdamW``, both unmodified, behind one optimize
 
 from __future__ import annotations
 
-import inspect
 from typing import Callable, Iterable
 
 import torch
 from torch import nn
 from torch.optim import AdamW, Muon, Optimizer
+
+from dopr_robot.optim.undecorated import undecorated_step
 
 
 def linear_weights_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -81,12 +82,9 @@ class MatrixWithAdamW(Optimizer):
             if group["lr"] is not lr or group["weight_decay"] != weight_decay:
                 group["lr"], group["weight_decay"] = lr, weight_decay
             if torch.compiler.is_compiling():
-                # torch.optim's step decorator breaks a compiled graph to set the grad mode; it is off here
-                # already (this step's no_grad, or the compiled update's), so the parts' undecorated steps
-                # keep both halves in the caller's graph. (That skips the parts' step hooks: the parts are
-                # private to this optimizer, nothing registers any.)
+                # both halves in the caller's graph (the parts are private to this optimizer: no hooks)
                 with torch.no_grad():
-                    inspect.unwrap(type(part).step)(part)
+                    undecorated_step(part)
             else:
                 part.step()
         return loss
