@@ -319,6 +319,7 @@ def _choose(outcomes: list[Outcome]) -> Outcome | None:
 
 
 HEADINGS = {"lr": "lr", "weight_decay": "weight decay", "damping": "damping"}
+FLAGS = {"lr": "--lrs", "weight_decay": "--weight-decays", "damping": "--dampings"}  # where more values go
 
 
 def _describe(values: dict[str, float]) -> str:
@@ -384,9 +385,6 @@ def sweep_markdown(config: SweepConfig, outcomes: dict[str, list[Outcome]], chos
         lines.append(f"| {name} | {values['lr']:g} | {values['weight_decay']:g} | {damping} |")
     notes = edge_notes(outcomes, chosen)
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
-
-
-FLAGS = {"lr": "--lrs", "weight_decay": "--weight-decays", "damping": "--dampings"}
 
 
 def edge_notes(outcomes: dict[str, list[Outcome]], chosen: dict[str, dict[str, float]]) -> list[str]:
