@@ -80,16 +80,17 @@ def policy_loop_steps_per_s(policy, task: str, num_envs: int, total_steps: int) 
     with seeds, then observation -> one batched ``predict`` -> ``vec.step`` (gymnasium's own autoreset)
     for ``total_steps`` env steps, nothing recorded. Timed as the rollout is, construction and resets
     included."""
+    steps = -(-total_steps // num_envs)  # per env, rounded up
     start = time.perf_counter()
     vec = gymnasium.vector.SyncVectorEnv([partial(envs.make, task)] * num_envs)
     obs, _ = vec.reset(seed=SEED)
     with torch.inference_mode():
-        for _ in range(-(-total_steps // num_envs)):
+        for _ in range(steps):
             actions = policy.predict(torch.as_tensor(obs, dtype=torch.float32)[:, None])[:, 0]
             obs, *_ = vec.step(actions.numpy())
     elapsed = time.perf_counter() - start
     vec.close()
-    return -(-total_steps // num_envs) * num_envs / elapsed
+    return steps * num_envs / elapsed
 
 
 class TimedController(PolicyController):

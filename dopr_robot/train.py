@@ -40,7 +40,7 @@ from dopr_robot.config import TrainConfig, same_file
 from dopr_robot.devices import copy_to, resolve_device
 from dopr_robot.errors import UserError
 from dopr_robot.optim import make_optimizer
-from dopr_robot.optim.undecorated import undecorated_step
+from dopr_robot.optim.graph_step import step_in_graph
 from dopr_robot.run_dir import changed_settings, read_saved, refuse_changes
 from dopr_robot.run_log import METRICS_NAME, MetricsLog, read_metrics, truncate_metrics
 from policies import Policy, make_policy
@@ -269,8 +269,6 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
         return torch.compile(function, options={**options, **more}, dynamic=False)
 
     dopr = hasattr(optimizer, "apply_step")
-    # The class's own step compiles whole: torch.optim's decorator would break the graph, and the
-    # schedule's wrapper of ``optimizer.step`` is a function dynamo does not trace (the run registers no hooks).
 
     def clip_step_and_average(refresh: bool) -> None:
         with torch.no_grad():
@@ -278,8 +276,8 @@ def _step_functions(run: _Run) -> tuple[Callable[[dict[str, torch.Tensor]], torc
                 clip()
             if dopr:
                 optimizer.apply_step(refresh)
-            else:
-                undecorated_step(optimizer)
+            else:  # the class's own step: the schedule's wrapper of optimizer.step is not traceable
+                step_in_graph(optimizer)
             if ema is not None:
                 ema.average(policy)
 

@@ -38,7 +38,7 @@ RANKED_WHOLE = ("envs", "demos", "policies")
 RANKS: dict[str, int] = {
     "dopr_robot": 0, "dopr_robot.errors": 0, "dopr_robot.atomic": 0,  # the foundation
     "envs": 1, "policies": 1,
-    **_each("dopr_robot.optim", "activation adamuon adapters dopr muon registry signum undecorated", 1),
+    **_each("dopr_robot.optim", "activation adamuon adapters dopr muon registry signum graph_step", 1),
     "demos": 2,
     "dopr_robot.threads": 3, "dopr_robot.devices": 3, "dopr_robot.run_log": 3, "dopr_robot.optimizer_demo": 3,
     "dopr_robot.run_dir": 3,

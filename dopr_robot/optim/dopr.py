@@ -16,7 +16,7 @@ from dopr_robot.optim.adapters import CONV_FORMS, AdapterOptions, LayerAdapter, 
 from dopr_robot.optim.adamuon import AdaMuonWithAdamW
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
-from dopr_robot.optim.undecorated import undecorated_step
+from dopr_robot.optim.graph_step import step_in_graph
 
 
 def _params_of(model: nn.Module) -> list[nn.Parameter]:
@@ -464,10 +464,7 @@ class DoPr(Optimizer):
         for group in self._groups:
             swapped += self._precondition_group(group, refresh)
         try:
-            if torch.compiler.is_compiling():  # the AP step and the base step in one graph
-                undecorated_step(self.base)
-            else:
-                self.base.step()
+            step_in_graph(self.base)  # compiled, the AP step and the base step in one graph
         finally:
             for param, raw_grad, in_place in swapped:
                 if in_place:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.optim import AdamW, Muon, Optimizer
 
-from dopr_robot.optim.undecorated import undecorated_step
+from dopr_robot.optim.graph_step import step_in_graph
 
 
 def linear_weights_and_rest(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
@@ -81,12 +81,7 @@ class MatrixWithAdamW(Optimizer):
             group = part.param_groups[0]
             if group["lr"] is not lr or group["weight_decay"] != weight_decay:
                 group["lr"], group["weight_decay"] = lr, weight_decay
-            if torch.compiler.is_compiling():
-                # both halves in the caller's graph (the parts are private to this optimizer: no hooks)
-                with torch.no_grad():
-                    undecorated_step(part)
-            else:
-                part.step()
+            step_in_graph(part)  # compiled, both halves stay in the caller's graph (the parts have no hooks)
         return loss
 
     def state_dict(self) -> dict:
