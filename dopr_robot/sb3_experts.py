@@ -24,6 +24,8 @@ import json
 import pickle
 import platform
 import re
+import signal
+import threading
 import time
 import zipfile
 from dataclasses import dataclass
@@ -224,7 +226,33 @@ def episode_returns(expert, task: str, seeds, horizon: int | None = None) -> tup
     return returns, np.array([t.length for t in trajectories]), np.array([bool(t.success[-1]) for t in trajectories])
 
 
-def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: float, start_steps: int, log: Callable[[str], None]):
+class _StopOnSignal:
+    """SIGINT/SIGTERM while training: ask SB3 to stop at the next env step (the caller then checkpoints), rather than
+    dying between checkpoints and losing the steps since the last one. A second signal interrupts at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _StopOnSignal:
+        if threading.current_thread() is threading.main_thread():  # Python only installs handlers there
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+
+def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: float, start_steps: int,
+                   log: Callable[[str], None], stop: _StopOnSignal):
     from stable_baselines3.common.callbacks import BaseCallback
 
     ckpt_dir = cfg.run_dir / "checkpoints"
@@ -243,7 +271,7 @@ def _make_callback(cfg: ExpertTrainConfig, run: dict[str, Any], session_start: f
                 self.save_checkpoint()
             if cfg.eval_every and n % cfg.eval_every == 0:
                 self.evaluate()
-            return True
+            return stop.received is None
 
         def save_checkpoint(self) -> None:
             n = self.num_timesteps
@@ -418,16 +446,20 @@ def train_expert(cfg: ExpertTrainConfig) -> dict[str, Any]:
     log(f"session {session}: {cfg.command}")
     log(f"{cfg.algo} on {cfg.task}: {start_steps} steps done, training {max(remaining, 0)} more to {cfg.steps}; hyperparams {json.dumps(hp)}")
     session_start = time.time()
-    callback = _make_callback(cfg, run, session_start, start_steps, log)
     try:
-        if remaining > 0:
-            model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False, log_interval=4 if cfg.algo in OFF_POLICY else 1)
-            if model.num_timesteps % cfg.checkpoint_every:  # else the callback just saved it
-                callback.save_checkpoint()
-        else:
-            callback.init_callback(model)
-            callback.num_timesteps = model.num_timesteps
-            callback.record_run()
+        with _StopOnSignal() as stop:
+            callback = _make_callback(cfg, run, session_start, start_steps, log, stop)
+            if remaining > 0:
+                model.learn(total_timesteps=remaining, callback=callback, reset_num_timesteps=False, log_interval=4 if cfg.algo in OFF_POLICY else 1)
+                if model.num_timesteps % cfg.checkpoint_every:  # else the callback just saved it
+                    callback.save_checkpoint()
+            else:
+                callback.init_callback(model)
+                callback.num_timesteps = model.num_timesteps
+                callback.record_run()
+        if stop.received:
+            log(f"stopped by {stop.received} at {model.num_timesteps} steps, checkpoint saved; --resume continues the run")
+            raise KeyboardInterrupt
         log(f"done: {model.num_timesteps} steps, {(model.num_timesteps - start_steps) / max(time.time() - session_start, 1e-9):.1f} env-steps/s this session, wall time {run['wall_time_s']:.0f} s in all")
     finally:
         vec_env.close()

@@ -369,3 +369,37 @@ def test_an_interrupted_expert_train_says_how_to_resume(tmp_path: Path, monkeypa
     assert cli.main(["expert", "train", "--task", "Hopper-v5", "--algo", "sac", "--steps", "100", "--out", str(out)]) == 130
     assert capsys.readouterr().err == (f"dopr-robot expert: interrupted; resume with: dopr-robot expert train --task "
                                        f"Hopper-v5 --algo sac --steps 100 --out {out} --resume\n")
+
+
+def test_a_terminated_expert_train_checkpoints_where_it_stopped(tmp_path: Path, monkeypatch, capsys) -> None:
+    """SIGTERM (a session's end) mid-run: the steps since the last periodic checkpoint are saved, not lost."""
+    import os
+    import signal
+
+    make_callback = sb3_experts._make_callback
+
+    def terminating_at_150(*args, **kwargs):
+        callback = make_callback(*args, **kwargs)
+        on_step = callback._on_step
+
+        def _on_step() -> bool:
+            if callback.num_timesteps == 150:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return on_step()
+
+        callback._on_step = _on_step
+        return callback
+
+    monkeypatch.setattr(sb3_experts, "_make_callback", terminating_at_150)
+    handler_before = signal.getsignal(signal.SIGTERM)
+    out = tmp_path / "run"
+    assert cli.main(_train_args(out, 1000, *TINY)) == 130
+    assert "interrupted; resume with:" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is handler_before
+    assert sb3_experts.checkpoint_steps(out / "checkpoints") == [150, 100]
+    assert json.loads((out / "run.json").read_text())["steps_done"] == 150
+    assert "stopped by SIGTERM at 150 steps, checkpoint saved" in (out / "progress.log").read_text()
+    monkeypatch.setattr(sb3_experts, "_make_callback", make_callback)
+    assert cli.main(_train_args(out, 200, "--resume")) == 0
+    assert "resumed from" in (log := (out / "progress.log").read_text()) and "150" in log.split("resumed from")[1].splitlines()[0]
+    assert json.loads((out / "run.json").read_text())["steps_done"] == 200
