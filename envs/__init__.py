@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import os
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
+# Headless rendering. Set here, before anything imports mujoco: Python runs this file before any envs.* module.
+os.environ.setdefault("MUJOCO_GL", "egl")
 
 from functools import partial
 

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import numpy as np
 from gymnasium import spaces, utils

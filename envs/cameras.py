@@ -9,10 +9,7 @@ would cost more than rendering.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import mujoco
 import numpy as np

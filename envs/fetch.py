@@ -7,10 +7,7 @@ Nothing here imports gymnasium_robotics until an env is built, so ``envs`` impor
 from __future__ import annotations
 
 import importlib.util
-import os
 from typing import Any
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import gymnasium
 import numpy as np

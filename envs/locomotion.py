@@ -8,10 +8,7 @@ where it holds that verdict.
 
 from __future__ import annotations
 
-import os
 from typing import Any
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import gymnasium
 import numpy as np

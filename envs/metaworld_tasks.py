@@ -12,11 +12,8 @@ the episode (episode ``i`` of an evaluation starts from ``S + i``) and no task l
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import gymnasium
 import mujoco

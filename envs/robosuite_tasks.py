@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any, Sequence
-
-os.environ.setdefault("MUJOCO_GL", "egl")  # headless rendering; must precede the mujoco import
 
 import gymnasium
 import mujoco
