@@ -9,6 +9,8 @@ would cost more than rendering.
 
 from __future__ import annotations
 
+import atexit
+import weakref
 from collections.abc import Sequence
 
 import mujoco
@@ -80,6 +82,18 @@ def camera_space(flat: spaces.Box, low_dim: dict[str, int], cameras: Sequence[st
     return spaces.Dict(parts)
 
 
+# Renderers not yet closed. A GL context left to its own __del__ is freed during interpreter teardown, after
+# mujoco's atexit hook has terminated the EGL display, and prints an EGLError traceback after a script that
+# simply never closed its env; these are closed at exit instead, by a hook registered after the first
+# renderer exists, hence after mujoco's, hence run before it.
+_open_renderers: weakref.WeakSet[mujoco.Renderer] = weakref.WeakSet()
+
+
+def _close_open_renderers() -> None:
+    for renderer in list(_open_renderers):
+        renderer.close()
+
+
 class CameraRenderer:
     """Renders ``cameras`` of ``model`` at ``image_size`` (width, height) into uint8 ``(H, W, 3)`` arrays."""
 
@@ -93,6 +107,10 @@ class CameraRenderer:
         self.cameras = tuple(cameras)
         self.ids = [model.camera((model_names or {}).get(camera, camera)).id for camera in self.cameras]
         self.renderer = mujoco.Renderer(model, height=height, width=width)
+        if not _open_renderers:
+            atexit.unregister(_close_open_renderers)
+            atexit.register(_close_open_renderers)
+        _open_renderers.add(self.renderer)
 
     def render(self, data: mujoco.MjData) -> dict[str, np.ndarray]:
         images = {}
@@ -103,3 +121,4 @@ class CameraRenderer:
 
     def close(self) -> None:
         self.renderer.close()
+        _open_renderers.discard(self.renderer)

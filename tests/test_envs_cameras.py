@@ -143,3 +143,17 @@ def test_fetch_cameras_leave_the_states_bit_identical_and_show_object_and_goal()
     finally:
         plain.close()
         seen.close()
+
+
+def test_a_script_that_never_closes_its_camera_env_exits_quietly() -> None:
+    """Left to their own __del__, GL contexts are freed after mujoco has terminated the EGL display and print an
+    EGLError traceback at exit; the renderers still open are closed before that."""
+    import subprocess
+    import sys
+
+    script = ("import envs\n"
+              "env = envs.make('Reach-v0', cameras=['agentview'])\n"
+              "print(env.reset(seed=0)[0]['agentview_image'].shape)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "(64, 64, 3)\n"
+    assert done.stderr == ""
