@@ -8,6 +8,7 @@ import io
 import json
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -215,6 +216,23 @@ def test_the_summary_says_in_words_whether_the_success_difference_is_resolved(
     # not resolved: an interval that includes 0 and is wider than RESOLVED_WIDTH, or a point
     assert words.startswith("not resolved") == (width == 0 or not difference.excludes_zero() and width > RESOLVED_WIDTH)
     assert f"In words: {sentence}" in summary_markdown(rows).splitlines()
+
+
+@pytest.mark.parametrize("seeds, low, high, seen", [
+    (1, 0.12, 0.34, "dopr-adamw succeeded more often than adamw"),
+    (2, -0.30, -0.05, "dopr-adamw succeeded less often than adamw"),
+    (2, -0.04, 0.06, "they succeeded about equally often"),
+])
+def test_fewer_than_three_seed_pairs_never_resolve_the_optimizers(seeds: int, low: float, high: float, seen: str) -> None:
+    """One or two seed pairs: a narrow interval is about these training runs (their evaluation episodes), not the
+    optimizers. With three the same interval resolves."""
+    difference = PairedDifference(estimate=(low + high) / 2, low=low, high=high, seeds=seeds)
+    sentence = success_in_words([], "adamw", "dopr-adamw", difference)
+    assert f"over {seeds} seed pairs" in sentence
+    assert f": not resolved, on these seeds {seen}, but with fewer than 3 seed pairs" in sentence
+    assert sentence.endswith("--seeds 3 or more would tell.")
+    resolved = success_in_words([], "adamw", "dopr-adamw", replace(difference, seeds=3))
+    assert ": resolved" in resolved and "on these seeds" not in resolved
 
 
 @pytest.mark.parametrize("low, high, bounds", [

@@ -152,7 +152,7 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     """One sentence on DoPr-X - X's success rate over ``task_rows``: better or worse when its 95% interval
     excludes 0; resolved as no gain above the interval's upper end and no loss below its lower end when it
     includes 0 but is at most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve
-    it. ``difference``: that success difference when the caller has it already (the bootstrap is not redone)."""
+    it. Never resolved on fewer than MIN_SEEDS_FOR_T seed pairs (the interval then hardly varies the training). ``difference``: that success difference when the caller has it already (the bootstrap is not redone)."""
     if difference is None:
         difference = paired_difference(task_rows, base, dopr, METRICS[0])
     if not difference.seeds or not math.isfinite(difference.low):
@@ -163,6 +163,14 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     if width == 0:  # every paired episode ended alike (e.g. all failed): the bootstrap has nothing to resample
         return (f"{said}: not resolved, every paired episode ended the same way in both runs, so the interval is a "
                 "point; more evaluation episodes (--eval-episodes) or training steps would tell them apart.")
+    if difference.seeds < MIN_SEEDS_FOR_T and (difference.excludes_zero() or width <= RESOLVED_WIDTH):
+        # Resampling one or two seed pairs varies the evaluation episodes, hardly the training runs: a narrow
+        # interval then says how these runs differ, not how the optimizers do.
+        seen = (f"{dopr} succeeded {'more' if difference.estimate > 0 else 'less'} often than {base}"
+                if difference.excludes_zero() else "they succeeded about equally often")
+        return (f"{said}: not resolved, on these seeds {seen}, but with fewer than {MIN_SEEDS_FOR_T} seed pairs the "
+                f"interval holds the evaluation episodes' variation, not the training seeds'; --seeds "
+                f"{MIN_SEEDS_FOR_T} or more would tell.")
     if difference.excludes_zero():
         return f"{said}: resolved, {dopr} succeeds {'more' if difference.estimate > 0 else 'less'} often than {base}."
     if width <= RESOLVED_WIDTH:
