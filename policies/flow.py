@@ -270,12 +270,17 @@ class FlowPolicy(Policy):
         units; x_0 and t from ``generator`` (None: torch's global RNG, which training checkpoints).
         ``forward`` replaces ``self`` for the network call (a DDP wrapper, autocast)."""
         obs = self.obs_normalizer.normalize(batch["obs"])
+        images = self.image_inputs(batch)
+        return self._flow_matching_loss(batch, lambda noisy, t: (forward or self)(obs, noisy, t, **images), generator)
+
+    def _flow_matching_loss(self, batch: dict[str, Tensor], velocity_at: Callable[[Tensor, Tensor], Tensor],
+                            generator: torch.Generator | None) -> Tensor:
+        """The loss of :meth:`loss`, the network given as ``velocity_at(x_t, t)``."""
         target = self.action_normalizer.normalize(batch["actions"])  # x_1 (B, C, A)
         noise = _randn(target.shape, generator, target.device)  # x_0
         t = self.sample_time(len(target), generator, target.device)
         noisy = (1.0 - t)[:, None, None] * noise + t[:, None, None] * target
-        velocity = (forward or self)(obs, noisy, t, **self.image_inputs(batch))
-        return masked_mean((velocity - (target - noise)).pow(2).mean(dim=-1), batch["action_mask"])
+        return masked_mean((velocity_at(noisy, t) - (target - noise)).pow(2).mean(dim=-1), batch["action_mask"])
 
     def sample_time(self, batch: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """(B,) training times from the configured distribution (module docstring)."""
@@ -299,8 +304,11 @@ class FlowPolicy(Policy):
                images: Mapping[str, Tensor] | None = None) -> Tensor:
         """Normalized chunks (B, C, A) for normalized observations (B, H, D) (and their images), by
         ``steps`` (default ``flow_steps``) Euler steps from ``noise`` (B, C, A); the trunk runs once."""
+        return self._integrate(self.trunk(self.encode(obs, images)), noise, steps)
+
+    def _integrate(self, features: Tensor, noise: Tensor, steps: int | None = None) -> Tensor:
+        """:meth:`sample` from the trunk's ``features`` of the observations."""
         steps = steps or self.flow_steps
-        features = self.trunk(self.encode(obs, images))
         x = noise
         for k in range(steps):
             t = torch.full((len(x),), k / steps, device=x.device)
@@ -324,10 +332,12 @@ class FlowPolicy(Policy):
         prediction; note that a policy sampling the expert's own distribution scores twice its
         conditional variance here, a regressor at best once); ``val_flow_loss``: the flow-matching loss.
         Both draw from ``generator`` (the caller seeds it, so numbers compare across steps)."""
-        flow_loss = self.loss(batch, generator=generator)
         obs = self.obs_normalizer.normalize(batch["obs"])
+        # Encoded once for both numbers: a pixel policy's image encoder costs more than the rest of validation.
+        features = self.trunk(self.encode(obs, **self.image_inputs(batch)))
+        flow_loss = self._flow_matching_loss(batch, lambda noisy, t: self.velocity(noisy, t, features), generator)
         target = self.action_normalizer.normalize(batch["actions"])
-        sampled = self.sample(obs, self.initial_noise(len(obs), generator, obs.device), **self.image_inputs(batch))
+        sampled = self._integrate(features, self.initial_noise(len(obs), generator, obs.device))
         return {"val_loss": masked_mean((sampled - target).pow(2).mean(dim=-1), batch["action_mask"]),
                 "val_flow_loss": flow_loss}
 

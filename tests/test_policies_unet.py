@@ -15,6 +15,7 @@ from torch import nn
 from dopr_robot.cli import main
 from dopr_robot.optim import DoPr
 from policies import POLICIES, check_policy_shape, make_policy
+from policies.base import masked_mean
 from policies.unet import TemporalUNet
 
 TINY = {"unet_width": 8, "unet_groups": 4, "time_dim": 8}
@@ -115,6 +116,30 @@ def test_images_and_low_dim_condition_the_unet() -> None:
     changed["cam"][:, 0] = 255 - changed["cam"][:, 0]
     assert not torch.allclose(policy.predict(data["obs"], generator=torch.Generator().manual_seed(0), images=changed),
                               sampled)
+
+
+def test_validation_encodes_the_images_once_and_gives_the_loss_and_sample_numbers() -> None:
+    """validation_metrics shares one encoding between the flow-matching loss and the sampled chunks (the image
+    encoder is most of a pixel policy's validation) and gives what loss() and sample() give separately."""
+    torch.manual_seed(0)
+    policy = make_policy("flow-unet", 5, 3, history=2, chunk=4, image_shapes={"cam": (24, 24, 3)},
+                         encoder_channels=4, encoder_features=8, **TINY).eval()
+    images = {"cam": torch.randint(0, 256, (6, 2, 24, 24, 3), dtype=torch.uint8,
+                                   generator=torch.Generator().manual_seed(0))}
+    data = {**batch(chunk=4), "images": images}
+    encodings = []
+    policy.image_encoders["cam"].register_forward_hook(lambda *args: encodings.append(1))
+    metrics = policy.validation_metrics(data, torch.Generator().manual_seed(3))
+    assert len(encodings) == 1
+
+    generator = torch.Generator().manual_seed(3)  # the same draws in the same order: loss's, then the sample's
+    with torch.no_grad():
+        flow_loss = policy.loss(data, generator=generator)
+        obs = policy.obs_normalizer.normalize(data["obs"])
+        sampled = policy.sample(obs, policy.initial_noise(6, generator), images=images)
+    target = policy.action_normalizer.normalize(data["actions"])
+    assert torch.equal(metrics["val_flow_loss"], flow_loss)
+    assert torch.equal(metrics["val_loss"], masked_mean((sampled - target).pow(2).mean(dim=-1), data["action_mask"]))
 
 
 def test_a_flow_checkpoint_saved_before_the_head_field_loads() -> None:
