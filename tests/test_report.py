@@ -378,6 +378,8 @@ def difference(estimate: float, low: float, high: float) -> PairedDifference:
     (difference(0.2, 0.1, 0.3), difference(-0.2, -0.3, -0.1), "does not replicate (reversed)"),
     (difference(0.05, -0.05, 0.15), difference(0.2, 0.1, 0.3), "inconclusive"),
     (difference(0.2, 0.1, 0.3), difference(0.2, math.nan, math.nan), "inconclusive"),
+    (PairedDifference(0.2, 0.1, 0.3, seeds=2), PairedDifference(0.15, 0.05, 0.25, seeds=2), "inconclusive"),
+    (difference(0.2, 0.1, 0.3), PairedDifference(0.15, 0.05, 0.25, seeds=1), "inconclusive"),
 ])
 def test_replication_verdicts(original: PairedDifference, replicate: PairedDifference, expected: str) -> None:
     assert verdict(original, replicate) == expected

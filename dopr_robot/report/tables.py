@@ -453,14 +453,15 @@ VERDICTS = [
     "- **does not replicate**: the original interval excludes 0 and the replicate's does not lie on the same "
     "side (it contains 0, or lies on the other side: marked *reversed*).",
     "- **inconclusive**: the original interval contains 0 (no difference was established, so there is none "
-    "to replicate), or either interval is n/a (missing data, or a [t] metric with fewer than "
-    f"{MIN_SEEDS_FOR_T} seed pairs).",
+    "to replicate), either interval is n/a (missing data), or either side has fewer than "
+    f"{MIN_SEEDS_FOR_T} seed pairs (its interval then varies the evaluation episodes, hardly the training).",
 ]
 
 
 def verdict(original: PairedDifference, replicate: PairedDifference) -> str:
     """"replicates" / "does not replicate" (possibly "(reversed)") / "inconclusive", as in :data:`VERDICTS`."""
-    if not (math.isfinite(original.low) and math.isfinite(replicate.low)) or not original.excludes_zero():
+    if (not (math.isfinite(original.low) and math.isfinite(replicate.low)) or not original.excludes_zero()
+            or min(original.seeds, replicate.seeds) < MIN_SEEDS_FOR_T):
         return "inconclusive"
     same_side = replicate.excludes_zero() and (original.low > 0) == (replicate.low > 0)
     if same_side:
