@@ -698,8 +698,8 @@ def _wall_time_from_log(log: Path, steps: int) -> float | None:
 
 
 def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: int = seed_ranges.EXPERT_MANIFEST.start) -> dict[str, Any]:
-    """Mean ± std return and success rate of an expert folder (default: the shipped one) or SB3 zip,
-    over episodes reset with seeds ``seed .. seed + episodes - 1``."""
+    """Mean ± std return, mean length, episodes ended before the horizon and success rate of an expert folder
+    (default: the shipped one) or SB3 zip, over episodes reset with seeds ``seed .. seed + episodes - 1``."""
     if task not in SB3_TASKS:
         raise UserError(f"unknown task {task!r} for expert evaluation; valid: {', '.join(SB3_TASKS)}")
     if episodes < 1:
@@ -730,6 +730,8 @@ def evaluate_expert(task: str, expert_path: Path | None, episodes: int, seed: in
         "return_mean": float(returns.mean()),
         "return_std": float(returns.std()),
         "length_mean": float(lengths.mean()),
+        # terminated before the horizon: a locomotion expert that fell
+        "ended_early": int((lengths < envs.task_spec(task).horizon).sum()),
         "success_rate": float(successes.mean()),
     }
 

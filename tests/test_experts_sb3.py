@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,8 @@ def test_train_tiny_budget_then_resume(tmp_path: Path, capsys) -> None:
     assert manifest["commands"] == run["commands"] and manifest["versions"]["stable_baselines3"]
     assert cli.main(["expert", "eval", "--task", "Hopper-v5", "--expert", str(tmp_path / "export"), "--episodes", "1"]) == 0
     assert "Hopper-v5: return" in (printed := capsys.readouterr().out)
+    length, early = map(int, re.search(r"mean length (\d+), (\d+) ended before the horizon", printed).groups())
+    assert early == int(length < envs.task_spec("Hopper-v5").horizon)  # one episode: it fell, or it lasted
     assert f"(seeds {seed_ranges.EXPERT_MANIFEST.start}..{seed_ranges.EXPERT_MANIFEST.start})" in printed  # the default --seed
     assert not [p.name for p in tmp_path.rglob("*") if p.name.startswith((".", "partial")) or ".tmp" in p.name]  # written atomically
 

@@ -121,7 +121,8 @@ def _eval(args: argparse.Namespace) -> int:
     result = sb3_experts.evaluate_expert(args.task, Path(args.expert) if args.expert else None, args.episodes, seed)
     print(
         f"{result['task']}: return {result['return_mean']:.1f} ± {result['return_std']:.1f} over {result['episodes']} episodes "
-        f"(seeds {result['seeds']}), mean length {result['length_mean']:.0f}, success rate {result['success_rate']:.2f}"
+        f"(seeds {result['seeds']}), mean length {result['length_mean']:.0f}, {result['ended_early']} ended before the "
+        f"horizon, success rate {result['success_rate']:.2f}"
     )
     return 0
 
