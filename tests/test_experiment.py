@@ -424,14 +424,16 @@ def test_the_robomimic_experiment_files_name_existing_options(name: str) -> None
         assert config.train.policy_options == template.policy_options
 
 
-def test_the_cpu_recipe_file_runs_the_robomimic_recipe_at_cpu_scale() -> None:
-    """experiments/recipe_cpu_reach_pixels.json: the robomimic files' recipe (flow-unet over an encoder per
+@pytest.mark.parametrize("name, camera", [("recipe_cpu_reach_pixels.json", "agentview"),
+                                          ("recipe_cpu_mw_pixels.json", "topview")])
+def test_the_cpu_recipe_files_run_the_robomimic_recipe_at_cpu_scale(name: str, camera: str) -> None:
+    """experiments/recipe_cpu_*_pixels.json: the robomimic files' recipe (flow-unet over an encoder per
     camera, history 2, chunk 16 executing 8, EMA, best-checkpoint evaluation, AdamW and Muon with their DoPr
     variants) on a task here from pixels, at a size a CPU trains (the small conv encoder, the default U-Net)."""
     from dopr_robot.config import check_config_dict
     from policies import check_policy_shape
 
-    path = ROOT / "experiments" / "recipe_cpu_reach_pixels.json"
+    path = ROOT / "experiments" / name
     values = json.loads(path.read_text())
     check_config_dict(CompareConfig, values, where=str(path))
     paper = json.loads((ROOT / "experiments" / "robomimic_tool_hang.json").read_text())
@@ -439,7 +441,10 @@ def test_the_cpu_recipe_file_runs_the_robomimic_recipe_at_cpu_scale() -> None:
     template = train_template(**values["train"])
     assert (template.policy, template.history, template.chunk) == ("flow-unet", 2, 16)
     check_policy_shape(template.policy, template.history, template.chunk, **template.policy_options)
-    assert template.policy_options["encoder"] == "conv" and "agentview_image" in template.obs_keys
+    assert template.policy_options["encoder"] == "conv" and f"{camera}_image" in template.obs_keys
+    assert camera in envs.task_spec(values["tasks"][0]).cameras
+    if "data" not in values:  # compare collects the demonstrations: with the camera the policy reads
+        assert camera in values["demo"]["cameras"]
     assert template.ema_decay > 0 and 0 < template.eval_every < template.steps
     evaluation = EvalConfig(**values["eval"])
     assert evaluation.actions_per_chunk == 8 and evaluation.use_ema and evaluation.seed == seeds.POLICY_EVAL
