@@ -228,7 +228,7 @@ def test_fewer_than_three_seed_pairs_never_resolve_the_optimizers(seeds: int, lo
     optimizers. With three the same interval resolves."""
     difference = PairedDifference(estimate=(low + high) / 2, low=low, high=high, seeds=seeds)
     sentence = success_in_words([], "adamw", "dopr-adamw", difference)
-    assert f"over {seeds} seed pairs" in sentence
+    assert f"over {seeds} seed pair{'s' if seeds > 1 else ''} (95%" in sentence
     assert f": not resolved, on these seeds {seen}, but with fewer than 3 seed pairs" in sentence
     assert sentence.endswith("--seeds 3 or more would tell.")
     resolved = success_in_words([], "adamw", "dopr-adamw", replace(difference, seeds=3))

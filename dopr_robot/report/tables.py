@@ -158,7 +158,8 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     if not difference.seeds or not math.isfinite(difference.low):
         return f"{dopr} - {base} success rate: no interval (no paired evaluation episodes)."
     width = difference.high - difference.low
-    said = (f"{dopr} - {base} success rate {difference.cell()} over {difference.seeds} seed pairs "
+    pairs = f"{difference.seeds} seed pair{'s' if difference.seeds != 1 else ''}"
+    said = (f"{dopr} - {base} success rate {difference.cell()} over {pairs} "
             f"(95% interval {width:.2f} wide)")
     if width == 0:  # every paired episode ended alike (e.g. all failed): the bootstrap has nothing to resample
         return (f"{said}: not resolved, every paired episode ended the same way in both runs, so the interval is a "
