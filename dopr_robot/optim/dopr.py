@@ -14,9 +14,9 @@ from torch.optim import SGD, Adam, AdamW, Optimizer
 from dopr_robot.optim.activation import InputSums, damped_factor, inverse_from_factor, solve_right
 from dopr_robot.optim.adapters import CONV_FORMS, AdapterOptions, LayerAdapter, adapter_for
 from dopr_robot.optim.adamuon import AdaMuonWithAdamW
+from dopr_robot.optim.graph_step import step_in_graph
 from dopr_robot.optim.muon import MuonWithAdamW
 from dopr_robot.optim.signum import Signum
-from dopr_robot.optim.graph_step import step_in_graph
 
 
 def _params_of(model: nn.Module) -> list[nn.Parameter]:

@@ -152,7 +152,8 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     """One sentence on DoPr-X - X's success rate over ``task_rows``: better or worse when its 95% interval
     excludes 0; resolved as no gain above the interval's upper end and no loss below its lower end when it
     includes 0 but is at most :data:`RESOLVED_WIDTH` wide; otherwise not resolved, with what would resolve
-    it. Never resolved on fewer than MIN_SEEDS_FOR_T seed pairs (the interval then hardly varies the training). ``difference``: that success difference when the caller has it already (the bootstrap is not redone)."""
+    it. Never resolved on fewer than MIN_SEEDS_FOR_T seed pairs (the interval then hardly varies the training).
+    ``difference``: that success difference when the caller has it already (the bootstrap is not redone)."""
     if difference is None:
         difference = paired_difference(task_rows, base, dopr, METRICS[0])
     if not difference.seeds or not math.isfinite(difference.low):
