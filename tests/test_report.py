@@ -678,7 +678,7 @@ def scipy_t(dof: int) -> float:
     return {2: 4.302652729911275}[dof]
 
 
-def test_learning_curves_show_success_during_training_on_a_second_axis(tmp_path: Path) -> None:
+def test_learning_curves_show_success_during_training_below_the_loss(tmp_path: Path) -> None:
     import matplotlib.pyplot as plt
 
     from dopr_robot.report import plots
@@ -686,16 +686,42 @@ def test_learning_curves_show_success_during_training_on_a_second_axis(tmp_path:
     inputs = best_eval_grid(tmp_path)
     fig = plots.learning_curves_figure(load_rows(tmp_path))
     try:
-        (ax,) = panels(fig).values()
-        (twin,) = [other for other in fig.axes if other is not ax and other.bbox.bounds == ax.bbox.bounds]
-        lines = labelled_lines(twin)
-        assert sorted(lines) == ["success, adamw (3 runs)", "success, dopr-adamw (3 runs)"]
+        (loss,) = panels(fig).values()
+        (success,) = [other for other in fig.axes if other is not loss]
+        # the same steps, the success panel under the loss panel
+        assert success.get_shared_x_axes().joined(loss, success)
+        assert success.get_position().y1 <= loss.get_position().y0
+        assert "validation" in loss.get_ylabel() and "success" in success.get_ylabel()
+        lines = labelled_lines(success)
+        assert sorted(lines) == ["adamw (3 runs)", "dopr-adamw (3 runs)"]
         for optimizer in ("adamw", "dopr-adamw"):
-            line = lines[f"success, {optimizer} (3 runs)"]
+            line = lines[f"{optimizer} (3 runs)"]
             np.testing.assert_array_equal(xs(line), [50, 100, 150, 200])
             np.testing.assert_allclose(ys(line), [np.mean([inputs[optimizer, s][step] for s in range(3)])
                                                   for step in (50, 100, 150, 200)])
-        assert "validation" in ax.get_ylabel() and "success" in twin.get_ylabel()
+            # the optimizer's colour and line style are the ones of its loss curve
+            loss_line = labelled_lines(loss)[f"{optimizer} (3 runs)"]
+            assert (line.get_color(), line.get_linestyle()) == (loss_line.get_color(), loss_line.get_linestyle())
+    finally:
+        plt.close(fig)
+
+
+def test_learning_curves_of_one_run_and_of_a_task_never_evaluated(tmp_path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    from dopr_robot.report import plots
+
+    best_eval_grid(tmp_path)
+    write_run(tmp_path, "adamw", 0, [True, False], task="Reach-v0")  # a task without --eval-every
+    rows = [r for r in load_rows(tmp_path) if r["seed"] == 0]
+    fig = plots.learning_curves_figure(rows)
+    try:
+        labels = [label for ax in fig.axes for label in labelled_lines(ax)]
+        assert labels and all(label.endswith("(1 run)") for label in labels), labels
+        reach = panels(fig)["Reach-v0"]
+        (below,) = [ax for ax in fig.axes if ax is not reach and ax.get_shared_x_axes().joined(ax, reach)]
+        assert not labelled_lines(below) and [t.get_text() for t in below.texts] == \
+            ["not evaluated in closed loop during training"]
     finally:
         plt.close(fig)
 

@@ -2,8 +2,9 @@
 saying how many seeds, episodes per run and which evaluation seeds it shows.
 
 One panel per task (the terminal-reward and validation-vs-return figures: per task and demonstration
-count); each optimizer keeps one colour for its base and its DoPr variant (solid line / circles /
-filled bars for the base, dashed line / triangles / hatched bars for DoPr), listed base beside variant.
+count; the learning curves: the validation loss above the success during training, on one step axis).
+Each optimizer keeps one colour for its base and its DoPr variant (solid line / circles / filled bars
+for the base, dashed line / triangles / hatched bars for DoPr), listed base beside variant.
 ``<name>_figure(rows)`` builds a figure (the matplotlib Figure, whose artists tests read) and
 ``plot_<name>(rows, path)`` saves it as a PNG.
 """
@@ -62,7 +63,7 @@ def deviation_figure(rows: list[dict[str, Any]]) -> Figure:
                 continue
             length = min(len(c) for c in curves)
             mean, low, high = run_band(np.stack([c[:length] for c in curves]))
-            ax.plot(mean, color=style["color"], linestyle=style["line"], label=f"{optimizer} ({len(curves)} runs)")
+            ax.plot(mean, color=style["color"], linestyle=style["line"], label=f"{optimizer} ({_runs(len(curves))})")
             ax.fill_between(np.arange(length), low, high, color=style["color"], alpha=0.15, linewidth=0)
         thresholds = {r["divergence_threshold"] for r in task_rows if r["divergence_threshold"] is not None}
         if len(thresholds) == 1:
@@ -77,35 +78,39 @@ def deviation_figure(rows: list[dict[str, Any]]) -> Figure:
 def learning_curves_figure(rows: list[dict[str, Any]]) -> Figure:
     """Validation loss against training step per optimizer (from each run's metrics.jsonl), the mean
     over seeds with a 95% band across runs, at the steps every run logged. Where runs evaluated in
-    closed loop during training (``--eval-every``), their success rate on a second axis (right, dotted):
-    whether the loss tracks the success ("loss does not track reward")."""
+    closed loop during training (``--eval-every``), a second panel below, on the same steps, gives
+    their success rate: whether the loss tracks the success ("loss does not track reward")."""
     evaluated = any(evaluation_curve(r) for r in rows)
     title = "Validation loss during training (EMA weights, held-out episodes)"
     if evaluated:
-        title = "Validation loss and closed-loop success during training"
-    fig, axes = _figure(rows, title)
-    for task, ax in axes.items():
+        title = "Validation loss (top) and closed-loop success (bottom) during training"
+    styles = _styles(rows)
+    fig, columns = _grid(rows, title, down=2 if evaluated else 1)
+    for task, column in columns.items():
         task_rows = [r for r in rows if r["task"] == task]
-        logged = _step_curves(ax, task_rows, _styles(rows), validation_curve, "")
-        ax.set(title=task, xlabel="training step", ylabel="validation loss (MSE per action dim, normalized actions)")
-        if logged:
-            ax.set_yscale("log")
-        if any(evaluation_curve(r) for r in task_rows):
-            success = ax.twinx()
-            _step_curves(success, task_rows, _styles(rows), evaluation_curve, "success, ")
-            success.set(ylabel="closed-loop success rate, dotted (fraction of episodes)", ylim=(-0.05, 1.05))
-            handles = [h for a in (ax, success) for h in a.get_legend_handles_labels()[0]]
-            ax.legend(handles=handles, fontsize=8)
-        elif logged:
-            _legend(ax)
+        loss = column[0]
+        if _step_curves(loss, task_rows, styles, validation_curve):
+            loss.set_yscale("log")
+        loss.set(title=task, ylabel="validation loss (MSE per action dim, normalized actions)")
+        _legend(loss)
+        if not evaluated:
+            loss.set(xlabel="training step")
+            continue
+        success = column[1]
+        if _step_curves(success, task_rows, styles, evaluation_curve):
+            success.set(ylim=(-0.05, 1.05))
+            _legend(success)
+        else:
+            success.text(0.5, 0.5, "not evaluated in closed loop during training", ha="center", va="center",
+                         transform=success.transAxes, color="grey")
+        success.set(xlabel="training step", ylabel="closed-loop success rate (fraction of episodes)")
     _caption(fig, rows, BAND)
     return fig
 
 
-def _step_curves(ax, task_rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]], curve_of, label: str) -> bool:
+def _step_curves(ax, task_rows: list[dict[str, Any]], styles: dict[str, dict[str, Any]], curve_of) -> bool:
     """Per optimizer, the mean over runs of ``curve_of(run)`` ({step: value}) at the steps every run
-    logged, with a 95% band across runs; True when any curve was drawn. Success curves (``label``)
-    are dotted with squares (dash-dotted with triangles for DoPr), apart from the loss curves."""
+    logged, with a 95% band across runs; True when any curve was drawn."""
     drawn = False
     for optimizer, style in styles.items():
         curves = [c for c in (curve_of(r) for r in task_rows if r["optimizer"] == optimizer) if c]
@@ -113,10 +118,8 @@ def _step_curves(ax, task_rows: list[dict[str, Any]], styles: dict[str, dict[str
         if not steps:
             continue
         mean, low, high = run_band(np.array([[c[s] for s in steps] for c in curves]))
-        line, marker = (("-." if is_dopr(optimizer) else ":"), ("v" if is_dopr(optimizer) else "s")) if label \
-            else (style["line"], style["marker"])
-        ax.plot(steps, mean, color=style["color"], linestyle=line, marker=marker, markersize=3,
-                label=f"{label}{optimizer} ({len(curves)} runs)")
+        ax.plot(steps, mean, color=style["color"], linestyle=style["line"], marker=style["marker"], markersize=3,
+                label=f"{optimizer} ({_runs(len(curves))})")
         ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
         drawn = True
     return drawn
@@ -243,18 +246,28 @@ def _count_figure(rows: list[dict[str, Any]], title: str):
 
 
 def _figure(rows: list[dict[str, Any]], title: str):
+    """One panel per task, side by side."""
+    fig, columns = _grid(rows, title, down=1)
+    return fig, {task: column[0] for task, column in columns.items()}
+
+
+def _grid(rows: list[dict[str, Any]], title: str, down: int):
+    """A column of ``down`` panels per task (sharing the x axis), tasks across."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks = sorted({r["task"] for r in rows})
-    # constrained layout keeps the title and labels inside the figure; the bottom strip holds the caption
-    fig, axes = plt.subplots(1, len(tasks), figsize=(max(6.5, 5.5 * len(tasks)), 5.5), squeeze=False,
-                             layout="constrained")
-    fig.get_layout_engine().set(rect=(0.0, 0.11, 1.0, 0.89))
+    height = 0.6 + 4.9 * down
+    # constrained layout keeps the title and labels inside the figure; the bottom strip (about 0.6 inch)
+    # holds the caption
+    fig, axes = plt.subplots(down, len(tasks), figsize=(max(6.5, 5.5 * len(tasks)), height), squeeze=False,
+                             sharex="col", layout="constrained")
+    strip = 0.6 / height
+    fig.get_layout_engine().set(rect=(0.0, strip, 1.0, 1.0 - strip))
     fig.suptitle(title)
-    return fig, dict(zip(tasks, axes[0]))
+    return fig, {task: list(axes[:, j]) for j, task in enumerate(tasks)}
 
 
 def _styles(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -281,6 +294,10 @@ def _caption(fig, rows: list[dict[str, Any]], what: str) -> None:
     text = (f"Training seeds {', '.join(map(str, seeds))} per optimizer; {'/'.join(map(str, episodes))} evaluation "
             f"episodes per run on reset seeds {evaluation}{same}. {what[0].upper() + what[1:]}.")
     fig.text(0.5, 0.015, text, ha="center", va="bottom", fontsize=8, wrap=True)
+
+
+def _runs(count: int) -> str:
+    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def _legend(ax) -> None:
