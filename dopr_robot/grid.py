@@ -28,6 +28,8 @@ happens, and when every cell has ended they are raised together in one UserError
 Either way a failure of the cells themselves (not of the setup around them) is a :class:`CellsFailed`,
 so that a caller running many grids (``dopr-robot sweep``) can record it and go on.
 Finished cells keep their eval.json, so running the same command again runs only the missing ones.
+Progress is a bar, or with --no-progress (a grid writing to a log for hours) a line per finished cell:
+``compare: [3/20] <task> adamw seed 2 done, 1 h 05 min since the start, about 6 h 30 min left``.
 
 Execution settings (:class:`Execution`, whose fields are the command line's --workers, --ray,
 --device and --no-progress) are not grid settings: they are never saved and never part of the
@@ -105,7 +107,8 @@ class Execution:
     device: str = field(default="auto", metadata=_flag(
         "--device", DEVICE_HELP, default="auto", metavar="DEVICE"))
     progress: bool = field(default=True, metadata=_flag(  # progress bars (the commands pass it to compare, sweep)
-        "--no-progress", "no progress bars", to_field=operator.not_, action="store_true"))
+        "--no-progress", "no progress bars (a grid prints a line per finished cell instead)",
+        to_field=operator.not_, action="store_true"))
 
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
@@ -168,33 +171,66 @@ def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) ->
 
 
 def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path],
-              execution: Execution = Execution(), progress: bool = True, done: int = 0) -> None:
+              execution: Execution = Execution(), progress: bool = True, done: int = 0, label: str = "compare") -> None:
     """Run ``cell(config, task, optimizer, seed, data[task], device)`` for each of ``cells`` as
     ``execution`` says, with a progress bar that starts at ``done`` (cells finished before) and
-    advances as cells finish. Raises a UserError naming every failed cell (``processes``, ``ray``)."""
-    bar = tqdm(total=done + len(cells), initial=done, desc="compare", disable=not progress)
+    advances as cells finish; without bars, a line per finished cell (:class:`Tally`). Raises a
+    UserError naming every failed cell (``processes``, ``ray``)."""
+    tally = Tally(done + len(cells), done, progress, label)
     try:
         if execution.executor == "serial" or not cells:
             for task, optimizer, seed in cells:
-                bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
+                tally.bar.set_postfix_str(f"{task} {optimizer} seed {seed}")
                 try:
                     cell(config, task, optimizer, seed, data[task], execution.device)
                 except UserError as err:  # a user's error in the cell (e.g. training diverged): kept as it reads
                     raise CellsFailed(str(err), [(task, optimizer, seed)]) from err
-                bar.update()
+                tally.finished((task, optimizer, seed), failed=False)
             return
         run = _in_processes if execution.executor == "processes" else _on_ray
-        failures = run(cell, config, cells, data, execution, bar)
+        failures = run(cell, config, cells, data, execution, tally)
     finally:
-        bar.close()
+        tally.bar.close()
     if failures:
         lines = "\n".join(f"  {_name(c)}: {_describe(error)}" for c, error in failures)
         raise CellsFailed(f"{len(failures)} of {len(cells)} cells failed (the others finished and are kept; the same "
                           f"command runs only the missing cells):\n{lines}", [c for c, _ in failures])
 
 
+class Tally:
+    """A grid's progress as its cells finish: a tqdm bar, or, with bars off (``--no-progress``: a grid
+    running for hours into a log file), one line per cell on stderr with the time since the start
+    and a rough time left (this call's mean time per finished cell, times the cells left)."""
+
+    def __init__(self, total: int, done: int, progress: bool, label: str):
+        self.bar = tqdm(total=total, initial=done, desc=label, disable=not progress)
+        self.total, self.done, self.label = total, done, label
+        self.finished_here, self.started = 0, time.monotonic()
+
+    def finished(self, c: Cell, failed: bool) -> None:
+        state = "failed" if failed else "done"
+        self.bar.set_postfix_str(f"{_name(c)} {state}")
+        self.bar.update()
+        self.done += 1
+        self.finished_here += 1
+        if self.bar.disable:
+            elapsed = time.monotonic() - self.started
+            line = f"{self.label}: [{self.done}/{self.total}] {_name(c)} {state}, {_duration(elapsed)} since the start"
+            if self.done < self.total:
+                line += f", about {_duration(elapsed / self.finished_here * (self.total - self.done))} left"
+            print(line, file=sys.stderr, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``42 s``, ``17 min``, ``3 h 05 min``."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
 def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path], execution: Execution,
-                  bar: tqdm) -> list[tuple[Cell, BaseException]]:
+                  tally: Tally) -> list[tuple[Cell, BaseException]]:
     workers = min(execution.workers, len(cells))
     per_cell = threads.requested_threads(execution.threads) or max(1, threads.machine_cores() // execution.workers)
     context = multiprocessing.get_context("spawn")  # a fork of a process that ran torch is unsafe
@@ -214,9 +250,8 @@ def _in_processes(cell: CellBody, config: Any, cells: list[Cell], data: dict[str
             error = future.exception()
             if error is not None:
                 failures.append((c, error))
-                _report_failure(c, error, bar)
-            bar.set_postfix_str(f"{_name(c)} {'failed' if error else 'done'}")
-            bar.update()
+                _report_failure(c, error, tally)
+            tally.finished(c, failed=error is not None)
     except BaseException:  # Ctrl-C: stop the running cells too (each resumes from its last checkpoint)
         pool.shutdown(wait=False, cancel_futures=True)
         for worker in set(multiprocessing.active_children()) - others:
@@ -275,7 +310,7 @@ def _visible_gpus() -> list[str]:
 
 
 def _on_ray(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path], execution: Execution,
-            bar: tqdm) -> list[tuple[Cell, BaseException]]:
+            tally: Tally) -> list[tuple[Cell, BaseException]]:
     try:
         import ray
     except ImportError:
@@ -303,9 +338,8 @@ def _on_ray(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Path
                 except ray.exceptions.RayError as err:  # the cell raised, or its worker died past the retries
                     error = err.cause if isinstance(err, ray.exceptions.RayTaskError) and err.cause else err
                     failures.append((c, error))
-                    _report_failure(c, error, bar, remote_traceback=str(err))
-                bar.set_postfix_str(f"{_name(c)} {'failed' if error else 'done'}")
-                bar.update()
+                    _report_failure(c, error, tally, remote_traceback=str(err))
+                tally.finished(c, failed=error is not None)
     except BaseException:  # Ctrl-C: stop the cells still running or queued
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -337,10 +371,10 @@ def _describe(error: BaseException) -> str:
     return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
 
 
-def _report_failure(c: Cell, error: BaseException, bar: tqdm, remote_traceback: str | None = None) -> None:
+def _report_failure(c: Cell, error: BaseException, tally: Tally, remote_traceback: str | None = None) -> None:
     """One line for a user's error; the worker's traceback for anything else."""
     if isinstance(error, UserError):
         detail = str(error)
     else:
         detail = remote_traceback or "".join(traceback.format_exception(error)).rstrip()
-    bar.write(f"compare: {_name(c)} failed: {detail}", file=sys.stderr)
+    tally.bar.write(f"{tally.label}: {_name(c)} failed: {detail}", file=sys.stderr)

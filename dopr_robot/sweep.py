@@ -250,7 +250,7 @@ def _run_stage(config: SweepConfig, settings: list[tuple[str, dict[str, float]]]
             data, missing = pending_cells(grid, progress=False)  # every setting shares the sweep's data
             cells += [(task, _cell_name(config, grid), seed) for task, _, seed in missing]
         try:
-            run_cells(_setting_cell, config, cells, data, execution, progress)
+            run_cells(_setting_cell, config, cells, data, execution, progress, label="sweep")
         except CellsFailed as err:  # its message has a line "  <task> <name> seed <seed>: <error>" per cell
             lines = str(err).splitlines()
             for task, name, seed in err.cells:

@@ -10,6 +10,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ from dopr_robot.collect_config import CollectConfig
 from dopr_robot.compare import CompareConfig, compare, run_cell, train_template
 from dopr_robot.config import EvalConfig, config_to_dict
 from dopr_robot.errors import UserError
-from dopr_robot.grid import Execution, run_cells
+from dopr_robot.grid import Execution, Tally, _duration, run_cells
 
 TINY = dict(tasks=["Reach-v0"], optimizers=["adamw", "dopr-adamw"], seeds=2, demo=CollectConfig(episodes=3),
             train=train_template(steps=10, batch_size=16, policy_options={"width": 16, "depth": 1}),
@@ -185,3 +186,35 @@ def test_sweep_workers_run_a_stages_settings_at_once_with_the_serial_choice(tmp_
     assert reports[0] == reports[1] and "| 1e+09 | 0 | failed: " in reports[1]
     for name in ("adamw/lr0.001_wd0", "dopr-adamw/lr0.001_wd0_damping0.1"):
         assert numbers(tmp_path / "serial" / name) == numbers(tmp_path / "workers" / name)
+
+
+
+def quick_cell(config, task: str, optimizer: str, seed: int, data: Path, device: str) -> None:
+    """A cell body that does nothing."""
+
+
+def test_without_bars_a_line_per_finished_cell_with_the_time_left(capsys, monkeypatch) -> None:
+    clock = iter([100.0, 160.0, 280.0, 400.0])  # the start, then each cell's end: 60 s, 180 s and 300 s in
+    monkeypatch.setattr("dopr_robot.grid.time", SimpleNamespace(monotonic=lambda: next(clock)))
+    tally = Tally(5, 2, progress=False, label="compare")  # two cells were finished by an earlier call
+    tally.finished(("Reach-v0", "adamw", 0), failed=False)
+    tally.finished(("Reach-v0", "adamw", 1), failed=True)
+    tally.finished(("Reach-v0", "adamw", 2), failed=False)
+    # the time left: this call's mean time per finished cell times the cells left
+    assert capsys.readouterr().err.splitlines() == [
+        "compare: [3/5] Reach-v0 adamw seed 0 done, 1 min since the start, about 2 min left",
+        "compare: [4/5] Reach-v0 adamw seed 1 failed, 3 min since the start, about 2 min left",
+        "compare: [5/5] Reach-v0 adamw seed 2 done, 5 min since the start"]
+    assert [_duration(s) for s in (59.4, 90, 3599, 3600 + 5 * 60 + 20)] == ["59 s", "2 min", "1 h 00 min", "1 h 05 min"]
+
+
+@pytest.mark.parametrize("progress", [False, True], ids=["no-bars", "bars"])
+def test_the_cells_of_a_run_are_told_as_they_finish_without_bars(capsys, progress: bool) -> None:
+    cells = [("Reach-v0", "adamw", seed) for seed in range(2)]
+    run_cells(quick_cell, None, cells, {"Reach-v0": Path("unused")}, progress=progress, label="sweep")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("sweep: [")]
+    if progress:
+        assert lines == []
+    else:
+        assert [line.split(",")[0] for line in lines] == ["sweep: [1/2] Reach-v0 adamw seed 0 done",
+                                                          "sweep: [2/2] Reach-v0 adamw seed 1 done"]
