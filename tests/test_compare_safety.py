@@ -232,6 +232,7 @@ def test_demo_success_only_reaches_the_collection_and_is_part_of_the_resume_chec
                      "cameras": [], "image_size": [64, 64]}
 
     other = copy(finished, tmp_path)  # its cells trained on every episode collected
+    capsys.readouterr()  # what the finished run printed
     assert compare(other, "--demo-success-only") == 2
     assert "(changed: demo.success_only (False -> True))" in refused(capsys)
 
@@ -260,6 +261,7 @@ def test_a_sweeps_collected_demonstrations_that_differ_are_refused(tmp_path: Pat
     data = out / "data" / "Reach-v0.hdf5"
     shutil.copy(noisy, data)
     before = tree(out)
+    capsys.readouterr()  # what the finished sweep printed
     assert main(["sweep", "--out", str(out), *SWEEP]) == 2
     assert refused(capsys).startswith(f"{data} is not the demonstrations this comparison collects (episodes 2, asked 3; "
                                       "noise 1.0, asked 0.0)")
