@@ -299,6 +299,33 @@ def test_settings_line_says_unknown_and_names_disagreements(tmp_path: Path) -> N
     assert "lr **runs disagree:** unknown (adamw seed 0) vs 0.0003 (adamw seed 1)" in line
 
 
+def test_settings_line_goes_by_the_demonstrations_content_not_their_path(tmp_path: Path) -> None:
+    def source_of(line: str) -> str:
+        return line.split(" validation) from ", 1)[1].split(", expert ", 1)[0]
+
+    def settings(datasets: dict[int, dict]) -> str:
+        root = tmp_path / str(len(list(tmp_path.iterdir())))  # a grid of its own
+        for seed, dataset in datasets.items():
+            write_run(root, "adamw", seed, [True], dataset=dataset)
+        return next(line for line in summary_markdown(load_rows(root)).splitlines() if line.startswith("Settings"))
+
+    digest, other = "63a974a79611" + "0" * 52, "0d1e2f3a4b5c" + "0" * 52
+    here = {**DATASET, "sha256": digest}
+    moved = {**here, "source": "copy/push-100.hdf5"}
+    # one file read at two paths (a grid grown from a copy of another grid's runs): one source
+    assert source_of(settings({0: here, 1: moved, 2: moved})) == (
+        "one file (sha256 63a974a79611…) at `data/push-100.hdf5` (adamw seed 0) and `copy/push-100.hdf5` "
+        "(adamw seed 1, adamw seed 2)")
+    # another content at the same path (the file was replaced between runs): the runs disagree
+    assert source_of(settings({0: here, 1: {**here, "sha256": other}, 2: here})) == (
+        "**runs disagree:** files of different content: sha256 63a974a79611… (adamw seed 0, adamw seed 2) vs "
+        "sha256 0d1e2f3a4b5c… (adamw seed 1), at `data/push-100.hdf5` (adamw seed 0, adamw seed 1, adamw seed 2)")
+    assert source_of(settings({0: here, 1: here, 2: here})) == "`data/push-100.hdf5`"
+    # a run that recorded no digest: the paths are all there is to go by
+    assert source_of(settings({0: DATASET, 1: moved, 2: moved})) == (
+        "**runs disagree:** data/push-100.hdf5 (adamw seed 0) vs copy/push-100.hdf5 (adamw seed 1, adamw seed 2)")
+
+
 def test_csv_columns_order_and_values(tmp_path: Path) -> None:
     for optimizer in ("muon", "dopr-muon", "dopr-adamw", "adamw"):
         write_run(tmp_path, optimizer, 0, [True, False, True, True])

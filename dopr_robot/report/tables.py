@@ -377,6 +377,8 @@ def paired_difference(task_rows: list[dict[str, Any]], base: str, dopr: str, met
 
 # Settings: every number from the runs' own files, per task.
 
+DISAGREE = "**runs disagree:**"  # opens a setting the runs hold different values of
+
 def settings_line(task_rows: list[dict[str, Any]]) -> str:
     """What the task's runs used, read from each run's eval.json (checkpoint, dataset, evaluation) and
     config.json; a value the runs disagree on is shown with the runs holding each value, except that
@@ -404,7 +406,7 @@ def settings_line(task_rows: list[dict[str, Any]]) -> str:
         f"{agreed(config('ema_decay'))}, optimizer options {per_optimizer(config('optimizer_options'))}"
         + (f", DoPr damping {per_optimizer(config('damping'), dopr_rows)}" if dopr_rows else ""),
         f"demonstrations: {agreed(dataset('episodes'))} episodes ({agreed(dataset('train_episodes'))} train, "
-        f"{agreed(dataset('valid_episodes'))} validation) from `{agreed(dataset('source'))}`, expert "
+        f"{agreed(dataset('valid_episodes'))} validation) from {_demonstration_file(task_rows)}, expert "
         f"{agreed(metadata('expert_kind'))}, noise {agreed(metadata('noise'))}, collection seeds from "
         f"{agreed(metadata('seed'))}",
         f"evaluation: {episodes} episodes per run, reset seeds {_thousands(first_seed)}{last_seed}",
@@ -412,22 +414,45 @@ def settings_line(task_rows: list[dict[str, Any]]) -> str:
     return "Settings (read from the runs' eval.json and config.json): " + "; ".join(parts) + "."
 
 
-def _agreed(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any], per_optimizer: bool = False) -> str:
-    """The one value all ``rows`` hold ("unknown" where a file does not say), or, when they differ,
-    every value with the runs that hold it; with ``per_optimizer``, when every optimizer's runs agree
-    but the optimizers do not, each optimizer's value ("per optimizer: adamw 0.001, muon 0.02")."""
+def _demonstration_file(rows: list[dict[str, Any]]) -> str:
+    """The file the runs trained on. Its content (the sha256 each run recorded of it) is what must
+    agree: one file read at two paths (a grid grown from a copy of another's runs) is one source, said
+    so with the paths, and two contents, at one path or not, are runs that disagree."""
+    path = lambda r: (r["_dataset"] or {}).get("source")  # noqa: E731
+    digest = lambda r: ((r["_dataset"] or {}).get("sha256") or "")[:12] or None  # noqa: E731
+    paths, contents = _holders(rows, path), _holders(rows, digest)
+    if "unknown" in contents or len(contents) == 1 and len(paths) == 1:  # the paths are all there is to go by
+        located = _agreed(rows, path)
+        return located if located.startswith(DISAGREE) else f"`{located}`"
+    at = " and ".join(f"`{value}` ({', '.join(runs)})" for value, runs in paths.items())
+    if len(contents) == 1:
+        return f"one file (sha256 {next(iter(contents))}…) at {at}"
+    return (f"{DISAGREE} files of different content: " +
+            " vs ".join(f"sha256 {value}… ({', '.join(runs)})" for value, runs in contents.items()) + f", at {at}")
+
+
+def _holders(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any]) -> dict[str, list[str]]:
+    """Each value ``getter`` gives the rows ("unknown" for None), with the runs that hold it."""
     holders: dict[str, list[str]] = {}
     for row in rows:
         value = getter(row)
         holders.setdefault("unknown" if value is None else _plain(value), []).append(f"{row['optimizer']} seed {row['seed']}")
+    return holders
+
+
+def _agreed(rows: list[dict[str, Any]], getter: Callable[[dict[str, Any]], Any], per_optimizer: bool = False) -> str:
+    """The one value all ``rows`` hold ("unknown" where a file does not say), or, when they differ,
+    every value with the runs that hold it; with ``per_optimizer``, when every optimizer's runs agree
+    but the optimizers do not, each optimizer's value ("per optimizer: adamw 0.001, muon 0.02")."""
+    holders = _holders(rows, getter)
     if len(holders) <= 1:
         return next(iter(holders), "unknown")
     if per_optimizer:
         optimizers = optimizer_order(r["optimizer"] for r in rows)
         each = {name: _agreed([r for r in rows if r["optimizer"] == name], getter) for name in optimizers}
-        if not any(value.startswith("**runs disagree") for value in each.values()):
+        if not any(value.startswith(DISAGREE) for value in each.values()):
             return "per optimizer: " + ", ".join(f"{name} {value}" for name, value in each.items())
-    return "**runs disagree:** " + " vs ".join(f"{value} ({', '.join(runs)})" for value, runs in holders.items())
+    return f"{DISAGREE} " + " vs ".join(f"{value} ({', '.join(runs)})" for value, runs in holders.items())
 
 
 def _plain(value: Any) -> str:
