@@ -421,7 +421,7 @@ def _demonstration_file(rows: list[dict[str, Any]]) -> str:
     path = lambda r: (r["_dataset"] or {}).get("source")  # noqa: E731
     digest = lambda r: ((r["_dataset"] or {}).get("sha256") or "")[:12] or None  # noqa: E731
     paths, contents = _holders(rows, path), _holders(rows, digest)
-    if "unknown" in contents or len(contents) == 1 and len(paths) == 1:  # the paths are all there is to go by
+    if "unknown" in contents or len(contents) == 1 and len(paths) == 1:  # no digest to go by, or one file, one path
         located = _agreed(rows, path)
         return located if located.startswith(DISAGREE) else f"`{located}`"
     at = " and ".join(f"`{value}` ({', '.join(runs)})" for value, runs in paths.items())
