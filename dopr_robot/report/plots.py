@@ -21,7 +21,7 @@ from dopr_robot.optim import base_of, is_dopr
 from dopr_robot.report.results import (deviation_curve, episode_values, evaluation_curve, optimizer_order,
                                        validation_curve)
 from dopr_robot.report.statistics import BOOTSTRAP_RESAMPLES, cluster_bootstrap, run_band
-from dopr_robot.report.tables import METRICS, demo_count, paired_difference
+from dopr_robot.report.tables import METRICS, counted, demo_count, paired_difference
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -63,7 +63,8 @@ def deviation_figure(rows: list[dict[str, Any]]) -> Figure:
                 continue
             length = min(len(c) for c in curves)
             mean, low, high = run_band(np.stack([c[:length] for c in curves]))
-            ax.plot(mean, color=style["color"], linestyle=style["line"], label=f"{optimizer} ({_runs(len(curves))})")
+            ax.plot(mean, color=style["color"], linestyle=style["line"],
+                    label=f"{optimizer} ({counted(len(curves), 'run')})")
             ax.fill_between(np.arange(length), low, high, color=style["color"], alpha=0.15, linewidth=0)
         thresholds = {r["divergence_threshold"] for r in task_rows if r["divergence_threshold"] is not None}
         if len(thresholds) == 1:
@@ -119,7 +120,7 @@ def _step_curves(ax, task_rows: list[dict[str, Any]], styles: dict[str, dict[str
             continue
         mean, low, high = run_band(np.array([[c[s] for s in steps] for c in curves]))
         ax.plot(steps, mean, color=style["color"], linestyle=style["line"], marker=style["marker"], markersize=3,
-                label=f"{optimizer} ({_runs(len(curves))})")
+                label=f"{optimizer} ({counted(len(curves), 'run')})")
         ax.fill_between(steps, low, high, color=style["color"], alpha=0.15, linewidth=0)
         drawn = True
     return drawn
@@ -294,10 +295,6 @@ def _caption(fig, rows: list[dict[str, Any]], what: str) -> None:
     text = (f"Training seeds {', '.join(map(str, seeds))} per optimizer; {'/'.join(map(str, episodes))} evaluation "
             f"episodes per run on reset seeds {evaluation}{same}. {what[0].upper() + what[1:]}.")
     fig.text(0.5, 0.015, text, ha="center", va="bottom", fontsize=8, wrap=True)
-
-
-def _runs(count: int) -> str:
-    return f"{count} run" if count == 1 else f"{count} runs"
 
 
 def _legend(ax) -> None:

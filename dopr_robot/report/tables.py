@@ -159,8 +159,7 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
     if not difference.seeds or not math.isfinite(difference.low):
         return f"{dopr} - {base} success rate: no interval (no paired evaluation episodes)."
     width = difference.high - difference.low
-    pairs = f"{difference.seeds} seed pair{'s' if difference.seeds != 1 else ''}"
-    said = (f"{dopr} - {base} success rate {difference.cell()} over {pairs} "
+    said = (f"{dopr} - {base} success rate {difference.cell()} over {counted(difference.seeds, 'seed pair')} "
             f"(95% interval {width:.2f} wide)")
     if width == 0:  # every paired episode ended alike (e.g. all failed): the bootstrap has nothing to resample
         return (f"{said}: not resolved, every paired episode ended the same way in both runs, so the interval is a "
@@ -187,6 +186,11 @@ def success_in_words(task_rows: list[dict[str, Any]], base: str, dopr: str,
 # Several demonstration counts: each count's comparison, side by side.
 
 COUNT_METRICS = ["mean_return", "success_rate", "val_loss"]
+
+
+def counted(count: int, noun: str) -> str:
+    """``1 run``, ``3 runs``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def demo_count(row: dict[str, Any]) -> Any:
