@@ -28,9 +28,11 @@ from dopr_robot.report import (
     write_report,
 )
 from dopr_robot.report.tables import (
+    BEST_SUCCESS,
     METRICS,
     RESOLVED_WIDTH,
     PairedDifference,
+    optimizer_cell,
     paired_difference,
     success_in_words,
     verdict,
@@ -274,6 +276,23 @@ def test_per_run_metrics_show_a_t_interval_only_with_three_seeds(tmp_path: Path)
     cell = table_row(summary, "adamw")[header(summary, "optimizer").index("validation loss [t]")]
     half = 4.303 * np.std([0.03, 0.04, 0.05], ddof=1) / math.sqrt(3)
     assert cell == f"{0.04:.3g} [{0.04 - half:.3g}, {0.04 + half:.3g}]"
+
+
+def test_t_intervals_of_a_bounded_metric_stay_in_its_range() -> None:
+    # Five best-checkpoint success rates near 1: the unclipped t-interval reaches past 1.
+    best = [0.96, 1.0, 0.9, 1.0, 0.94]
+    half = 2.776 * np.std(best, ddof=1) / math.sqrt(len(best))
+    assert 0.96 + half > 1.0
+    estimate, low, high = interval(optimizer_cell([{BEST_SUCCESS.column: v} for v in best], BEST_SUCCESS))
+    assert estimate == pytest.approx(0.96) and low == pytest.approx(0.96 - half, abs=1e-3) and high == 1.0
+    # A paired difference of the same metric stays within [-1, 1].
+    rows = [{"optimizer": "adamw", "seed": s, BEST_SUCCESS.column: b} for s, b in enumerate([0.0, 0.1, 0.05])]
+    rows += [{"optimizer": "dopr-adamw", "seed": s, BEST_SUCCESS.column: 1.0} for s in range(3)]
+    difference = paired_difference(rows, "adamw", "dopr-adamw", BEST_SUCCESS)
+    assert difference.estimate == pytest.approx(0.95) and difference.high == 1.0 and difference.low < 0.95
+    # An unbounded metric is not clipped.
+    val_loss = next(metric for metric in METRICS if metric.column == "val_loss")
+    assert interval(optimizer_cell([{"val_loss": v} for v in best], val_loss))[2] == pytest.approx(0.96 + half, abs=5e-3)  # 3 figures
 
 
 def test_settings_line_comes_from_the_runs(tmp_path: Path) -> None:

@@ -65,8 +65,8 @@ BOOTSTRAP_NAME = f"95% cluster bootstrap over seeds and episodes (B={BOOTSTRAP_R
 LEGEND = [
     f"- **[b]** mean over training seeds of each run's mean over episodes [{BOOTSTRAP_NAME}: seeds "
     "resampled with replacement, then episodes within each resampled seed; clipped to the metric's range].",
-    f"- **[t]** one number per run: mean over seeds [95% t-interval over seeds], shown with at least "
-    f"{MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{the per-seed values}}.",
+    f"- **[t]** one number per run: mean over seeds [95% t-interval over seeds; clipped to the metric's "
+    f"range], shown with at least {MIN_SEEDS_FOR_T} seeds; with fewer, the mean {{the per-seed values}}.",
     "- *validation loss*: on held-out expert episodes (EMA weights): the mean squared error of the policy's "
     "actions against the expert's in normalized units — a regressor's prediction, a flow policy's sampled "
     "actions (its flow-matching loss is logged as val_flow_loss in metrics.jsonl). Everything else is closed-loop on "
@@ -314,7 +314,7 @@ def dopr_pairs(optimizers: list[str]) -> list[tuple[str, str]]:
 def optimizer_cell(runs: list[dict[str, Any]], metric: Metric) -> str:
     """One optimizer's cell: [b] bootstrap from the episode records, or [t] over the per-run values."""
     if metric.record is None:
-        return _per_run_cell([r[metric.column] for r in runs])
+        return _per_run_cell([r[metric.column] for r in runs], metric.bounds)
     per_seed = [episode_values(r, metric.record) for r in runs]
     if not runs or any(values is None for values in per_seed):
         return "n/a"
@@ -358,7 +358,7 @@ def paired_difference(task_rows: list[dict[str, Any]], base: str, dopr: str, met
                   if b[metric.column] is not None and d[metric.column] is not None]
         if len(values) < len(pairs):
             return PairedDifference(nan, nan, nan, len(pairs))
-        mean, low, high = t_interval(values)
+        mean, low, high = t_interval(values, bounds=_difference_bounds(metric))
         if len(values) < MIN_SEEDS_FOR_T:
             low = high = nan
         return PairedDifference(mean, low, high, len(pairs), tuple(values))
@@ -375,8 +375,13 @@ def paired_difference(task_rows: list[dict[str, Any]], base: str, dopr: str, met
             return PairedDifference(nan, nan, nan, len(pairs), note=note)
         base_values.append([b_episodes[s] for s in shared])
         dopr_values.append([d_episodes[s] for s in shared])
-    bounds = None if metric.bounds is None else (metric.bounds[0] - metric.bounds[1], metric.bounds[1] - metric.bounds[0])
-    return PairedDifference(*paired_cluster_bootstrap(base_values, dopr_values, bounds=bounds), len(pairs), note=note)
+    return PairedDifference(*paired_cluster_bootstrap(base_values, dopr_values, bounds=_difference_bounds(metric)),
+                            len(pairs), note=note)
+
+
+def _difference_bounds(metric: Metric) -> tuple[float, float] | None:
+    """The range of a difference of two values of ``metric``: (low - high, high - low)."""
+    return None if metric.bounds is None else (metric.bounds[0] - metric.bounds[1], metric.bounds[1] - metric.bounds[0])
 
 
 # Settings: every number from the runs' own files, per task.
@@ -538,10 +543,10 @@ def _heading(metric: Metric) -> str:
     return f"{metric.heading} [{metric.tag}]"
 
 
-def _per_run_cell(values: list[float | None]) -> str:
+def _per_run_cell(values: list[float | None], bounds: tuple[float, float] | None = None) -> str:
     if not values or any(v is None for v in values):
         return "n/a"
-    mean, low, high = t_interval(values)
+    mean, low, high = t_interval(values, bounds=bounds)
     if len(values) >= MIN_SEEDS_FOR_T:
         return _format(mean, low, high)
     return _with_per_seed(mean, values)
