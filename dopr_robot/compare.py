@@ -354,29 +354,32 @@ def _span(seeds: range) -> str:
 
 
 def compare(config: CompareConfig, progress: bool = True, execution: Execution = Execution(),
-            overwrite: bool = False) -> list[dict[str, Any]]:
+            overwrite: bool = False, label: str = "compare") -> list[dict[str, Any]]:
     """Check everything that can be checked (:func:`check_comparison`) before writing anything, then
     run every missing cell (one at a time, in local processes or on Ray: ``execution``) and write the
     report. Returns the result rows. ``overwrite``: make the comparison afresh in ``config.out`` (see
-    :func:`check_comparison`)."""
+    :func:`check_comparison`). ``label`` starts the progress bar and each line of ``progress=False``'s
+    per-cell log (a sweep names its setting there)."""
     check_comparison(config, overwrite)
-    return _compare(config, progress, execution, overwrite)
+    return _compare(config, progress, execution, overwrite, label)
 
 
-def _compare(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool) -> list[dict[str, Any]]:
+def _compare(config: CompareConfig, progress: bool, execution: Execution, overwrite: bool,
+             label: str) -> list[dict[str, Any]]:
     out = Path(config.out)
     _start(config, overwrite)
     if isinstance(config.demo.episodes, list):  # one comparison per count, then the summary over counts
         counts = config.by_demo_count()
         for count in counts.values():
-            _compare(count, progress, execution, overwrite)
+            _compare(count, progress, execution, overwrite, label)
         return write_counts_report(out, {n: Path(count.out) for n, count in counts.items()})
     remedies = config.by_remedy()
     if remedies:  # each remedy beside none a comparison of its own, their cells run as one grid
-        return _compare_remedies(config, remedies, progress, execution, overwrite)
+        return _compare_remedies(config, remedies, progress, execution, overwrite, label)
     data = {task: demonstrations(config, task, out, progress, overwrite) for task in config.tasks}
     missing = _missing_cells(config)
-    run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing))
+    run_cells(run_cell, config, missing, data, execution, progress, done=len(config.cells()) - len(missing),
+              label=label)
     return write_report(out)
 
 
@@ -396,7 +399,7 @@ def run_remedy_cell(grid: RemedyGrid, key: str, optimizer: str, seed: int, data:
 
 
 def _compare_remedies(config: CompareConfig, remedies: dict[str, CompareConfig], progress: bool,
-                      execution: Execution, overwrite: bool) -> list[dict[str, Any]]:
+                      execution: Execution, overwrite: bool, label: str) -> list[dict[str, Any]]:
     """Every remedy's directory, config and demonstrations; every missing cell in one grid; each
     remedy's report in its directory, and the summary over remedies in ``config.out``."""
     data, missing = {}, []
@@ -407,7 +410,8 @@ def _compare_remedies(config: CompareConfig, remedies: dict[str, CompareConfig],
             data[f"{task}@{remedy}"] = demonstrations(grid, task, Path(grid.out), progress, overwrite)
         missing += [(f"{task}@{remedy}", optimizer, seed) for task, optimizer, seed in _missing_cells(grid)]
     done = sum(len(grid.cells()) for grid in remedies.values()) - len(missing)
-    run_cells(run_remedy_cell, RemedyGrid(config.out, remedies), missing, data, execution, progress, done=done)
+    run_cells(run_remedy_cell, RemedyGrid(config.out, remedies), missing, data, execution, progress, done=done,
+              label=label)
     for remedy, grid in remedies.items():
         if remedy != "none":
             write_report(grid.out)

@@ -286,7 +286,7 @@ def _run(config: SweepConfig, optimizer: str, values: dict[str, float], progress
     written); a failure of its training is recorded."""
     grid = config.setting(optimizer, values["lr"], values["weight_decay"], values.get("damping"))
     try:
-        rows = compare(grid, progress=progress, execution=execution)
+        rows = compare(grid, progress=progress, execution=execution, label=f"sweep {optimizer} {_describe(values)}")
     except CellsFailed as err:
         return Outcome(optimizer, values, Path(grid.out), {}, error=str(err).splitlines()[0])
     per_task = {task: _task_summary([r for r in rows if r["task"] == task]) for task in grid.tasks}
