@@ -184,7 +184,6 @@ def run_cells(cell: CellBody, config: Any, cells: list[Cell], data: dict[str, Pa
                 try:
                     cell(config, task, optimizer, seed, data[task], execution.device)
                 except UserError as err:  # a user's error in the cell (e.g. training diverged): kept as it reads
-                    tally.finished((task, optimizer, seed), failed=True)
                     raise CellsFailed(str(err), [(task, optimizer, seed)]) from err
                 tally.finished((task, optimizer, seed), failed=False)
             return
