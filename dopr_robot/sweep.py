@@ -37,6 +37,7 @@ range (``TUNING + (seed - POLICY_EVAL)``).
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -285,10 +286,13 @@ def _run(config: SweepConfig, optimizer: str, values: dict[str, float], progress
     """One setting's comparison (resumed when it exists; after a parallel stage only its report is
     written); a failure of its training is recorded."""
     grid = config.setting(optimizer, values["lr"], values["weight_decay"], values.get("damping"))
+    label = f"sweep {optimizer} {_describe(values)}"
     try:
-        rows = compare(grid, progress=progress, execution=execution, label=f"sweep {optimizer} {_describe(values)}")
-    except CellsFailed as err:
-        return Outcome(optimizer, values, Path(grid.out), {}, error=str(err).splitlines()[0])
+        rows = compare(grid, progress=progress, execution=execution, label=label)
+    except CellsFailed as err:  # the sweep goes on to the next setting: say so where its log is read
+        error = str(err).splitlines()[0]
+        print(f"{label}: failed: {error}", file=sys.stderr, flush=True)
+        return Outcome(optimizer, values, Path(grid.out), {}, error=error)
     per_task = {task: _task_summary([r for r in rows if r["task"] == task]) for task in grid.tasks}
     outcome = Outcome(optimizer, values, Path(grid.out), per_task)
     if progress:

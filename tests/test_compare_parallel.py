@@ -176,9 +176,10 @@ def test_sweep_workers_run_a_stages_settings_at_once_with_the_serial_choice(tmp_
         grids.append(sorted(name for _, name, _ in cells)), real(cell, config, cells, *a, **k))[1])
     assert main(["sweep", "--out", str(tmp_path / "serial"), *SWEEP_ARGS]) == 0
     assert grids == []  # one setting after another
-    told = [line.split(" seed ")[0] for line in capsys.readouterr().err.splitlines() if ": [1/1] " in line]
-    # each line names its setting (the diverging lr's cell raises, and sweep.md lists it as failed)
-    assert told == ["sweep adamw lr 0.001, weight decay 0: [1/1] Reach-v0 adamw",
+    err = capsys.readouterr().err.splitlines()
+    told = [line.split(" seed ")[0].split(" (nan")[0] for line in err if ": [1/1] " in line or ": failed: " in line]
+    assert told == ["sweep adamw lr 0.001, weight decay 0: [1/1] Reach-v0 adamw",  # each line names its setting
+                    "sweep adamw lr 1e+09, weight decay 0: failed: the training loss became non-finite",
                     "sweep dopr-adamw lr 0.001, weight decay 0, damping 0.01: [1/1] Reach-v0 dopr-adamw",
                     "sweep dopr-adamw lr 0.001, weight decay 0, damping 0.1: [1/1] Reach-v0 dopr-adamw"]
     assert main(["sweep", "--out", str(tmp_path / "workers"), *SWEEP_ARGS, "--workers", "2"]) == 0
